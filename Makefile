@@ -1,0 +1,51 @@
+# Everything runs inside .venv, created on first use. `make demo` and `make test` need only
+# python3 (>= 3.10) and, for the demo's data, apt.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Pin torch/torchvision to builds that exist for this machine's architecture (a bare `torch`
+# would pull the newest multi-GB CUDA build). Override with `make TORCH_SPEC="..."`.
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+endif
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test test-all install data clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH_SPEC)
+	$(PIP) install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+data:
+	@if [ -f $(FASHION_MNIST)/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST found in $(FASHION_MNIST)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) \
+		|| { echo "could not install Fashion-MNIST: run 'apt-get install dataset-fashion-mnist' as root"; exit 1; }; \
+	elif command -v sudo >/dev/null; then \
+		sudo apt-get install -y -qq dataset-fashion-mnist \
+		|| { echo "could not install Fashion-MNIST: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; }; \
+	else \
+		echo "Fashion-MNIST is missing and this user cannot apt-get: run 'apt-get install dataset-fashion-mnist' as root"; exit 1; \
+	fi
+
+demo: install data
+	$(VENV)/bin/convnext roadmap
+
+test: install
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

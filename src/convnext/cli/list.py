@@ -1,0 +1,22 @@
+"""`convnext list`: registered model names."""
+
+from __future__ import annotations
+
+from ..models import get_entry, list_models
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser("list", help="list model names", formatter_class=formatter,
+                       description="List registered models (family, isotropic and roadmap steps).")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'convnext_*'")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no model matches {args.pattern!r}; run `convnext list` to see all names")
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {get_entry(name).description}")
+    return 0

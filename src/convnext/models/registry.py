@@ -1,0 +1,91 @@
+"""Named models: the ConvNeXt family, isotropic ConvNeXt and every roadmap step."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+from .config import ArchConfig
+from .convnext import ConvNeXt
+from .roadmap import ROADMAP
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config: ArchConfig
+    description: str
+    # Stochastic depth the paper trains this size with on ImageNet-1K (used by the 'paper' recipe).
+    paper_drop_path: float = 0.1
+
+
+def _family(depths, dims, **kw) -> ArchConfig:
+    return ArchConfig(depths=depths, dims=dims, **kw)
+
+
+def _isotropic(depth: int, dim: int) -> ArchConfig:
+    # ViT-like: one stage, 16x16 patchify stem without a norm; the official isotropic models
+    # train without layer scale.
+    return ArchConfig(depths=(depth,), dims=(dim,), stem_patch_size=16, stem_norm=False, layer_scale_init=None)
+
+
+_ENTRIES: dict[str, ModelEntry] = {}
+
+
+def register(entry: ModelEntry) -> None:
+    if entry.name in _ENTRIES:
+        raise ValueError(f"model {entry.name!r} is already registered")
+    _ENTRIES[entry.name] = entry
+
+
+for _name, _depths, _dims, _dp in [
+    ("convnext_atto", (2, 2, 6, 2), (40, 80, 160, 320), 0.0),
+    ("convnext_femto", (2, 2, 6, 2), (48, 96, 192, 384), 0.0),
+    ("convnext_pico", (2, 2, 6, 2), (64, 128, 256, 512), 0.0),
+    ("convnext_nano", (2, 2, 8, 2), (80, 160, 320, 640), 0.1),
+    ("convnext_tiny", (3, 3, 9, 3), (96, 192, 384, 768), 0.1),
+    ("convnext_small", (3, 3, 27, 3), (96, 192, 384, 768), 0.4),
+    ("convnext_base", (3, 3, 27, 3), (128, 256, 512, 1024), 0.5),
+    ("convnext_large", (3, 3, 27, 3), (192, 384, 768, 1536), 0.5),
+    ("convnext_xlarge", (3, 3, 27, 3), (256, 512, 1024, 2048), 0.5),
+]:
+    register(ModelEntry(_name, _family(_depths, _dims), f"ConvNeXt, depths {_depths}, dims {_dims}", _dp))
+
+for _name, _depth, _dim, _dp in [
+    ("convnext_isotropic_small", 18, 384, 0.1),
+    ("convnext_isotropic_base", 18, 768, 0.2),
+    ("convnext_isotropic_large", 36, 1024, 0.5),
+]:
+    register(ModelEntry(_name, _isotropic(_depth, _dim), f"isotropic ConvNeXt, {_depth} blocks of width {_dim}", _dp))
+
+for _step in ROADMAP:
+    register(ModelEntry(_step.name, _step.config, f"roadmap: {_step.change}", 0.1))
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style pattern, in registration order."""
+    return [n for n in _ENTRIES if fnmatch.fnmatch(n, pattern)]
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _ENTRIES[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_ENTRIES), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "run `convnext list` or convnext.list_models() to see the names"
+        raise ValueError(f"unknown model {name!r}; {hint}") from None
+
+
+def get_config(name: str, **overrides: Any) -> ArchConfig:
+    return get_entry(name).config.replace(**overrides)
+
+
+def create_model(name: str | ArchConfig, **overrides: Any) -> ConvNeXt:
+    """Build a model by registered name (or from an ArchConfig), with ArchConfig fields overridden.
+
+    >>> model = create_model("convnext_tiny", num_classes=10, drop_path_rate=0.1)
+    """
+    cfg = name.replace(**overrides) if isinstance(name, ArchConfig) else get_config(name, **overrides)
+    return ConvNeXt(cfg)
