@@ -11,6 +11,8 @@ from .models import (
     list_models,
 )
 
+from .infer.fuse import optimize_for_inference
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -22,4 +24,5 @@ __all__ = [
     "create_model",
     "get_config",
     "list_models",
+    "optimize_for_inference",
 ]

@@ -1,0 +1,510 @@
+"""optimize_for_inference: an equivalent, eval-only ConvNeXt that runs faster.
+
+Exact rewrites (outputs equal the original's within float rounding):
+
+- BatchNorm after a conv is folded into that conv (ResNet-50 and the BN roadmap steps).
+- A norm in front of a padding-free conv (LN -> 1x1 pwconv1, LN -> 2x2 downsample conv, head LN -> fc) gives
+  its per-channel affine (LN's weight/bias, or all of an eval BatchNorm) to that conv: the norm itself stays,
+  without affine. Convs with zero padding only, because a padded border would see 0, not the shifted bias.
+- Layer scale ``gamma`` is folded into the last conv of the block (or into the affine of a norm after it).
+- Weights go to channels_last, so the NHWC view of every activation is contiguous and LayerNorm's permutes
+  are free.
+- ConvNeXt blocks become ``FastBlock``: dwconv, then LayerNorm and both pointwise convs as GEMMs on the
+  (N*H*W, C) view of the NHWC activation. On CPU the GEMMs run as oneDNN inner products with GELU fused into
+  the first and the residual add fused into the second (``torch.ops.mkldnn._linear_pointwise``), which is
+  where timm's eager block spends its time: a separate GELU pass and memory copies.
+
+Precision (fp32, bf16, fp16, autocast or full cast) and ``torch.compile`` (inductor with frozen weights) are
+options of the returned ``InferenceModel``. On CPUs without native bf16, bf16 is far slower than fp32, so
+fp32 stays the CPU default and asking for bf16 there warns with the measured slowdown.
+"""
+
+from __future__ import annotations
+
+import copy
+import contextlib
+import functools
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.convnext import Block, ConvNeXt, Downsample, Head, Stem
+from ..models.layers import LayerNorm2d
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ----------------------------------------------------------------------------------------- folding helpers
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over channels of an NCHW tensor with its affine folded away (what a folded LN becomes)."""
+
+    def __init__(self, num_channels: int, eps: float) -> None:
+        super().__init__()
+        self.num_channels, self.eps = num_channels, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), (self.num_channels,), None, None, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}"
+
+
+class Folded(nn.Identity):
+    """Where a norm used to be before it was folded into a neighbouring conv."""
+
+
+def _norm_affine(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-channel (scale, shift) that the norm applies after normalising, as a y = scale * x + shift map.
+
+    For LayerNorm that is its weight/bias (the normalisation itself stays); for an eval BatchNorm it is the
+    whole layer (running statistics included), so nothing remains.
+    """
+    if isinstance(norm, nn.BatchNorm2d):
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        return scale, norm.bias - norm.running_mean * scale
+    if isinstance(norm, nn.LayerNorm) and norm.weight is not None:
+        return norm.weight, norm.bias
+    return None
+
+
+def _norm_without_affine(norm: nn.Module) -> nn.Module:
+    if isinstance(norm, nn.BatchNorm2d):
+        return Folded()
+    return ChannelNorm(norm.normalized_shape[0], norm.eps)
+
+
+def _set_weight_bias(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    layer.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
+    layer.bias = None if bias is None else nn.Parameter(bias.detach().contiguous(), requires_grad=False)
+
+
+def fold_norm_into_previous(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> None:
+    """conv -> BN(eval) becomes one conv: scale each output filter, shift the bias."""
+    scale, shift = _norm_affine(norm)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)
+    _set_weight_bias(conv, conv.weight * scale.view(-1, 1, 1, 1), bias * scale + shift)
+
+
+def fold_affine_into_next(scale: torch.Tensor, shift: torch.Tensor, layer: nn.Module) -> None:
+    """(scale * x + shift) -> conv/linear becomes conv'/linear' on x: scale the input channels, and add what
+    the shift contributes through every kernel tap to the bias (exact because the layer has no padding)."""
+    w = layer.weight
+    view = (1, -1) + (1,) * (w.ndim - 2)
+    bias = layer.bias if layer.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+    extra = (w * shift.view(view)).sum(dim=tuple(range(1, w.ndim)))
+    _set_weight_bias(layer, w * scale.view(view), bias + extra)
+
+
+def _padding_free(layer: nn.Module) -> bool:
+    if isinstance(layer, nn.Linear):
+        return True
+    if not isinstance(layer, nn.Conv2d):
+        return False
+    return layer.padding == "valid" or (isinstance(layer.padding, tuple) and all(p == 0 for p in layer.padding))
+
+
+@dataclass
+class FoldReport:
+    """What optimize_for_inference did to one model (counts per rewrite)."""
+
+    bn_into_conv: int = 0
+    norm_affine_into_conv: int = 0
+    gamma_into_conv: int = 0
+    gamma_into_norm: int = 0
+    head_norm_into_fc: int = 0
+    fast_blocks: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def folds(self) -> int:
+        return (self.bn_into_conv + self.norm_affine_into_conv + self.gamma_into_conv + self.gamma_into_norm
+                + self.head_norm_into_fc)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("bn_into_conv", "norm_affine_into_conv", "gamma_into_conv",
+                                             "gamma_into_norm", "head_norm_into_fc", "fast_blocks")}
+
+
+# ----------------------------------------------------------------------------------------- per-module folds
+
+
+def _fold_conv_norm_pairs(seq: nn.Sequential, report: FoldReport) -> None:
+    """Stem / shortcut: Sequential(conv, BN, ...) -> conv with BN folded."""
+    names = list(seq._modules)
+    for a, b in zip(names, names[1:]):
+        conv, norm = seq._modules[a], seq._modules[b]
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+            fold_norm_into_previous(conv, norm)
+            seq._modules[b] = Folded()
+            report.bn_into_conv += 1
+
+
+def _fold_downsample(ds: Downsample, report: FoldReport) -> None:
+    affine = _norm_affine(ds.norm)
+    if affine is not None and _padding_free(ds.conv):
+        fold_affine_into_next(*affine, ds.conv)
+        ds.norm = _norm_without_affine(ds.norm)
+        report.bn_into_conv += isinstance(ds.norm, Folded)
+        report.norm_affine_into_conv += isinstance(ds.norm, ChannelNorm)
+
+
+def _fold_block(block: Block, report: FoldReport) -> None:
+    order = block.order
+    for name in order:  # BN after a conv: into that conv
+        attr = block.norm_after.get(name)
+        if attr and isinstance(getattr(block, attr), nn.BatchNorm2d):
+            fold_norm_into_previous(getattr(block, name), getattr(block, attr))
+            setattr(block, attr, Folded())
+            report.bn_into_conv += 1
+    for name, nxt in zip(order, order[1:]):  # LN -> (no activation) -> padding-free conv: affine into the conv
+        attr = block.norm_after.get(name)
+        if not attr or name in block.act_after or not _padding_free(getattr(block, nxt)):
+            continue
+        affine = _norm_affine(getattr(block, attr))
+        if affine is not None:
+            fold_affine_into_next(*affine, getattr(block, nxt))
+            setattr(block, attr, _norm_without_affine(getattr(block, attr)))
+            report.norm_affine_into_conv += 1
+    if block.gamma is not None:
+        gamma, last = block.gamma.detach(), order[-1]
+        norm = getattr(block, block.norm_after[last]) if last in block.norm_after else None
+        if isinstance(norm, nn.LayerNorm) and norm.weight is not None:
+            norm.weight = nn.Parameter(norm.weight.detach() * gamma, requires_grad=False)
+            norm.bias = nn.Parameter(norm.bias.detach() * gamma, requires_grad=False)
+            report.gamma_into_norm += 1
+        else:  # no norm after the last conv, or a BN already folded into it
+            conv = getattr(block, last)
+            _set_weight_bias(conv, conv.weight * gamma.view(-1, 1, 1, 1), None if conv.bias is None else conv.bias * gamma)
+            report.gamma_into_conv += 1
+        block.gamma = None
+    if isinstance(block.shortcut, nn.Sequential):
+        _fold_conv_norm_pairs(block.shortcut, report)
+
+
+def _fold_head(head: Head, report: FoldReport) -> None:
+    affine = _norm_affine(head.norm) if isinstance(head.norm, nn.LayerNorm) else None
+    if affine is None:
+        return
+    if isinstance(head.fc, nn.Linear):
+        fold_affine_into_next(*affine, head.fc)
+        head.norm = _norm_without_affine(head.norm)
+        report.head_norm_into_fc += 1
+
+
+# ----------------------------------------------------------------------------------------- fast block
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_linear_ok(dtype: torch.dtype) -> bool:
+    """Whether this torch build and CPU run oneDNN inner products with fused post-ops in `dtype`, exactly."""
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None or not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b, s = (torch.randn(shape, generator=g).to(dtype) for shape in ((5, 8), (6, 8), (6,), (5, 6)))
+        ref = F.linear(x.float(), w.float(), b.float())
+        act = op(x, w, b, "gelu", [], "none").float()
+        add = op.binary(x, s, w, b, "add").float()
+        tol = 1e-5 if dtype == torch.float32 else 5e-2
+        return bool(torch.allclose(act, F.gelu(ref), atol=tol, rtol=tol)
+                    and torch.allclose(add, ref + s.float(), atol=tol, rtol=tol))
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+def _tracing() -> bool:
+    """Inside jit tracing, torch.compile/export or ONNX export: stay with standard ops they understand."""
+    return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export())
+
+
+class FastBlock(nn.Module):
+    """A folded ConvNeXt block: dwconv -> [LN] -> GEMM + act -> GEMM + residual, GEMMs on the NHWC view.
+
+    Weights are those of the folded Block (LN affine inside pwconv1, gamma inside pwconv2); no dropout or
+    stochastic depth, this is eval-only.
+    """
+
+    def __init__(self, block: Block) -> None:
+        super().__init__()
+        self.dwconv = block.dwconv
+        norm = getattr(block, block.norm_after["dwconv"]) if "dwconv" in block.norm_after else None
+        self.eps = norm.eps if isinstance(norm, ChannelNorm) else None  # None: BN already inside dwconv
+        self.dim = block.pwconv1.in_channels
+        self.act = "gelu" if isinstance(block.act, nn.GELU) else "relu"
+        self.fc1 = nn.Linear(block.pwconv1.in_channels, block.pwconv1.out_channels, bias=block.pwconv1.bias is not None)
+        self.fc2 = nn.Linear(block.pwconv2.in_channels, block.pwconv2.out_channels, bias=block.pwconv2.bias is not None)
+        for fc, conv in ((self.fc1, block.pwconv1), (self.fc2, block.pwconv2)):
+            _set_weight_bias(fc, conv.weight.flatten(1), conv.bias)
+
+    @staticmethod
+    def matches(block: Block) -> bool:
+        """ConvNeXt-shaped: dwconv first, at most one norm (right after it), one activation between the 1x1
+        convs, identity shortcut, and every norm already folded into its affine-free form."""
+        norms = [getattr(block, a) for a in block.norm_after.values()]
+        return (
+            block.order == ("dwconv", "pwconv1", "pwconv2")
+            and set(block.norm_after) <= {"dwconv"}
+            and all(isinstance(n, (ChannelNorm, Folded)) for n in norms)
+            and tuple(block.act_after) == ("pwconv1",)
+            and not block.act_after_residual
+            and block.gamma is None
+            and isinstance(block.shortcut, nn.Identity)
+            and block.pwconv1.kernel_size == (1, 1) and block.pwconv2.kernel_size == (1, 1)
+            and block.pwconv1.groups == 1 and block.pwconv2.groups == 1
+        )
+
+    def _use_onednn(self, y: torch.Tensor) -> bool:
+        return (
+            y.device.type == "cpu"
+            and y.dtype == self.fc1.weight.dtype
+            and not torch.is_autocast_enabled("cpu")
+            and not _tracing()
+            and _onednn_linear_ok(y.dtype)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        y = self.dwconv(x).permute(0, 2, 3, 1)  # NHWC view: contiguous when x is channels_last
+        if self.eps is not None:
+            y = F.layer_norm(y, (self.dim,), None, None, self.eps)
+        y = y.reshape(-1, self.dim)
+        shortcut = x.permute(0, 2, 3, 1).reshape(-1, c)
+        if self._use_onednn(y):
+            op = torch.ops.mkldnn._linear_pointwise
+            y = op(y, self.fc1.weight, self.fc1.bias, self.act, [], "none")
+            y = op.binary(y, shortcut.contiguous(), self.fc2.weight, self.fc2.bias, "add")
+        else:  # GPU, autocast, tracing/export, torch.compile (inductor fuses on its own)
+            y = F.gelu(self.fc1(y)) if self.act == "gelu" else F.relu(self.fc1(y))
+            y = self.fc2(y) + shortcut
+        return y.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+# ----------------------------------------------------------------------------------------- precision
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_slowdown(size: int = 256, reps: int = 5) -> float:
+    """Measured time of a bf16 GEMM over the same fp32 GEMM on this CPU (>1 means bf16 is slower).
+
+    CPUs without native bf16 (no AVX512-BF16/AMX) emulate it; with the current wheels that is several times
+    slower than fp32, which is why fp32 is the CPU default.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+
+    def best(x, y):
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            x @ y
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    best(a, b)
+    fp32 = best(a, b)
+    ab, bb = a.bfloat16(), b.bfloat16()
+    best(ab, bb)
+    return best(ab, bb) / max(fp32, 1e-9)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> fp32 on CPU, bf16 (fp16 where bf16 is unsupported) on CUDA; rejects fp16 on CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("precision fp16 is for GPUs (CPU fp16 kernels are slow or missing); use fp32 or bf16 on CPU")
+    return precision
+
+
+# ----------------------------------------------------------------------------------------- the wrapper
+
+
+def compile_available(device: torch.device) -> tuple[bool, str]:
+    """Whether torch.compile (inductor) can run here, and why not."""
+    try:
+        import torch._dynamo as dynamo
+    except ImportError as e:  # pragma: no cover - torch without dynamo
+        return False, f"torch._dynamo is missing ({e})"
+    if not dynamo.is_dynamo_supported():
+        return False, "torch.compile is not supported on this Python/platform"
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        return False, "inductor needs a C++ compiler (g++/clang++) for CPU code and none is on PATH"
+    return True, ""
+
+
+class InferenceModel(nn.Module):
+    """An eval-only model returned by optimize_for_inference: casts the input (memory format, dtype), runs the
+    folded network under the chosen precision, returns fp32 logits. Unknown attributes (cfg, num_classes,
+    forward_features, ...) are those of the folded ConvNeXt in ``.model``."""
+
+    def __init__(self, model: nn.Module, *, precision: str, autocast: bool, channels_last: bool,
+                 compile: bool, report: FoldReport, device: torch.device) -> None:
+        super().__init__()
+        self.model = model
+        self.precision, self.autocast, self.channels_last = precision, autocast, channels_last
+        self.report, self.device = report, device
+        self.dtype = _DTYPES[precision]
+        self._compiled = None
+        self.compiled = False
+        if compile:
+            ok, why = compile_available(device)
+            if ok:
+                # freezing: inductor treats weights as constants (constant-folds them, prepacks GEMM weights)
+                self._compiled = torch.compile(model, options={"freezing": True})
+                self.compiled = True
+            else:
+                warnings.warn(f"torch.compile unavailable ({why}); running eager", RuntimeWarning, stacklevel=3)
+
+    def train(self, mode: bool = True) -> "InferenceModel":
+        if mode:
+            raise RuntimeError("this model comes from optimize_for_inference and is eval-only "
+                               "(norms and layer scale are folded); train the original model instead")
+        return super().train(False)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__["_modules"].get("model")
+            if inner is None:
+                raise
+            return getattr(inner, name)
+
+    def _amp(self):
+        if self.precision == "fp32" or not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.autocast and x.is_floating_point():
+            x = x.to(self.dtype)
+        return x
+
+    def _run(self, fn, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self._amp():
+            return fn(self._prepare(x)).float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None:
+            try:
+                return self._run(self._compiled, x)
+            except Exception as e:  # noqa: BLE001 - any backend failure: the eager model still gives the answer
+                warnings.warn(f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                              "running eager from now on", RuntimeWarning, stacklevel=2)
+                self._compiled, self.compiled = None, False
+        return self._run(self.model, x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self.model.forward_features, x)
+
+
+# ----------------------------------------------------------------------------------------- entry point
+
+
+def fold_model(model: ConvNeXt, fast_blocks: bool = True) -> FoldReport:
+    """Apply every exact fold to `model` in place (eval semantics); returns what was done."""
+    report = FoldReport()
+    for module in list(model.modules()):
+        if isinstance(module, Stem):
+            _fold_conv_norm_pairs(module, report)
+        elif isinstance(module, Downsample):
+            _fold_downsample(module, report)
+        elif isinstance(module, Block):
+            _fold_block(module, report)
+        elif isinstance(module, Head):
+            _fold_head(module, report)
+    if fast_blocks:
+        for stage in model.stages:
+            for i, block in enumerate(stage.blocks):
+                if isinstance(block, Block) and FastBlock.matches(block):
+                    stage.blocks[i] = FastBlock(block)
+                    report.fast_blocks += 1
+    return report
+
+
+def optimize_for_inference(
+    model: nn.Module,
+    *,
+    precision: str = "auto",
+    autocast: bool = True,
+    channels_last: bool = True,
+    fast_blocks: bool = True,
+    compile: bool = False,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """An equivalent eval-only copy of `model` that runs faster; the original is not modified.
+
+    precision: "auto" (fp32 on CPU, bf16/fp16 on CUDA), "fp32", "bf16" or "fp16" (CUDA only).
+    autocast: for bf16/fp16, run under torch.autocast (True) or cast weights and inputs fully (False).
+    channels_last: NHWC weights and inputs. fast_blocks: ConvNeXt blocks as NHWC GEMMs with fused epilogues.
+    compile: torch.compile with inductor and frozen weights; warns and stays eager where unavailable.
+    device: where to run (default: where the model's parameters are).
+
+    Models with nothing to fold (not a ConvNeXt, or a config without norm/conv pairs or layer scale) are
+    returned unchanged, with a warning.
+    """
+    if not isinstance(model, ConvNeXt):
+        warnings.warn(f"optimize_for_inference: {type(model).__name__} is not a convnext.ConvNeXt; "
+                      "returned unchanged", RuntimeWarning, stacklevel=2)
+        return model
+    params = list(model.parameters())
+    device = torch.device(device) if device is not None else (params[0].device if params else torch.device("cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch.cuda.is_available() is False; use device='cpu'")
+    precision = resolve_precision(precision, device)
+    if precision == "bf16" and device.type == "cpu":
+        slowdown = cpu_bf16_slowdown()
+        if slowdown > 1.5:
+            warnings.warn(f"bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}) is {slowdown:.1f}x slower "
+                          "than fp32 in a GEMM test (no native bf16); fp32 is the CPU default", RuntimeWarning,
+                          stacklevel=2)
+
+    fused = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        report = fold_model(fused, fast_blocks=fast_blocks)
+    if report.folds == 0 and report.fast_blocks == 0:
+        warnings.warn("optimize_for_inference: this model has no foldable norm/conv pairs or layer scale; "
+                      "returned unchanged", RuntimeWarning, stacklevel=2)
+        return model
+    for p in fused.parameters():
+        p.requires_grad_(False)
+    fused = fused.to(device)
+    if not autocast and precision != "fp32":
+        fused = fused.to(_DTYPES[precision])
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+    return InferenceModel(fused, precision=precision, autocast=autocast, channels_last=channels_last,
+                          compile=compile, report=report, device=device).eval()
+
+
+__all__ = [
+    "PRECISIONS",
+    "ChannelNorm",
+    "FastBlock",
+    "FoldReport",
+    "InferenceModel",
+    "compile_available",
+    "cpu_bf16_slowdown",
+    "fold_affine_into_next",
+    "fold_model",
+    "fold_norm_into_previous",
+    "optimize_for_inference",
+    "resolve_precision",
+]
