@@ -146,42 +146,80 @@ def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def read_info(path: str | os.PathLike) -> ModelInfo:
-    """Read only the metadata of a checkpoint written by ``save_model``."""
+def _read_convnext_metadata(p: Path) -> ModelInfo | None:
+    """The convnext metadata of a safetensors file, or None when it has none (or is not safetensors)."""
     from safetensors import safe_open
 
-    p = resolve_checkpoint_path(path)
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:  # noqa: BLE001 - any parse failure means the same thing to the user
         raise CheckpointError(f"{p}: not a readable safetensors file ({e}); re-export or re-download it") from None
     if METADATA_KEY not in meta:
-        raise CheckpointError(
-            f"{p}: safetensors file has no convnext metadata (architecture unknown); "
-            "load it with convnext.load_weights(create_model(NAME), path) instead"
-        )
+        return None
     try:
         return ModelInfo.from_json(meta[METADATA_KEY])
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{p}: convnext metadata is invalid ({e}); re-save the checkpoint") from None
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[ConvNeXt, ModelInfo]:
-    """Build the model a checkpoint describes and load its weights. Returns (model in eval mode, info)."""
-    from safetensors.torch import load_file
-
+def read_info(path: str | os.PathLike) -> ModelInfo:
+    """Read only the metadata of a checkpoint written by ``save_model``."""
     p = resolve_checkpoint_path(path)
-    info = read_info(p)
-    model = ConvNeXt(info.config)
-    try:
-        state = load_file(str(p), device=str(map_location))
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{p}: weights cannot be read ({e}); the file is damaged, re-save it") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    info = _read_convnext_metadata(p)
+    if info is None:
         raise CheckpointError(
-            f"{p}: weights do not fit the architecture in its metadata "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+            f"{p}: safetensors file has no convnext metadata (architecture unknown); "
+            "load it with convnext.load_weights(create_model(NAME), path) instead"
         )
+    return info
+
+
+def load_model(
+    path: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    model_name: str | None = None,
+    **overrides: Any,
+) -> tuple[ConvNeXt, ModelInfo]:
+    """Build the model a checkpoint describes and load its weights. Returns (model in eval mode, info).
+
+    A checkpoint written by ``save_model`` carries its architecture. Any other weights file (official
+    ``.pth``, timm / torchvision / Hugging Face ``.bin`` or ``.safetensors``, a plain state dict) needs
+    ``model_name``; the model is then ``create_model(model_name, **overrides)`` with ``num_classes`` and
+    ``in_chans`` defaulting to the file's. ``overrides`` (ArchConfig fields, ``features_only``,
+    ``out_indices``) also apply to our own checkpoints, e.g. ``num_classes=N`` to fine-tune.
+    """
+    from .models import create_model
+    from .weights.io import guess_model_name, read_weights, resolve_weights_path
+
+    p = resolve_weights_path(path)
+    info = _read_convnext_metadata(p) if p.suffix == ".safetensors" else None
+    weights = read_weights(p)
+    if info is None:
+        if model_name is None:
+            guess = guess_model_name(weights.state)
+            hint = f" (the weights look like {guess})" if guess else ""
+            raise CheckpointError(
+                f"{p}: {weights.layout}-layout weights without convnext metadata, so the architecture is "
+                f"unknown; pass --model NAME{hint} (load_model(path, model_name=NAME))"
+            )
+        model = create_model(model_name, pretrained=weights, **overrides)
+        info = ModelInfo(config=model.cfg, name=model_name, preprocess=_default_preprocess(model.cfg.in_chans))
+    else:
+        model = create_model(info.config, pretrained=weights, **overrides)
+        if model.cfg != info.config:
+            if model.cfg.in_chans != info.config.in_chans:
+                info.preprocess = _default_preprocess(model.cfg.in_chans)
+            if info.class_names is not None and len(info.class_names) != model.cfg.num_classes:
+                info.class_names = None
+            info.config = model.cfg
     return model.to(map_location).eval(), info
+
+
+def _default_preprocess(channels: int) -> Preprocess:
+    # ImageNet statistics; for other channel counts their channel average (the stem was adapted
+    # from RGB kernels, see convnext.weights.io).
+    if channels == 3:
+        return Preprocess()
+    mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
+    return Preprocess(mean=(mean,) * channels, std=(std,) * channels, channels=channels)

@@ -145,25 +145,77 @@ class Head(nn.Module):
         return self.fc(self.dropout(x))
 
 
-class ConvNeXt(nn.Module):
-    """A configurable ConvNet: ResNet-50, every roadmap step, ConvNeXt and isotropic ConvNeXt."""
+def normalize_out_indices(out_indices, num_stages: int) -> tuple[int, ...]:
+    """Validate stage indices for a backbone; negative indices count from the last stage."""
+    if out_indices is None:
+        return tuple(range(num_stages))
+    if isinstance(out_indices, int):
+        out_indices = (out_indices,)
+    result = []
+    for i in out_indices:
+        if not isinstance(i, int) or not -num_stages <= i < num_stages:
+            raise ValueError(
+                f"out_indices {tuple(out_indices)} must be stage numbers in 0..{num_stages - 1} "
+                f"(this model has {num_stages} stage(s)); e.g. out_indices=(0, 1, 2, 3)"
+            )
+        result.append(i % num_stages)
+    if not result or len(set(result)) != len(result):
+        raise ValueError(f"out_indices {tuple(out_indices)} must be non-empty and name each stage at most once")
+    return tuple(sorted(result))
 
-    def __init__(self, cfg: ArchConfig) -> None:
+
+class ConvNeXt(nn.Module):
+    """A configurable ConvNet: ResNet-50, every roadmap step, ConvNeXt and isotropic ConvNeXt.
+
+    ``features_only=True`` makes it a backbone for detection/segmentation: ``forward`` returns the
+    outputs of the stages in ``out_indices`` (strides 4/8/16/32 for the hierarchical models), each
+    through its own norm as in the official ConvNeXt detection/segmentation backbones. It has no
+    head and drops the stages after the last requested one (nothing unused for DDP to complain about).
+    """
+
+    def __init__(self, cfg: ArchConfig, features_only: bool = False, out_indices=None) -> None:
         super().__init__()
+        if out_indices is not None and not features_only:
+            raise ValueError("out_indices only applies to a backbone; pass features_only=True as well")
         self.cfg = cfg
-        self.num_classes = cfg.num_classes
+        self.features_only = bool(features_only)
+        self.out_indices = normalize_out_indices(out_indices, len(cfg.dims))
+        self.num_classes = 0 if features_only else cfg.num_classes
         self.num_features = cfg.dims[-1]
         self.stem = Stem(cfg)
         # Stochastic depth rate grows linearly from 0 to drop_path_rate over all blocks.
         total = sum(cfg.depths)
         rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        num_built = self.out_indices[-1] + 1 if features_only else len(cfg.depths)
         stages, in_dim, start = [], cfg.stem_width, 0
-        for i, depth in enumerate(cfg.depths):
+        for i, depth in enumerate(cfg.depths[:num_built]):
             stages.append(Stage(cfg, i, in_dim, rates[start : start + depth]))
             in_dim, start = cfg.dims[i], start + depth
         self.stages = nn.Sequential(*stages)
-        self.head = Head(cfg, self.num_features)
+        if features_only:
+            # Official detection/segmentation backbones put a fresh LayerNorm on each output
+            # (norm0..norm3). BatchNorm nets (ResNet-50 and the early roadmap steps) already end
+            # their stages normalised-and-activated, so they hand stage outputs over as they are.
+            self.feature_norms = nn.ModuleDict(
+                {
+                    str(i): make_norm("layernorm", cfg.dims[i]) if cfg.norm == "layernorm" else nn.Identity()
+                    for i in self.out_indices
+                }
+            )
+        else:
+            self.head = Head(cfg, self.num_features)
         self.reset_parameters()
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """Channels and input-pixel reduction of each feature map (the backbone's outputs, or every
+        stage for a classifier), as detection/segmentation necks expect them."""
+        indices = self.out_indices
+        return [
+            {"index": i, "num_chs": self.cfg.dims[i], "reduction": self.cfg.stem_stride * 2 ** i,
+             "module": f"stages.{i}"}
+            for i in indices
+        ]
 
     @property
     def min_input_size(self) -> int:
@@ -186,10 +238,32 @@ class ConvNeXt(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if not self.features_only:
+            self._scale_head_init()
+
+    def _scale_head_init(self) -> None:
         if isinstance(self.head.fc, nn.Linear) and self.cfg.head_init_scale != 1.0:
             with torch.no_grad():
                 self.head.fc.weight.mul_(self.cfg.head_init_scale)
                 self.head.fc.bias.mul_(self.cfg.head_init_scale)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier by a freshly initialised one with ``num_classes`` outputs (0: none,
+        forward then returns pooled features). The config follows, so a saved checkpoint says so."""
+        if self.features_only:
+            raise ValueError("a features_only backbone has no classifier; build it without features_only")
+        if num_classes < 0:
+            raise ValueError(f"num_classes={num_classes} must be >= 0 (0 = no classifier)")
+        like = next(self.parameters())
+        self.cfg = self.cfg.replace(num_classes=num_classes)
+        self.num_classes = num_classes
+        if num_classes == 0:
+            self.head.fc = nn.Identity()
+            return
+        self.head.fc = nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype)
+        nn.init.trunc_normal_(self.head.fc.weight, std=0.02)
+        nn.init.zeros_(self.head.fc.bias)
+        self._scale_head_init()
 
     def _check_input(self, x: torch.Tensor) -> None:
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
@@ -206,12 +280,30 @@ class ConvNeXt(nn.Module):
             )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last stage's feature map (before pooling and the head norm)."""
+        """Last (built) stage's feature map, before pooling and any norm."""
         self._check_input(x)
         return self.stages(self.stem(x))
 
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the stages in ``out_indices``, each through its feature norm (backbone only)."""
+        if not self.features_only:
+            raise ValueError("forward_stages needs a backbone; build the model with features_only=True")
+        self._check_input(x)
+        x = self.stem(x)
+        outputs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if str(i) in self.feature_norms:
+                outputs.append(self.feature_norms[str(i)](x))
+        return outputs
+
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool, norm and classify a last-stage feature map; ``pre_logits=True`` stops before the classifier."""
+        if self.features_only:
+            raise ValueError("a features_only backbone has no head; build it without features_only")
         return self.head(x, pre_logits=pre_logits)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
+        if self.features_only:
+            return self.forward_stages(x)
         return self.forward_head(self.forward_features(x))
