@@ -12,6 +12,7 @@ from .models import (
 )
 
 from .infer.fuse import optimize_for_inference
+from .weights import export_weights, load_weights
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,9 @@ __all__ = [
     "count_flops",
     "count_params",
     "create_model",
+    "export_weights",
     "get_config",
     "list_models",
+    "load_weights",
     "optimize_for_inference",
 ]
