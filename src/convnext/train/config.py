@@ -1,0 +1,435 @@
+"""TrainConfig: one dataclass tree for a training run, presets, file loading and dotted overrides.
+
+Precedence: preset (``paper`` or ``small``) < config file (YAML or TOML, may name a ``preset``)
+< command-line overrides (``opt.lr=1e-3``). Every value is type-checked and range-checked before
+any work starts; an unknown key or a bad value raises ``UsageError`` naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UsageError
+
+AMP_MODES = ("none", "bf16", "fp16")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+GRAYSCALE_MODES = ("repeat", "in_chans")
+DATASETS = ("folder", "fashion_mnist", "synthetic")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "convnext_tiny"
+    # ArchConfig fields to override (e.g. {"kernel_size": 9}); num_classes and in_chans come from the data.
+    overrides: dict = field(default_factory=dict)
+    # Scale every stage width (and the stem) by this factor, rounded to a multiple of 8.
+    width_mult: float = 1.0
+    # Start from these weights (fine-tuning); any checkpoint convnext can load. The classifier is
+    # re-initialised when the class count differs.
+    init: str | None = None
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "folder"
+    # folder: directory with train/ and val/ class folders; fashion_mnist: directory of the IDX files.
+    root: str | None = None
+    image_size: int = 224
+    # 1-channel data: "repeat" into 3 channels (ImageNet-style stem) or "in_chans" (model gets in_chans=1).
+    grayscale: str = "repeat"
+    batch_size: int = 128  # per process, per micro-step
+    workers: int = 4
+    # Use only the first N samples (after a fixed shuffle) of each split; 0 = all.
+    limit_train: int = 0
+    limit_val: int = 0
+    synthetic_samples: int = 512
+    synthetic_classes: int = 10
+    # Bad image files: skipped with a warning and counted (default), or an error with strict.
+    strict: bool = False
+    # Decode every image once before training so bad files are found up front.
+    verify: bool = True
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+@dataclass
+class AugmentConfig:
+    random_resized_crop: bool = True
+    crop_scale_min: float = 0.08
+    hflip: float = 0.5
+    randaugment: bool = True
+    randaugment_n: int = 2
+    randaugment_m: int = 9
+    randaugment_mstd: float = 0.5
+    random_erasing: float = 0.25
+    mixup: float = 0.8  # Beta(alpha, alpha); 0 = off
+    cutmix: float = 1.0
+    mixup_switch_prob: float = 0.5  # chance of CutMix instead of Mixup when both are on
+    mixup_prob: float = 1.0  # chance a batch is mixed at all
+    label_smoothing: float = 0.1
+    interpolation: str = "bicubic"
+    crop_ratio: float = 0.875  # eval: resize to image_size / crop_ratio, center crop image_size
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 4e-3
+    # Linear scaling: effective lr = lr * (batch_size * update_freq * world_size) / lr_base_batch; None = lr as is.
+    lr_base_batch: int | None = 4096
+    min_lr: float = 1e-6
+    warmup_epochs: float = 20.0
+    epochs: int = 300
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    update_freq: int = 1  # gradient accumulation: optimizer step every N micro-batches
+    clip_grad: float | None = None  # max global grad norm; None = no clipping (paper)
+    layer_decay: float = 1.0  # layer-wise lr decay for fine-tuning (< 1); 1 = off
+
+
+@dataclass
+class RegularizationConfig:
+    # Stochastic depth; None = the paper's rate for the model size (T 0.1, S 0.4, B/L 0.5).
+    drop_path: float | None = None
+    ema: bool = True
+    ema_decay: float = 0.9999
+
+
+@dataclass
+class RuntimeConfig:
+    out: str = "runs"
+    run_name: str | None = None  # default: <model>-<dataset>
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "none"
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    # "auto": continue from the newest valid checkpoint in the run dir if there is one; or a path.
+    resume: str | None = None
+    overwrite: bool = False  # allow starting fresh over an existing run dir
+    save_every_steps: int = 0  # crash-safe checkpoint every N optimizer steps (0: end of epoch only)
+    log_every: int = 10  # metrics.jsonl step record every N optimizer steps
+    max_bad_steps: int = 5  # stop after this many consecutive NaN/Inf steps
+    max_steps: int = 0  # stop after N optimizer steps in total (0: run all epochs)
+    progress: bool = True
+    tensorboard: bool = True
+    plots: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugmentConfig = field(default_factory=AugmentConfig)
+    opt: OptimConfig = field(default_factory=OptimConfig)
+    reg: RegularizationConfig = field(default_factory=RegularizationConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def validate(self) -> "TrainConfig":
+        _validate(self)
+        return self
+
+    def replace(self, overrides: dict[str, Any] | list[str] | None = None) -> "TrainConfig":
+        """A copy with dotted overrides applied: ``{"opt.lr": 1e-3}`` or ``["opt.lr=1e-3"]``."""
+        d = self.to_dict()
+        for key, value in _pairs(overrides):
+            _set_dotted(d, key, value)
+        return TrainConfig.from_dict(d)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, d, "").validate()
+
+    def save(self, path: str | Path) -> None:
+        from ..checkpoint import atomic_write
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+# ---- presets -------------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Paper appendix A.1 (ImageNet-1K, 300 epochs): every default above is this recipe.
+    "paper": {},
+    # A short CPU-friendly recipe for small datasets (Fashion-MNIST, a few thousand images):
+    # no heavy regularisation, since a few epochs cannot use it; everything else as in the paper.
+    "small": {
+        "model": {"name": "convnext_atto", "overrides": {"depths": [2, 2, 2, 2], "dims": [32, 64, 128, 256]}},
+        "data": {"image_size": 32, "batch_size": 128, "workers": 2},
+        "aug": {"random_resized_crop": True, "crop_scale_min": 0.5, "hflip": 0.5, "randaugment": False,
+                "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.1,
+                "interpolation": "bilinear", "crop_ratio": 1.0},
+        "opt": {"lr": 4e-3, "lr_base_batch": None, "min_lr": 1e-5, "warmup_epochs": 0.3, "epochs": 3,
+                "weight_decay": 0.05},
+        "reg": {"drop_path": 0.0, "ema": True, "ema_decay": 0.998},
+        "runtime": {"save_every_steps": 100, "log_every": 20},
+    },
+}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise UsageError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    return TrainConfig.from_dict(PRESETS[name])
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None,
+                preset_name: str | None = None) -> TrainConfig:
+    """Preset, then the file (YAML or TOML), then overrides; validated."""
+    d: dict[str, Any] = {}
+    file_d: dict[str, Any] = {}
+    if path is not None:
+        file_d = read_config_file(path)
+        preset_name = preset_name or file_d.pop("preset", None)
+        file_d.pop("preset", None)
+    if preset_name is not None:
+        if preset_name not in PRESETS:
+            raise UsageError(f"unknown preset {preset_name!r}; use one of {', '.join(PRESETS)}")
+        d = _deep_merge(d, PRESETS[preset_name])
+    d = _deep_merge(d, file_d)
+    cfg = TrainConfig.from_dict(d)
+    return cfg.replace(overrides) if overrides else cfg
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: config file not found")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            d = tomllib.loads(text)
+        else:
+            d = yaml.safe_load(text) or {}
+    except Exception as e:  # noqa: BLE001 - parser errors differ by format; the message is what matters
+        raise UsageError(f"{p}: cannot parse config ({type(e).__name__}: {e}); fix the file's syntax") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"{p}: a config file must be a mapping of sections (model:, data:, opt:, ...)")
+    return d
+
+
+# ---- building and checking -----------------------------------------------------------------------
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        # model.overrides is replaced as a whole so a file can drop a preset's override
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "overrides":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _pairs(overrides) -> list[tuple[str, Any]]:
+    if overrides is None:
+        return []
+    if isinstance(overrides, dict):
+        return list(overrides.items())
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"override {item!r} must look like section.field=value, e.g. opt.lr=1e-3")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def _unknown(name: str, allowed: list[str], where: str) -> UsageError:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return UsageError(f"unknown config key '{where}{name}'; {hint}valid keys: {', '.join(allowed)}")
+
+
+def _set_dotted(d: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = d
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, dict) or part not in node:
+            raise _unknown(part, list(node) if isinstance(node, dict) else [], ".".join(parts[:i]) + "." if i else "")
+        if parts[i] == "overrides":  # model.overrides.<ArchConfig field>: free-form, checked by ArchConfig
+            node[part] = dict(node[part]) if node[part] else {}
+            node[part][".".join(parts[i + 1:])] = value
+            return
+        node = node[part]
+    if len(parts) >= 2 and parts[-2] == "overrides" and isinstance(node, dict):
+        node[parts[-1]] = value
+        return
+    if parts[-1] not in node:
+        raise _unknown(parts[-1], list(node), ".".join(parts[:-1]) + "." if len(parts) > 1 else "")
+    node[parts[-1]] = value
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except UsageError as e:
+                errors.append(str(e))
+        raise UsageError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where}={value!r} must be a list, e.g. [0.9, 0.999]")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise UsageError(f"{where}={value!r} must have {len(args)} values")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if tp is dict or origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise UsageError(f"{where}={value!r} must be a mapping, e.g. {{kernel_size: 9}}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{where}={value!r} must be true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise UsageError(f"{where}={value!r} must be an integer")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{where}={value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{where}={value!r} must be a string")
+        return value
+    raise UsageError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls, d: Any, prefix: str):
+    if not isinstance(d, dict):
+        raise UsageError(f"config section {prefix.rstrip('.') or 'top level'} must be a mapping, got {d!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in d.items():
+        if key not in names:
+            raise _unknown(key, names, prefix)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise UsageError(msg)
+
+
+def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, f"{where}={value!r} is not valid; use one of {', '.join(allowed)}")
+
+
+def _validate(c: TrainConfig) -> None:
+    from ..models import ArchConfig, get_entry
+
+    try:
+        entry = get_entry(c.model.name)
+    except ValueError as e:
+        raise UsageError(f"model.name: {e}") from None
+    try:
+        entry.config.replace(**c.model.overrides)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"model.overrides: {e}") from None
+    _check(c.model.width_mult > 0, f"model.width_mult={c.model.width_mult} must be > 0")
+    _choice("data.dataset", c.data.dataset, DATASETS)
+    _choice("data.grayscale", c.data.grayscale, GRAYSCALE_MODES)
+    _check(c.data.batch_size >= 1, f"data.batch_size={c.data.batch_size} must be >= 1")
+    _check(c.data.workers >= 0, f"data.workers={c.data.workers} must be >= 0")
+    _check(c.data.limit_train >= 0 and c.data.limit_val >= 0, "data.limit_train / data.limit_val must be >= 0")
+    _check(c.data.synthetic_samples >= 1 and c.data.synthetic_classes >= 2,
+           "data.synthetic_samples must be >= 1 and data.synthetic_classes >= 2")
+    stride = ArchConfig(**{**entry.config.to_dict(), **c.model.overrides}).total_stride
+    _check(c.data.image_size >= stride,
+           f"data.image_size={c.data.image_size} is smaller than the network's total stride {stride}; "
+           f"use data.image_size >= {stride}")
+    if (c.data.mean is None) != (c.data.std is None):
+        raise UsageError("data.mean and data.std must be given together")
+    if c.data.std is not None:
+        _check(len(c.data.mean) == len(c.data.std) and all(s > 0 for s in c.data.std),
+               "data.mean and data.std must have the same length and std values must be > 0")
+    a = c.aug
+    _check(0 < a.crop_scale_min <= 1, f"aug.crop_scale_min={a.crop_scale_min} must be in (0, 1]")
+    for name in ("hflip", "random_erasing", "mixup_switch_prob", "mixup_prob"):
+        v = getattr(a, name)
+        _check(0 <= v <= 1, f"aug.{name}={v} must be a probability in [0, 1]")
+    _check(a.randaugment_n >= 1, f"aug.randaugment_n={a.randaugment_n} must be >= 1")
+    _check(0 <= a.randaugment_m <= 30, f"aug.randaugment_m={a.randaugment_m} must be in [0, 30]")
+    _check(a.randaugment_mstd >= 0, f"aug.randaugment_mstd={a.randaugment_mstd} must be >= 0")
+    _check(a.mixup >= 0 and a.cutmix >= 0, "aug.mixup and aug.cutmix are Beta alphas and must be >= 0 (0 = off)")
+    _check(0 <= a.label_smoothing < 1, f"aug.label_smoothing={a.label_smoothing} must be in [0, 1)")
+    _choice("aug.interpolation", a.interpolation, INTERPOLATIONS)
+    _check(0 < a.crop_ratio <= 1, f"aug.crop_ratio={a.crop_ratio} must be in (0, 1]")
+    o = c.opt
+    _check(o.lr > 0, f"opt.lr={o.lr} must be > 0")
+    _check(o.min_lr >= 0, f"opt.min_lr={o.min_lr} must be >= 0")
+    _check(o.lr_base_batch is None or o.lr_base_batch >= 1, f"opt.lr_base_batch={o.lr_base_batch} must be >= 1 or null")
+    _check(o.epochs >= 1, f"opt.epochs={o.epochs} must be >= 1")
+    _check(0 <= o.warmup_epochs <= o.epochs,
+           f"opt.warmup_epochs={o.warmup_epochs} must be in [0, opt.epochs={o.epochs}]")
+    _check(o.weight_decay >= 0, f"opt.weight_decay={o.weight_decay} must be >= 0")
+    _check(all(0 <= b < 1 for b in o.betas), f"opt.betas={list(o.betas)} must each be in [0, 1)")
+    _check(o.eps > 0, f"opt.eps={o.eps} must be > 0")
+    _check(o.update_freq >= 1, f"opt.update_freq={o.update_freq} must be >= 1")
+    _check(o.clip_grad is None or o.clip_grad > 0, f"opt.clip_grad={o.clip_grad} must be > 0 or null")
+    _check(0 < o.layer_decay <= 1, f"opt.layer_decay={o.layer_decay} must be in (0, 1]")
+    r = c.reg
+    _check(r.drop_path is None or 0 <= r.drop_path < 1, f"reg.drop_path={r.drop_path} must be in [0, 1) or null")
+    _check(0 < r.ema_decay < 1, f"reg.ema_decay={r.ema_decay} must be in (0, 1)")
+    t = c.runtime
+    _choice("runtime.amp", t.amp, AMP_MODES)
+    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+           f"runtime.device={t.device!r} is not valid; use auto, cpu, cuda or cuda:N")
+    _check(t.seed >= 0, f"runtime.seed={t.seed} must be >= 0")
+    for name in ("save_every_steps", "max_steps"):
+        _check(getattr(t, name) >= 0, f"runtime.{name}={getattr(t, name)} must be >= 0")
+    _check(t.log_every >= 1, f"runtime.log_every={t.log_every} must be >= 1")
+    _check(t.max_bad_steps >= 1, f"runtime.max_bad_steps={t.max_bad_steps} must be >= 1")
+    _check(t.run_name is None or (t.run_name and "/" not in t.run_name and t.run_name not in (".", "..")),
+           f"runtime.run_name={t.run_name!r} must be a plain directory name")
