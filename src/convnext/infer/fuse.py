@@ -235,8 +235,9 @@ class FastBlock(nn.Module):
     stochastic depth, this is eval-only.
     """
 
-    def __init__(self, block: Block) -> None:
+    def __init__(self, block: Block, onednn: bool = True) -> None:
         super().__init__()
+        self.onednn = onednn  # False: plain GEMM + separate GELU/add (to measure what the fused epilogues give)
         self.dwconv = block.dwconv
         norm = getattr(block, block.norm_after["dwconv"]) if "dwconv" in block.norm_after else None
         self.eps = norm.eps if isinstance(norm, ChannelNorm) else None  # None: BN already inside dwconv
@@ -266,7 +267,8 @@ class FastBlock(nn.Module):
 
     def _use_onednn(self, y: torch.Tensor) -> bool:
         return (
-            y.device.type == "cpu"
+            self.onednn
+            and y.device.type == "cpu"
             and y.dtype == self.fc1.weight.dtype
             and not torch.is_autocast_enabled("cpu")
             and not _tracing()
@@ -418,7 +420,7 @@ class InferenceModel(nn.Module):
 # ----------------------------------------------------------------------------------------- entry point
 
 
-def fold_model(model: ConvNeXt, fast_blocks: bool = True) -> FoldReport:
+def fold_model(model: ConvNeXt, fast_blocks: bool = True, onednn: bool = True) -> FoldReport:
     """Apply every exact fold to `model` in place (eval semantics); returns what was done."""
     report = FoldReport()
     for module in list(model.modules()):
@@ -434,7 +436,7 @@ def fold_model(model: ConvNeXt, fast_blocks: bool = True) -> FoldReport:
         for stage in model.stages:
             for i, block in enumerate(stage.blocks):
                 if isinstance(block, Block) and FastBlock.matches(block):
-                    stage.blocks[i] = FastBlock(block)
+                    stage.blocks[i] = FastBlock(block, onednn=onednn)
                     report.fast_blocks += 1
     return report
 
@@ -446,6 +448,7 @@ def optimize_for_inference(
     autocast: bool = True,
     channels_last: bool = True,
     fast_blocks: bool = True,
+    onednn: bool = True,
     compile: bool = False,
     device: str | torch.device | None = None,
 ) -> nn.Module:
@@ -453,7 +456,8 @@ def optimize_for_inference(
 
     precision: "auto" (fp32 on CPU, bf16/fp16 on CUDA), "fp32", "bf16" or "fp16" (CUDA only).
     autocast: for bf16/fp16, run under torch.autocast (True) or cast weights and inputs fully (False).
-    channels_last: NHWC weights and inputs. fast_blocks: ConvNeXt blocks as NHWC GEMMs with fused epilogues.
+    channels_last: NHWC weights and inputs. fast_blocks: ConvNeXt blocks as GEMMs on the NHWC view;
+    onednn: on CPU run those GEMMs as oneDNN inner products with GELU and the residual add fused in.
     compile: torch.compile with inductor and frozen weights; warns and stays eager where unavailable.
     device: where to run (default: where the model's parameters are).
 
@@ -478,7 +482,7 @@ def optimize_for_inference(
 
     fused = copy.deepcopy(model).eval()
     with torch.no_grad():
-        report = fold_model(fused, fast_blocks=fast_blocks)
+        report = fold_model(fused, fast_blocks=fast_blocks, onednn=onednn)
     if report.folds == 0 and report.fast_blocks == 0:
         warnings.warn("optimize_for_inference: this model has no foldable norm/conv pairs or layer scale; "
                       "returned unchanged", RuntimeWarning, stacklevel=2)

@@ -1,0 +1,318 @@
+"""Inference benchmark: our models (eager and optimize_for_inference) against timm/torchvision peers.
+
+Every model is timed in the same process, interleaved: each timed repetition runs every model once, round
+robin, so load from other processes on a shared machine hits all of them alike and the ratios stay fair.
+Throughput uses the median time of a batch; batch-1 latency reports p50/p95 over the same repetitions.
+Peak memory is what one forward needs: parameters and buffers plus the highest level of allocations during
+the forward (CUDA: the allocator's peak; CPU: the profiler's allocation events).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.util
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..models import create_model
+from .fuse import cpu_bf16_slowdown, optimize_for_inference, resolve_precision
+
+PEERS = ("timm_convnext_tiny", "tv_convnext_tiny", "tv_resnet50", "tv_swin_t")
+PEER_SOURCES = {
+    "timm_convnext_tiny": "timm.create_model('convnext_tiny')",
+    "tv_convnext_tiny": "torchvision.models.convnext_tiny()",
+    "tv_resnet50": "torchvision.models.resnet50()",
+    "tv_swin_t": "torchvision.models.swin_t()",
+}
+
+
+@dataclass
+class Candidate:
+    """One row of the benchmark: how to build the model and how to feed it."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    channels_last: bool = False
+    # autocast dtype for models that are not an InferenceModel (which handles precision itself)
+    autocast: torch.dtype | None = None
+    group: str = "ours"  # "ours" | "ablation" | "peer"
+    note: str = ""
+    module: nn.Module | None = field(default=None, repr=False)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def peer_candidates(peers: tuple[str, ...], device: torch.device, amp: torch.dtype | None) -> tuple[list[Candidate], list[str]]:
+    """timm/torchvision models to compare with (skipped with a note when the package is missing).
+
+    CNNs run channels_last, their best eager setting on CPU and GPU; timm's ConvNeXt also runs NCHW so that
+    the faster of the two is the reference the ratios use.
+    """
+    out, skipped = [], []
+    for peer in peers:
+        if peer not in PEERS:
+            raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+        package = "timm" if peer.startswith("timm") else "torchvision"
+        if not _installed(package):
+            skipped.append(f"{peer}: {package} is not installed")
+            continue
+        if peer == "timm_convnext_tiny":
+            def build():
+                import timm
+
+                return timm.create_model("convnext_tiny", pretrained=False)
+
+            out.append(Candidate("timm_convnext_tiny (channels_last)", build, True, amp, "peer"))
+            out.append(Candidate("timm_convnext_tiny (NCHW)", build, False, amp, "peer"))
+            continue
+        name = peer[3:]
+
+        def build(name=name):
+            import torchvision
+            return getattr(torchvision.models, name)(weights=None)
+
+        # Swin is a transformer: its tensors are (N, H, W, C) already, memory format does not apply.
+        out.append(Candidate(f"{peer} ({'NCHW' if name == 'swin_t' else 'channels_last'})", build,
+                             name != "swin_t", amp, "peer"))
+    return out, skipped
+
+
+def our_candidates(model_name: str, device: torch.device, precision: str, *, ablation: bool, compile: bool,
+                   num_classes: int = 1000) -> list[Candidate]:
+    """Our model eager (the reference) and fast; with ablation, one row per optimisation added."""
+    amp = None if precision == "fp32" else {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def base() -> nn.Module:
+        torch.manual_seed(0)  # timing does not depend on the values; a fixed seed keeps runs reproducible
+        return create_model(model_name, num_classes=num_classes).eval()
+
+    def fast(**kw) -> Callable[[], nn.Module]:
+        return lambda: optimize_for_inference(base(), precision=precision, device=device, **kw)
+
+    rows = [Candidate(f"{model_name} eager (channels_last)", base, True, amp, "ours", "unmodified model")]
+    if ablation:
+        rows = [
+            Candidate(f"{model_name} eager (NCHW)", base, False, amp, "ablation", "unmodified model, NCHW input"),
+            rows[0],
+            Candidate(f"{model_name} +fold", fast(fast_blocks=False), True, group="ablation",
+                      note="LN affine/gamma/BN/head LN folded into convs, channels_last"),
+            Candidate(f"{model_name} +fold +NHWC GEMM blocks", fast(onednn=False), True, group="ablation",
+                      note="blocks as GEMMs on the NHWC view, separate GELU and residual add"),
+        ]
+    # InferenceModel rows convert inputs themselves; they get channels_last inputs like the peers do.
+    rows.append(Candidate(f"{model_name} fast", fast(), True, note="optimize_for_inference(): folds, NHWC GEMM blocks, "
+                          "oneDNN GELU/residual-fused GEMMs on CPU"))
+    if compile:
+        rows.append(Candidate(f"{model_name} fast +compile", fast(compile=True), True,
+                              note="optimize_for_inference(compile=True): inductor with frozen weights"))
+    return rows
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prepare(c: Candidate, x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if c.channels_last else x
+
+
+def _call(c: Candidate, x: torch.Tensor, device: torch.device) -> None:
+    ctx = torch.autocast(device.type, dtype=c.autocast) if c.autocast is not None else contextlib.nullcontext()
+    with ctx:
+        c.module(x)
+
+
+def _param_bytes(m: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+
+
+def peak_memory_mib(c: Candidate, x: torch.Tensor, device: torch.device) -> float:
+    """Parameters + buffers + the peak of what one forward allocates on top, in MiB."""
+    resident = _param_bytes(c.module)
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        _call(c, x, device)
+        _sync(device)
+        extra = torch.cuda.max_memory_allocated(device) - before
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            _call(c, x, device)
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+        level = extra = 0
+        for _, nbytes in events:
+            level += nbytes
+            extra = max(extra, level)
+    return (resident + extra) / 2**20
+
+
+def _percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def measure(candidates: list[Candidate], batch_sizes: tuple[int, ...], resolution: int, device: torch.device,
+            warmup: int, iters: int, memory: bool = True, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Time every candidate at every batch size, interleaved; one dict per (candidate, batch size)."""
+    rows = []
+    for batch in batch_sizes:
+        x = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(batch)).to(device)
+        inputs = [_prepare(c, x) for c in candidates]
+        times: list[list[float]] = [[] for _ in candidates]
+        with torch.inference_mode():
+            for _ in range(warmup):
+                for c, xi in zip(candidates, inputs):
+                    _call(c, xi, device)
+            for it in range(iters):
+                if progress:
+                    progress(f"batch {batch}: repetition {it + 1}/{iters}")
+                for i, (c, xi) in enumerate(zip(candidates, inputs)):
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    _call(c, xi, device)
+                    _sync(device)
+                    times[i].append(time.perf_counter() - t0)
+            for c, xi, ts in zip(candidates, inputs, times):
+                med = statistics.median(ts)
+                row = {
+                    "model": c.name, "group": c.group, "batch": batch, "resolution": resolution,
+                    "throughput_img_s": batch / med, "median_ms": med * 1e3,
+                    "mean_ms": statistics.fmean(ts) * 1e3, "min_ms": min(ts) * 1e3,
+                    "p50_ms": _percentile(ts, 0.5) * 1e3, "p95_ms": _percentile(ts, 0.95) * 1e3,
+                    "times_ms": [round(t * 1e3, 3) for t in ts],
+                }
+                if memory:
+                    row["peak_mem_mib"] = peak_memory_mib(c, xi, device)
+                rows.append(row)
+    return rows
+
+
+def _reference(rows: list[dict], batch: int) -> dict | None:
+    """timm's best eager setting at this batch size (the faster of channels_last and NCHW)."""
+    timm = [r for r in rows if r["batch"] == batch and r["model"].startswith("timm_convnext_tiny")]
+    return max(timm, key=lambda r: r["throughput_img_s"]) if timm else None
+
+
+def add_ratios(rows: list[dict]) -> None:
+    for r in rows:
+        ref = _reference(rows, r["batch"])
+        if ref is not None:
+            r["vs_timm_throughput"] = r["throughput_img_s"] / ref["throughput_img_s"]
+            r["vs_timm_p50"] = r["p50_ms"] / ref["p50_ms"]
+            r["timm_reference"] = ref["model"]
+
+
+def precision_note(precision: str, device: torch.device) -> str:
+    if device.type != "cpu":
+        return f"{precision} on {device.type} (AMP autocast for every model)" if precision != "fp32" else "fp32"
+    slowdown = cpu_bf16_slowdown()
+    cap = torch.backends.cpu.get_cpu_capability()
+    if slowdown > 1.5:
+        return (f"CPU {cap}: bf16 GEMM measured {slowdown:.1f}x slower than fp32 (no native bf16), "
+                f"so fp32 is the CPU default; running {precision}")
+    return f"CPU {cap}: bf16 GEMM {slowdown:.2f}x the time of fp32; running {precision}"
+
+
+def run_benchmark(model: str = "convnext_tiny", *, batch_sizes: tuple[int, ...] = (1, 8), resolution: int = 224,
+                  device: str = "cpu", precision: str = "auto", warmup: int = 3, iters: int = 20,
+                  peers: tuple[str, ...] = PEERS, ablation: bool = False, compile: bool = False,
+                  memory: bool = True, threads: int | None = None, num_classes: int = 1000,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Build every candidate, measure them interleaved, return the results as a JSON-ready dict."""
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes {batch_sizes} must be positive integers, e.g. --batch-sizes 1 8")
+    if resolution < 32:
+        raise ValueError(f"resolution {resolution} is below the models' total stride 32; use --size 32 or more")
+    if warmup < 0 or iters < 1:
+        raise ValueError(f"need warmup >= 0 and iters >= 1 (got warmup={warmup}, iters={iters})")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but torch.cuda.is_available() is False; use --device cpu")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    precision = resolve_precision(precision, dev)
+    amp = None if precision == "fp32" else {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    peer_rows, skipped = peer_candidates(tuple(peers), dev, amp)
+    candidates = our_candidates(model, dev, precision, ablation=ablation, compile=compile,
+                                num_classes=num_classes) + peer_rows
+    load_before = os.getloadavg()
+    started = time.time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for c in candidates:
+            c.module = c.build().eval().to(dev)
+            if c.channels_last:
+                c.module = c.module.to(memory_format=torch.channels_last)
+        rows = measure(candidates, tuple(batch_sizes), resolution, dev, warmup, iters, memory, progress)
+    add_ratios(rows)
+    notes = {c.name: c.note for c in candidates if c.note}
+    return {
+        "command": " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "model": model, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "precision": precision, "precision_note": precision_note(precision, dev),
+        "batch_sizes": list(batch_sizes), "resolution": resolution, "warmup": warmup, "iters": iters,
+        "method": "interleaved round robin: every timed repetition runs each model once; throughput = batch / "
+                  "median batch time; latency p50/p95 over the repetitions",
+        "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()),
+        "seconds": round(time.time() - started, 1),
+        "skipped": skipped, "notes": notes,
+        "warnings": sorted({str(w.message) for w in caught}),
+        "results": rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    """Human-readable table: one line per model and batch size, ratios against timm's best eager setting."""
+    lines = [
+        f"{result['model']} on {result['device']} ({result['device_name']}, {result['threads']} threads), "
+        f"{result['resolution']}x{result['resolution']}, {result['precision']}, "
+        f"warmup {result['warmup']}, {result['iters']} interleaved repetitions",
+        f"precision: {result['precision_note']}",
+        f"load average before/after: {' '.join(f'{v:.2f}' for v in result['loadavg_before'])} / "
+        f"{' '.join(f'{v:.2f}' for v in result['loadavg_after'])}",
+    ]
+    has_mem = any("peak_mem_mib" in r for r in result["results"])
+    header = f"{'model':44s} {'batch':>5s} {'img/s':>8s} {'p50 ms':>9s} {'p95 ms':>9s}" + \
+             (f" {'peak MiB':>9s}" if has_mem else "") + f" {'vs timm':>8s}"
+    for batch in result["batch_sizes"]:
+        lines += ["", header, "-" * len(header)]
+        for r in (r for r in result["results"] if r["batch"] == batch):
+            ratio = f"{r['vs_timm_throughput']:.2f}x" if "vs_timm_throughput" in r else "-"
+            lines.append(f"{r['model'][:44]:44s} {r['batch']:5d} {r['throughput_img_s']:8.1f} {r['p50_ms']:9.2f} "
+                         f"{r['p95_ms']:9.2f}" + (f" {r['peak_mem_mib']:9.1f}" if has_mem else "") + f" {ratio:>8s}")
+    ref = [r for r in result["results"] if r.get("timm_reference") == r["model"]]
+    if ref:
+        lines += ["", "vs timm: throughput relative to timm convnext_tiny in its faster eager setting "
+                      f"({', '.join(sorted({r['model'] for r in ref}))})"]
+    for s in result["skipped"]:
+        lines.append(f"skipped {s}")
+    for w in result["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+__all__ = ["PEERS", "Candidate", "format_table", "measure", "our_candidates", "peak_memory_mib",
+           "peer_candidates", "precision_note", "run_benchmark"]
