@@ -56,7 +56,9 @@ def build_train_transform(aug, input_size: int, mean, std, channels: int, src_ch
     if aug.hflip > 0:
         t.append(v2.RandomHorizontalFlip(aug.hflip))
     if aug.randaugment:
-        t.append(RandAugmentMstd(aug.randaugment_n, aug.randaugment_m, aug.randaugment_mstd, interpolation=interp))
+        # its affine ops support only nearest/bilinear on tensors
+        ra_interp = InterpolationMode.NEAREST if interp == InterpolationMode.NEAREST else InterpolationMode.BILINEAR
+        t.append(RandAugmentMstd(aug.randaugment_n, aug.randaugment_m, aug.randaugment_mstd, interpolation=ra_interp))
     t += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if aug.random_erasing > 0:
         # erased pixels get per-pixel normal noise, matching the normalized image statistics

@@ -86,6 +86,11 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
     return out
 
 
+def make_ema(model: nn.Module, decay: float) -> AveragedModel:
+    """EMA of weights and buffers: the first update copies the model, then ema = decay * ema + (1 - decay) * w."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
@@ -112,7 +117,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> ConvNeXt:
 
 
 def _load_init_weights(model: ConvNeXt, path: str) -> None:
-    src, _ = load_model(path)
+    src, _ = load_model(path, model_name=model.name)
     state = src.state_dict()
     own = model.state_dict()
     # A new class count means a new classifier: keep ours (fine-tuning to another label set).
@@ -251,8 +256,7 @@ class Trainer:
         self.lr = o.lr * (b * k * world) / o.lr_base_batch if o.lr_base_batch else o.lr
         self.optimizer = build_optimizer(self.model, self.lr, o.weight_decay, o.betas, o.eps, o.layer_decay)
         self.scheduler = build_scheduler(self.optimizer, self.lr, o.min_lr, warmup, self.total_steps)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.reg.ema_decay), use_buffers=True)
-                    if cfg.reg.ema else None)
+        self.ema = make_ema(self.model, cfg.reg.ema_decay) if cfg.reg.ema else None
         self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
         aug = cfg.aug
         self.mixer = (data_mod.BatchMixer(len(self.data.classes), aug.mixup, aug.cutmix, aug.mixup_switch_prob,
