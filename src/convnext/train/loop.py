@@ -361,6 +361,8 @@ class Trainer:
     def _train_step(self, batches) -> tuple[float, float, bool]:
         """One optimizer step over ``update_freq`` micro-batches. Returns (mean loss, grad norm, ok)."""
         c, k = self.cfg, len(batches)
+        # the lr this step uses (logged with it); the top layer's group under layer-wise decay
+        self.step_lr = max(g["lr"] for g in self.optimizer.param_groups)
         loss_sum = torch.zeros((), device=self.device)
         for i, (images, labels) in enumerate(batches):
             images = images.to(self.device, non_blocking=True)
@@ -426,7 +428,7 @@ class Trainer:
         return {"type": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                 "val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"],
                 "ema_top1": ema["top1"] if ema else None, "ema_val_loss": ema["loss"] if ema else None,
-                "val_count": raw["count"], "lr": self.optimizer.param_groups[0]["lr"], "time": time.time(),
+                "val_count": raw["count"], "lr": self.step_lr, "time": time.time(),
                 "skipped_steps": self.bad_steps_total, "bad_images": self.data.bad_images}
 
     def run(self) -> dict[str, Any]:
@@ -475,7 +477,7 @@ class Trainer:
                             f"gradients at step {self.step}; the last good checkpoint is kept in {self.run_dir}. "
                             "Try a lower --opt.lr, --opt.clip_grad 1.0, or --runtime.amp none (fp32), "
                             "then --resume auto")
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr = self.step_lr
                 if bar is not None:
                     bar.update(1)
                 if self.step % c.runtime.log_every == 0:

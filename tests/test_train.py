@@ -1,0 +1,305 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from convnext.checkpoint import load_model
+from convnext.cli import main
+from convnext.errors import UsageError
+from convnext.models import create_model
+from convnext.models.layers import LayerNorm2d
+from convnext.train import TrainConfig, TrainingDiverged, load_config, lr_at, param_groups, preset, train
+from convnext.train.config import read_config_file
+from convnext.train.logging import read_metrics
+from convnext.train.loop import Trainer, build_model, make_ema
+from convnext.train.optim import build_optimizer, build_scheduler
+from convnext.train.state import find_resume_state, load_train_state
+from train_helpers import NO_AUG, comparable, run_dir, tiny_config, weights
+
+
+# ---- config ------------------------------------------------------------------------------------
+
+def test_paper_preset_is_the_papers_recipe():
+    c = preset("paper")
+    assert (c.opt.lr, c.opt.lr_base_batch, c.opt.weight_decay, c.opt.betas) == (4e-3, 4096, 0.05, (0.9, 0.999))
+    assert (c.opt.epochs, c.opt.warmup_epochs, c.opt.clip_grad, c.opt.layer_decay) == (300, 20, None, 1.0)
+    a = c.aug
+    assert (a.randaugment_n, a.randaugment_m, a.randaugment_mstd) == (2, 9, 0.5)
+    assert (a.mixup, a.cutmix, a.random_erasing, a.label_smoothing, a.crop_ratio) == (0.8, 1.0, 0.25, 0.1, 0.875)
+    assert (c.reg.ema, c.reg.ema_decay, c.data.image_size) == (True, 0.9999, 224)
+    # stochastic depth by model size: T 0.1, S 0.4, B 0.5, L 0.5
+    for name, rate in [("convnext_tiny", 0.1), ("convnext_small", 0.4), ("convnext_base", 0.5), ("convnext_large", 0.5)]:
+        cfg = c.replace({"model.name": name})
+        entry_cfg = __import__("convnext").get_config(name)
+        # build only the config, not the (large) model
+        from convnext.models import get_entry
+
+        assert get_entry(name).paper_drop_path == rate and cfg.reg.drop_path is None and entry_cfg.drop_path_rate == 0
+    tiny = build_model(c.replace({"model.overrides": {"depths": [1, 1, 1, 1], "dims": [8, 8, 8, 8]}}), 10, 3)
+    assert tiny.cfg.drop_path_rate == 0.1
+
+
+def test_config_files_yaml_and_toml_and_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("preset: small\nopt:\n  lr: 1.0e-3\n  betas: [0.8, 0.99]\nmodel:\n  overrides: {kernel_size: 5}\n")
+    t = tmp_path / "c.toml"
+    t.write_text('preset = "small"\n[opt]\nlr = 1e-3\nbetas = [0.8, 0.99]\n[model.overrides]\nkernel_size = 5\n')
+    a, b = load_config(y), load_config(t)
+    assert a == b and a.opt.lr == 1e-3 and a.opt.betas == (0.8, 0.99) and a.model.overrides == {"kernel_size": 5}
+    assert a.model.name == "convnext_atto"  # from the preset
+    c = load_config(y, ["opt.lr=2e-4", "data.batch_size=3", "model.overrides.kernel_size=9", "opt.clip_grad=null"])
+    assert (c.opt.lr, c.data.batch_size, c.model.overrides["kernel_size"], c.opt.clip_grad) == (2e-4, 3, 9, None)
+    # saved config reloads to the same tree
+    c.save(tmp_path / "saved.yaml")
+    assert TrainConfig.from_dict(read_config_file(tmp_path / "saved.yaml")) == c
+
+
+@pytest.mark.parametrize("override,message", [
+    ("opt.lrr=1", r"unknown config key 'opt.lrr'; did you mean 'lr'\?"),
+    ("optim.lr=1", r"unknown config key 'optim'; did you mean 'opt'\?"),
+    ("opt.lr=-1", r"opt.lr=-1.0 must be > 0"),
+    ("opt.lr=abc", r"opt.lr='abc' must be a number"),
+    ("runtime.amp=fp8", r"runtime.amp='fp8' is not valid; use one of none, bf16, fp16"),
+    ("data.batch_size=0", r"data.batch_size=0 must be >= 1"),
+    ("data.batch_size=2.5", r"data.batch_size=2.5 must be an integer"),
+    ("data.image_size=16", r"smaller than the network's total stride 32"),
+    ("model.name=convnext_tny", r"did you mean convnext_tiny"),
+    ("model.overrides.kernel_size=4", r"kernel_size=4 must be a positive odd number"),
+    ("aug.mixup_prob=1.5", r"aug.mixup_prob=1.5 must be a probability"),
+    ("opt.warmup_epochs=500", r"opt.warmup_epochs=500.0 must be in \[0, opt.epochs=300\]"),
+    ("data.dataset=imagenet", r"use one of folder, fashion_mnist, synthetic"),
+    ("reg.ema=maybe", r"reg.ema='maybe' must be true or false"),
+])
+def test_bad_config_fails_fast_with_a_clear_message(override, message):
+    with pytest.raises(UsageError, match=message):
+        load_config(None, [override], preset_name="paper")
+
+
+def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):
+    assert main(["train", "--preset", "small", "--opt.lr", "-1", "--runtime.out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "opt.lr=-1.0 must be > 0" in err
+    assert main(["train", "--preset", "small", "--data.dataset", "folder", "--data.root", str(tmp_path / "nope"),
+                 "--runtime.out", str(tmp_path / "o")]) == 2
+    assert "train/CLASS" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert main(["train", "--preset", "small", "--print-config", "--opt.epochs", "7"]) == 0
+    assert "epochs: 7" in capsys.readouterr().out
+
+
+# ---- optimisation --------------------------------------------------------------------------------
+
+def test_warmup_cosine_matches_closed_form():
+    p = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    sched = build_scheduler(opt, peak=1e-3, floor=1e-5, warmup_steps=4, total_steps=12)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # hand-computed: warmup 1e-3 * (t+1)/4, then 1e-5 + 0.99e-3 * (1 + cos(pi * (t-4)/8)) / 2
+    expected = {0: 2.5e-4, 1: 5e-4, 3: 1e-3, 4: 1e-3, 6: 1e-5 + 0.99e-3 * (1 + math.sqrt(0.5)) / 2, 8: 5.05e-4,
+                11: 1e-5 + 0.99e-3 * (1 - math.cos(math.pi / 8)) / 2}
+    for t, v in expected.items():
+        assert lrs[t] == pytest.approx(v, rel=1e-9), t
+        assert lr_at(t, 1e-3, 1e-5, 4, 12) == pytest.approx(v, rel=1e-12)
+
+
+def test_no_weight_decay_on_norms_biases_and_gammas():
+    for model in (create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=3),
+                  create_model("roadmap_modern_recipe", depths=(1, 1, 1, 1), num_classes=3)):
+        modules = dict(model.named_modules())
+        groups = param_groups(model, weight_decay=0.05)
+        seen = 0
+        for g in groups:
+            for name in g["param_names"]:
+                owner = modules[name.rsplit(".", 1)[0]] if "." in name else model
+                leaf = name.rsplit(".", 1)[-1]
+                should_decay = leaf == "weight" and isinstance(owner, (nn.Conv2d, nn.Linear))
+                assert g["weight_decay"] == (0.05 if should_decay else 0.0), name
+                if leaf == "gamma" or isinstance(owner, (LayerNorm2d, nn.LayerNorm, nn.BatchNorm2d)):
+                    assert g["weight_decay"] == 0.0
+                seen += 1
+        assert seen == len(list(model.parameters()))
+        assert any(g["weight_decay"] == 0 and any(n.endswith("gamma") for n in g["param_names"]) for g in groups) \
+            or model.cfg.layer_scale_init is None
+
+
+def test_layer_decay_scales_and_linear_lr_scaling(tmp_path):
+    model = create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=3)
+    opt = build_optimizer(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    lr_of = {n: g["lr"] for g in opt.param_groups for n in g["param_names"]}
+    # 4 blocks -> ids: stem 0, blocks 1..4, head 5; scale 0.5 ** (5 - id)
+    assert lr_of["stem.conv.weight"] == 0.5 ** 5
+    assert lr_of["stages.0.blocks.0.dwconv.weight"] == 0.5 ** 4
+    assert lr_of["stages.2.downsample.conv.weight"] == 0.5 ** 2 == lr_of["stages.2.blocks.0.pwconv1.weight"]
+    assert lr_of["head.fc.weight"] == 1.0 == lr_of["head.norm.weight"]
+    # linear scaling: lr * batch * update_freq / lr_base_batch, checked on the logged lr after warmup
+    cfg = tiny_config(tmp_path, **{"opt.lr_base_batch": 4096, "opt.lr": 4e-3, "opt.update_freq": 2,
+                                   "opt.warmup_epochs": 0.0, "opt.min_lr": 0.0, "opt.epochs": 1})
+    train(cfg)
+    steps = [r for r in read_metrics(run_dir(tmp_path) / "metrics.jsonl") if r["type"] == "step"]
+    peak = 4e-3 * 16 / 4096
+    assert len(steps) == 4
+    for r in steps:
+        assert r["lr"] == pytest.approx(lr_at(r["step"] - 1, peak, 0.0, 0, 4), rel=1e-9)
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+def test_tiny_model_overfits_a_small_batch(tmp_path):
+    cfg = tiny_config(tmp_path, **NO_AUG, **{"data.synthetic_samples": 16, "data.batch_size": 16,
+                                              "opt.epochs": 30, "opt.warmup_epochs": 2, "opt.lr": 1e-2,
+                                              "opt.weight_decay": 0.0})
+    s = train(cfg)
+    steps = [r for r in read_metrics(run_dir(tmp_path) / "metrics.jsonl") if r["type"] == "step"]
+    assert len(steps) == 30 and s["steps"] == 30 and s["epochs"] == 30
+    first, last = steps[0]["loss"], steps[-1]["loss"]
+    assert first == pytest.approx(math.log(4), rel=0.2)  # chance level at init
+    assert last < 0.1 * first
+    assert s["final_val_top1"] == 100.0 and s["val_count"] == 4
+    model, info = load_model(run_dir(tmp_path) / "best.safetensors")
+    assert info.class_names == [f"class_{i}" for i in range(4)] and info.preprocess.input_size == 32
+    assert (run_dir(tmp_path) / "config.yaml").is_file()
+
+
+def test_ema_equals_hand_computed_average(tmp_path, monkeypatch):
+    m = nn.Linear(3, 2)
+    ema = make_ema(m, decay=0.75)
+    snaps = []
+    for i in range(3):
+        with torch.no_grad():
+            m.weight.add_(float(i + 1))
+        snaps.append(m.weight.detach().clone())
+        ema.update_parameters(m)
+    # the first update copies, then ema = 0.75 * ema + 0.25 * w
+    hand = 0.75 * (0.75 * snaps[0] + 0.25 * snaps[1]) + 0.25 * snaps[2]
+    torch.testing.assert_close(ema.module.weight, hand, rtol=0, atol=1e-6)
+
+    # and inside the engine: record the weights after every optimizer step, compare with train_state's EMA
+    recorded = []
+    original = Trainer._train_step
+
+    def spy(self, batches):
+        out = original(self, batches)
+        recorded.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(Trainer, "_train_step", spy)
+    train(tiny_config(tmp_path, **{"reg.ema": True, "reg.ema_decay": 0.5, "opt.epochs": 1,
+                                   "data.synthetic_samples": 24}))
+    assert len(recorded) == 3
+    state = load_train_state(run_dir(tmp_path))
+    key = "stages.1.blocks.0.pwconv1.weight"
+    hand = 0.5 * (0.5 * recorded[0][key] + 0.5 * recorded[1][key]) + 0.5 * recorded[2][key]
+    torch.testing.assert_close(state["ema"]["module." + key], hand, rtol=0, atol=1e-6)
+    assert int(state["ema"]["n_averaged"]) == 3
+
+
+def test_update_freq_equals_one_step_over_a_larger_batch(tmp_path):
+    # eps = 1 makes AdamW's update nearly linear in the gradient, so the weights expose any gradient
+    # difference instead of AdamW's sign-like first step hiding it. Tolerance 1e-6 absolute covers
+    # float32 summation order (two half-batch means vs one full-batch mean).
+    common = {**NO_AUG, "opt.eps": 1.0, "opt.lr": 0.05, "opt.weight_decay": 0.0, "opt.warmup_epochs": 0.0,
+              "opt.epochs": 1, "data.synthetic_samples": 32}
+    a = train(tiny_config(tmp_path / "a", **common, **{"data.batch_size": 8, "opt.update_freq": 2}))
+    b = train(tiny_config(tmp_path / "b", **common, **{"data.batch_size": 16, "opt.update_freq": 1}))
+    assert a["steps"] == b["steps"] == 2
+    wa, wb = weights(run_dir(tmp_path / "a") / "last.safetensors"), weights(run_dir(tmp_path / "b") / "last.safetensors")
+    init = build_model(tiny_config(tmp_path), 4, 3).state_dict()
+    moved = max((wa[k] - init[k]).abs().max().item() for k in wa)
+    assert moved > 1e-3  # the weights did change
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+    la = [r["loss"] for r in read_metrics(run_dir(tmp_path / "a") / "metrics.jsonl") if r["type"] == "step"]
+    lb = [r["loss"] for r in read_metrics(run_dir(tmp_path / "b") / "metrics.jsonl") if r["type"] == "step"]
+    assert la == pytest.approx(lb, rel=1e-5)
+
+
+def test_same_seed_is_bitwise_deterministic_even_with_workers(tmp_path):
+    # full augmentation, mixup/cutmix, drop path and EMA: every source of randomness is exercised
+    over = {"aug.randaugment": True, "aug.random_erasing": 0.25, "aug.mixup": 0.8, "aug.cutmix": 1.0,
+            "reg.drop_path": 0.1, "reg.ema": True, "opt.epochs": 1, "data.synthetic_samples": 32}
+    train(tiny_config(tmp_path / "a", **over))
+    train(tiny_config(tmp_path / "b", **over, **{"data.workers": 2}))
+    wa, wb = weights(run_dir(tmp_path / "a") / "last.safetensors"), weights(run_dir(tmp_path / "b") / "last.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ma = comparable(read_metrics(run_dir(tmp_path / "a") / "metrics.jsonl"))
+    mb = comparable(read_metrics(run_dir(tmp_path / "b") / "metrics.jsonl"))
+    assert ma == mb and len(ma) == 5
+    train(tiny_config(tmp_path / "c", **over, **{"runtime.seed": 1}))
+    wc = weights(run_dir(tmp_path / "c") / "last.safetensors")
+    assert not torch.equal(wa["head.fc.weight"], wc["head.fc.weight"])
+
+
+def test_nan_step_is_skipped_and_counted(tmp_path, monkeypatch):
+    from convnext.models import ConvNeXt
+
+    calls = {"n": 0}
+    original = ConvNeXt.forward
+
+    def sometimes_nan(self, x):
+        out = original(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                out = out * float("nan")
+        return out
+
+    monkeypatch.setattr(ConvNeXt, "forward", sometimes_nan)
+    s = train(tiny_config(tmp_path, **{"opt.epochs": 1}))
+    assert s["skipped_steps"] == 1 and s["steps"] == 8
+    steps = [r for r in read_metrics(run_dir(tmp_path) / "metrics.jsonl") if r["type"] == "step"]
+    assert steps[2]["loss"] is None and steps[2]["skipped_steps"] == 1
+    assert all(r["loss"] is not None for i, r in enumerate(steps) if i != 2)
+    w = weights(run_dir(tmp_path) / "last.safetensors")
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_persistent_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    train(tiny_config(tmp_path, **{"opt.epochs": 1}))
+    good = load_train_state(run_dir(tmp_path))
+    before = (run_dir(tmp_path) / "last.safetensors").read_bytes()
+    # a std of 1e-30 blows the normalized inputs up to ~1e30: LayerNorm overflows, the loss is NaN
+    bad = tiny_config(tmp_path, **{"opt.epochs": 2, "runtime.resume": "auto", "runtime.max_bad_steps": 3,
+                                   "data.mean": [0.5, 0.5, 0.5], "data.std": [1e-30, 1e-30, 1e-30]})
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive steps .* lower --opt.lr.*--runtime.amp none"):
+        train(bad)
+    assert load_train_state(run_dir(tmp_path))["step"] == good["step"] == 8
+    assert (run_dir(tmp_path) / "last.safetensors").read_bytes() == before
+    # the CLI turns it into one line and exit status 1
+    args = ["train", "--preset", "small", "--set", "model.overrides.depths=[1,1,1,1]",
+            "--set", "model.overrides.dims=[8,16,32,64]", "--data.dataset", "synthetic", "--data.synthetic_samples", "64",
+            "--data.synthetic_classes", "4", "--data.batch_size", "8", "--data.workers", "0", "--opt.epochs", "2",
+            "--runtime.out", str(tmp_path), "--runtime.run_name", "run", "--runtime.progress", "false",
+            "--runtime.tensorboard", "false", "--runtime.plots", "false", "--runtime.max_bad_steps", "2",
+            "--data.mean", "[0.5,0.5,0.5]", "--data.std", "[1e-30,1e-30,1e-30]", "--resume", "auto"]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("convnext train: failed: TrainingDiverged: training diverged: 2 consecutive")
+
+
+def test_existing_run_is_never_overwritten_without_asking(tmp_path):
+    train(tiny_config(tmp_path, **{"opt.epochs": 1}))
+    with pytest.raises(UsageError, match="--resume auto"):
+        train(tiny_config(tmp_path, **{"opt.epochs": 1}))
+    # resume of a finished run is a no-op that still reports the result
+    s = train(tiny_config(tmp_path, **{"opt.epochs": 1, "runtime.resume": "auto"}))
+    assert s["steps"] == 8 and s["resumed_from"].endswith("train_state.pt")
+
+
+def test_too_small_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(UsageError, match="fewer than one optimizer step"):
+        train(tiny_config(tmp_path, **{"data.synthetic_samples": 4, "data.batch_size": 8}))
+    with pytest.raises(UsageError, match="runtime.amp=fp16 needs a CUDA device"):
+        train(tiny_config(tmp_path, **{"runtime.amp": "fp16", "runtime.device": "cpu"}))
+    assert not run_dir(tmp_path).exists()
+
+
+def test_bf16_autocast_and_channels_last_train(tmp_path):
+    s = train(tiny_config(tmp_path, **{"runtime.amp": "bf16", "runtime.channels_last": True, "opt.epochs": 1,
+                                       "opt.clip_grad": 1.0}))
+    assert s["steps"] == 8 and s["skipped_steps"] == 0 and s["final_val_top1"] is not None

@@ -1,0 +1,39 @@
+"""Tiny training configs shared by the training tests (CPU, seconds per run)."""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from convnext.train import preset
+
+TINY_ARCH = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
+NO_AUG = {"aug.random_resized_crop": False, "aug.hflip": 0.0, "aug.randaugment": False, "aug.random_erasing": 0.0,
+          "aug.mixup": 0.0, "aug.cutmix": 0.0, "aug.label_smoothing": 0.0, "aug.crop_ratio": 1.0}
+
+
+def tiny_config(out, **over):
+    base = {
+        "model.name": "convnext_atto", "model.overrides": dict(TINY_ARCH),
+        "data.dataset": "synthetic", "data.synthetic_samples": 64, "data.synthetic_classes": 4,
+        "data.image_size": 32, "data.batch_size": 8, "data.workers": 0,
+        "opt.epochs": 2, "opt.warmup_epochs": 0.5, "opt.lr": 3e-3, "opt.lr_base_batch": None,
+        "reg.drop_path": 0.0, "reg.ema": False,
+        "runtime.out": str(out), "runtime.run_name": "run", "runtime.progress": False,
+        "runtime.tensorboard": False, "runtime.plots": False, "runtime.log_every": 1,
+    }
+    base.update(over)
+    return preset("small").replace(base)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def comparable(records):
+    """metrics.jsonl records without wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in ("time", "img_per_s")} for r in records]
+
+
+def run_dir(out) -> Path:
+    return Path(out) / "run"
