@@ -12,7 +12,7 @@ import os
 import sys
 
 # Subcommands, in the order `convnext --help` lists them; each is convnext.cli.<name>.
-COMMANDS = ("list", "roadmap", "train", "eval", "predict", "benchmark", "convert")
+COMMANDS = ("list", "roadmap", "train", "eval", "predict", "benchmark", "convert", "export")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

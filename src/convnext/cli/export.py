@@ -1,0 +1,51 @@
+"""`convnext export CHECKPOINT --format onnx|torchscript|torch-export`: export, then verify against PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+from ..infer.export import FORMATS, FP32_TOLERANCE, export_checkpoint
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX / TorchScript / torch.export, verified against PyTorch",
+        formatter_class=formatter,
+        description="Export a checkpoint and check the exported file right away: it is loaded by its runtime "
+                    "(onnxruntime, torch.jit, torch.export) and compared with PyTorch at two batch sizes. The "
+                    "file is written only if the max abs difference is within --tolerance. Class names and "
+                    "preprocessing are stored inside the file (ONNX metadata_props / extra file convnext.json).",
+        epilog="example: convnext export runs/fmnist/model.safetensors --format onnx --dynamic-hw -o model.onnx",
+    )
+    p.add_argument("checkpoint", help="checkpoint .safetensors file or run directory holding model.safetensors")
+    p.add_argument("-f", "--format", choices=FORMATS, default="onnx", help="export format")
+    p.add_argument("-o", "--output", default=None,
+                   help="output file (default: next to the checkpoint, .onnx / .pt / .pt2)")
+    p.add_argument("--dynamic-hw", action="store_true",
+                   help="also make height and width dynamic (from 2x the total stride up; verified at a second size)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--tolerance", type=float, default=FP32_TOLERANCE, help="max abs logit difference allowed")
+    p.add_argument("--fast", action="store_true", help="export the fused inference model (convnext.infer.fuse)")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="architecture for checkpoints without convnext metadata (official/timm/torchvision/HF files)")
+    p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.tolerance <= 0:
+        raise ValueError(f"--tolerance {args.tolerance} must be > 0")
+    result = export_checkpoint(args.checkpoint, args.output, args.format, fast=args.fast, model_name=args.model,
+                               dynamic_hw=args.dynamic_hw, opset=args.opset, tolerance=args.tolerance)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    size_mb = result.path.stat().st_size / 1e6
+    print(f"wrote {result.path} ({args.format}, {size_mb:.1f} MB)")
+    for c in result.checks:
+        print(f"  verified batch {c.batch} at {c.height}x{c.width}: max abs diff {c.max_abs_diff:.2e}")
+    if result.fused_vs_original is not None:
+        print(f"  fused vs original model: max abs diff {result.fused_vs_original:.2e}")
+    print(f"max abs diff {result.max_abs_diff:.2e} <= tolerance {result.tolerance:g}: OK")
+    return 0

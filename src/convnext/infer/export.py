@@ -1,0 +1,275 @@
+"""Export a model to ONNX, TorchScript or a torch.export program, verified before it is written.
+
+Every export is loaded back by the runtime that will run it (onnxruntime, torch.jit.load,
+torch.export.load) and compared with the PyTorch model on sample inputs at two batch sizes (and,
+with dynamic height/width, at a second resolution). The file only appears at its final path when the
+largest difference is within tolerance (1e-4 for fp32), so a bad export never replaces a good one.
+The checkpoint's metadata (class names, preprocessing) travels inside the exported file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import ModelInfo, atomic_write
+from ..errors import UsageError
+
+FORMATS = ("onnx", "torchscript", "torch-export")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "torch-export": ".pt2"}
+METADATA_NAME = "convnext.json"  # ONNX metadata_props key / extra file name in .pt and .pt2 archives
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+FP32_TOLERANCE = 1e-4
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported file does not reproduce the PyTorch model's outputs."""
+
+
+@dataclass
+class ExportCheck:
+    batch: int
+    height: int
+    width: int
+    max_abs_diff: float
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    tolerance: float
+    checks: list[ExportCheck] = field(default_factory=list)
+    # --fast only: the fused model's difference from the original one on the same samples
+    fused_vs_original: float | None = None
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for c in self.checks), default=float("nan"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": os.fspath(self.path),
+            "format": self.format,
+            "tolerance": self.tolerance,
+            "max_abs_diff": self.max_abs_diff,
+            "fused_vs_original": self.fused_vs_original,
+            "checks": [vars(c) for c in self.checks],
+        }
+
+
+def default_output(checkpoint: str | os.PathLike, fmt: str) -> Path:
+    """``runs/x/model.safetensors`` -> ``runs/x/model.onnx`` (or .pt / .pt2)."""
+    p = Path(checkpoint)
+    base = p / "model" if p.is_dir() else p.with_suffix("")
+    return base.with_suffix(SUFFIXES[fmt])
+
+
+def sample_inputs(info: ModelInfo, dynamic_hw: bool, batch_sizes: tuple[int, int] = (1, 3),
+                  seed: int = 0) -> list[torch.Tensor]:
+    """Normalised-image-like inputs (standard normal) at two batch sizes, plus a second size for dynamic H/W."""
+    g = torch.Generator().manual_seed(seed)
+    c, size = info.config.in_chans, example_size(info, dynamic_hw)
+    shapes = [(b, c, size, size) for b in batch_sizes]
+    if dynamic_hw:
+        stride = info.config.total_stride
+        shapes.append((batch_sizes[-1], c, size + stride + 3, size + 2 * stride))  # non-square, odd
+    return [torch.randn(s, generator=g) for s in shapes]
+
+
+def example_size(info: ModelInfo, dynamic_hw: bool) -> int:
+    size = max(info.preprocess.input_size, info.config.total_stride)
+    if dynamic_hw:
+        # The exporters specialise a 1x1 last feature map; from 2x the total stride up, one graph serves all.
+        size = max(size, 2 * info.config.total_stride)
+    return size
+
+
+def _dynamic_shapes(info: ModelInfo, dynamic_batch: bool, dynamic_hw: bool) -> dict[str, dict[int, Any]] | None:
+    from torch.export import Dim
+
+    axes: dict[int, Any] = {}
+    if dynamic_batch:
+        axes[0] = Dim("batch", min=1, max=65536)
+    if dynamic_hw:
+        low = 2 * info.config.total_stride
+        axes[2], axes[3] = Dim("height", min=low, max=16384), Dim("width", min=low, max=16384)
+    return {"x": axes} if axes else None
+
+
+@contextlib.contextmanager
+def _quiet():
+    # The exporters print progress and deprecation chatter; the user gets our one-line summary instead.
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: buffer-reuse notices for dynamic shapes are not problems
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+def _write_onnx(model: nn.Module, example: torch.Tensor, path: str, dynamic_shapes, info: ModelInfo,
+                opset: int | None) -> None:
+    import onnx
+
+    kwargs = {"opset_version": opset} if opset else {}
+    with _quiet():
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, verbose=False, **kwargs)
+    if program is None:
+        raise RuntimeError("torch.onnx.export returned no program; update torch (>= 2.5) and onnxscript")
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_NAME, info.to_json()
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+
+
+def _write_torchscript(model: nn.Module, example: torch.Tensor, path: str, info: ModelInfo) -> None:
+    with _quiet():
+        traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, path, _extra_files={METADATA_NAME: info.to_json()})
+
+
+def _run_torchscript(path: str, x: torch.Tensor) -> torch.Tensor:
+    with _quiet():
+        return torch.jit.load(path, map_location="cpu")(x)
+
+
+def _write_torch_export(model: nn.Module, example: torch.Tensor, path: str, dynamic_shapes, info: ModelInfo) -> None:
+    # Through a buffer: torch.export.save/load insist on a ".pt2" name, and the atomic temp file has none.
+    buffer = io.BytesIO()
+    with _quiet():
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+        torch.export.save(program, buffer, extra_files={METADATA_NAME: info.to_json()})
+    Path(path).write_bytes(buffer.getvalue())
+
+
+def _load_torch_export(path: str | os.PathLike, extra_files: dict[str, str] | None = None):
+    with _quiet():
+        return torch.export.load(io.BytesIO(Path(path).read_bytes()), extra_files=extra_files)
+
+
+def _run_torch_export(path: str, x: torch.Tensor) -> torch.Tensor:
+    return _load_torch_export(path).module()(x)
+
+
+def read_export_metadata(path: str | os.PathLike) -> ModelInfo:
+    """The ModelInfo stored inside an exported file (class names, preprocessing, architecture)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        text = props.get(METADATA_NAME)
+    else:
+        extra = {METADATA_NAME: ""}
+        with _quiet():
+            if path.suffix == ".pt2":
+                _load_torch_export(path, extra_files=extra)
+            else:
+                torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        text = extra[METADATA_NAME] or None
+    if not text:
+        raise UsageError(f"{path}: exported file holds no convnext metadata; export it with `convnext export`")
+    return ModelInfo.from_json(text)
+
+
+def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, fmt: str = "onnx", *,
+                 dynamic_batch: bool = True, dynamic_hw: bool = False, opset: int | None = None,
+                 tolerance: float = FP32_TOLERANCE, reference: nn.Module | None = None) -> ExportResult:
+    """Export ``model`` (fp32, eval) to ``output`` and verify it; raises ExportVerificationError past tolerance.
+
+    ``reference``: the original model when ``model`` is a fused copy; its difference is reported too.
+    TorchScript is traced, so its batch (and H/W) are dynamic whatever the flags say.
+    """
+    if fmt not in FORMATS:
+        raise UsageError(f"export format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
+    if not dynamic_batch and fmt != "torchscript":
+        # verification runs two batch sizes, which a fixed-batch graph cannot take
+        raise UsageError("a fixed batch size cannot be verified at two batch sizes; keep the dynamic batch axis")
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in model.state_dict().values()
+           if t.is_floating_point()):
+        model = copy.deepcopy(model).float().cpu()  # the caller's model stays where and what it was
+    model = model.eval()
+    output = Path(output)
+    if output.suffix != SUFFIXES[fmt] and fmt != "torchscript":
+        # torch.export.load and ONNX tools look at the suffix; a misnamed file is hard to use later
+        raise UsageError(f"{fmt} output {output} should end in {SUFFIXES[fmt]}; pass -o {output.with_suffix(SUFFIXES[fmt])}")
+    samples = sample_inputs(info, dynamic_hw)
+    dynamic_shapes = _dynamic_shapes(info, dynamic_batch, dynamic_hw)
+    result = ExportResult(output, fmt, tolerance)
+    with torch.no_grad():
+        expected = [model(x).float() for x in samples]
+        if reference is not None:
+            ref = reference.eval().float().cpu()
+            result.fused_vs_original = max((ref(x) - y).abs().max().item() for x, y in zip(samples, expected))
+
+    def write(tmp: str) -> None:
+        example = samples[-1] if fmt == "torchscript" else samples[0].expand(2, *samples[0].shape[1:]).contiguous()
+        with torch.no_grad():
+            if fmt == "onnx":
+                _write_onnx(model, example, tmp, dynamic_shapes, info, opset)
+            elif fmt == "torchscript":
+                _write_torchscript(model, example, tmp, info)
+            else:
+                _write_torch_export(model, example, tmp, dynamic_shapes, info)
+        runner = {"onnx": _run_onnx, "torchscript": _run_torchscript, "torch-export": _run_torch_export}[fmt]
+        for x, y in zip(samples, expected):
+            with torch.no_grad():
+                got = runner(tmp, x).float()
+            if got.shape != y.shape:
+                raise ExportVerificationError(f"{fmt} output shape {tuple(got.shape)} != PyTorch {tuple(y.shape)} "
+                                              f"for input {tuple(x.shape)}")
+            result.checks.append(ExportCheck(x.shape[0], x.shape[2], x.shape[3], (got - y).abs().max().item()))
+        if result.max_abs_diff > tolerance or result.max_abs_diff != result.max_abs_diff:
+            raise ExportVerificationError(
+                f"{fmt} export differs from PyTorch by {result.max_abs_diff:.3g} (> {tolerance:g}); "
+                f"nothing written to {output}. Rerun with --debug, or try another --opset / format"
+            )
+
+    atomic_write(output, write)
+    return result
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None, fmt: str = "onnx", *,
+                      fast: bool = False, model_name: str | None = None, **kw: Any) -> ExportResult:
+    """Load a checkpoint (CPU, fp32), optionally fuse it for inference, export and verify it."""
+    from ..checkpoint import load_model
+
+    if fmt not in FORMATS:
+        raise UsageError(f"export format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
+    kwargs = {"model_name": model_name} if model_name else {}
+    model, info = load_model(checkpoint, map_location="cpu", **kwargs)
+    reference = None
+    if fast:
+        from .fuse import optimize_for_inference
+
+        reference = model
+        with _quiet():
+            fused = optimize_for_inference(model, precision="fp32", channels_last=False, device="cpu")
+        # export the folded network itself; the InferenceModel wrapper only casts inputs at run time
+        model = getattr(fused, "model", fused)
+    out = Path(output) if output is not None else default_output(checkpoint, fmt)
+    return export_model(model, info, out, fmt, reference=reference, **kw)
+
+
+__all__ = [
+    "FORMATS", "ExportCheck", "ExportResult", "ExportVerificationError", "default_output", "export_checkpoint",
+    "export_model", "read_export_metadata", "sample_inputs",
+]

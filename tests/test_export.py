@@ -1,0 +1,126 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convnext.checkpoint import load_model
+from convnext.cli import main
+from convnext.infer.export import (
+    ExportVerificationError,
+    export_checkpoint,
+    read_export_metadata,
+)
+from convnext.infer.images import load_batch
+
+from infer_fixtures import CLASSES, checkpoint, fashion  # noqa: F401
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def fashion_batch(checkpoint, tmp_path_factory):
+    """Real Fashion-MNIST test images through the checkpoint's own preprocessing."""
+    from convnext.checkpoint import read_info
+
+    x, _ = fashion("t10k", 7)
+    root = tmp_path_factory.mktemp("fmnist")
+    paths = []
+    for i, img in enumerate(x):
+        Image.fromarray(img).save(root / f"{i}.png")
+        paths.append(root / f"{i}.png")
+    return paths, read_info(checkpoint)
+
+
+def _session(path):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def test_onnx_export_dynamic_batch_and_hw_matches_pytorch(checkpoint, fashion_batch, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    code = main(["export", str(checkpoint), "--format", "onnx", "--dynamic-hw", "-o", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "verified batch 1 at 64x64" in printed and "verified batch 3 at 64x64" in printed
+    assert "verified batch 3 at 99x128" in printed and printed.strip().endswith("OK")
+    session = _session(out)
+    (inp,), (outp,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == "image" and inp.shape == ["batch", 1, "height", "width"]
+    assert outp.name == "logits" and outp.shape == ["batch", 10]
+    # independent parity check on real images at two batch sizes and two resolutions
+    model, info = load_model(checkpoint)
+    paths, _ = fashion_batch
+    batch, errors = load_batch(paths, info.preprocess)
+    assert not errors and batch.shape == (7, 1, 32, 32)
+    for x in (batch[:2], torch.nn.functional.interpolate(batch, size=(64, 96), mode="bilinear")):
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        diff = np.abs(got - expected).max()
+        print(f"onnxruntime vs PyTorch, input {tuple(x.shape)}: max abs diff {diff:.2e}")
+        assert diff < 1e-4
+        np.testing.assert_array_equal(got.argmax(1), expected.argmax(1))
+    # the file carries what a deployment needs to preprocess and name classes
+    meta = read_export_metadata(out)
+    assert meta.class_names == CLASSES and meta.preprocess == info.preprocess and meta.config == info.config
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_and_torch_export_round_trip(checkpoint, fashion_batch, tmp_path, capsys):
+    model, info = load_model(checkpoint)
+    paths, _ = fashion_batch
+    batch, _ = load_batch(paths, info.preprocess)
+    with torch.no_grad():
+        expected = model(batch)
+    ts = export_checkpoint(checkpoint, tmp_path / "m.pt", "torchscript")
+    assert [(c.batch, c.height) for c in ts.checks] == [(1, 32), (3, 32)] and ts.max_abs_diff <= 1e-4
+    torch.testing.assert_close(torch.jit.load(str(ts.path))(batch), expected, atol=1e-5, rtol=0)
+
+    assert main(["export", str(checkpoint), "-f", "torch-export", "-o", str(tmp_path / "m.pt2"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == "torch-export" and len(doc["checks"]) == 2 and doc["max_abs_diff"] <= 1e-4
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    torch.testing.assert_close(program.module()(batch), expected, atol=1e-5, rtol=0)
+    with pytest.raises(Exception):  # the batch axis is dynamic, the resolution is not
+        program.module()(torch.zeros(2, 1, 64, 64))
+    assert read_export_metadata(tmp_path / "m.pt2").class_names == CLASSES
+    assert read_export_metadata(ts.path).preprocess.input_size == 32
+
+
+def test_failed_verification_writes_nothing_and_keeps_old_file(checkpoint, tmp_path, capsys):
+    pytest.importorskip("convnext.infer.fuse")
+    out = tmp_path / "m.pt2"
+    out.write_bytes(b"previous good export")
+    # the fused model differs from the original by ~1e-7..1e-6, so a 1e-12 tolerance must fail
+    with pytest.raises(ExportVerificationError, match="nothing written"):
+        export_checkpoint(checkpoint, out, "torch-export", fast=True, tolerance=1e-12)
+    assert out.read_bytes() == b"previous good export"
+    assert not list(tmp_path.glob(".*.tmp"))
+    assert main(["export", str(checkpoint), "-f", "torch-export", "-o", str(out), "--fast", "--tolerance", "1e-12"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ExportVerificationError" in err
+
+
+def test_export_usage_errors_exit_2(checkpoint, tmp_path, capsys):
+    assert main(["export", str(checkpoint), "-f", "torch-export", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "should end in .pt2" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope.safetensors")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(checkpoint), "-f", "tflite"])
+    assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_onnx_export_of_fused_model(checkpoint, tmp_path):
+    pytest.importorskip("convnext.infer.fuse")
+    result = export_checkpoint(checkpoint, tmp_path / "fast.onnx", "onnx", fast=True)
+    assert result.fused_vs_original < 1e-4 and result.max_abs_diff < 1e-4
+    model, info = load_model(checkpoint)
+    x = torch.randn(4, 1, 32, 32)
+    got = _session(result.path).run(None, {"image": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(x).numpy()).max() < 1e-4
