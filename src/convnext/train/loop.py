@@ -284,6 +284,9 @@ class Trainer:
 
         if dist_info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            # temp files of writes that a crash interrupted (the real files are intact)
+            for stray in self.run_dir.glob(".*.tmp"):
+                stray.unlink(missing_ok=True)
             cfg.save(self.run_dir / "config.yaml")
         self.logger = RunLogger(self.run_dir, enabled=dist_info.is_main, tensorboard=t.tensorboard,
                                 resume_step=self.step if state is not None else None)
