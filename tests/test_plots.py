@@ -126,8 +126,12 @@ def test_confusion_matrix(tmp_path):
         confusion_matrix_figure(m, ["a", "b"])
 
 
-def test_roadmap_figure_paper_and_measured_bars(tmp_path):
-    rows = roadmap_rows()
+@pytest.fixture(scope="module")
+def rows():
+    return roadmap_rows()
+
+
+def test_roadmap_figure_paper_and_measured_bars(rows, tmp_path):
     fig = roadmap_figure(rows)
     assert len(fig.axes) == 2
     top1_ax, flops_ax = fig.axes
@@ -156,3 +160,23 @@ def test_study_formats():
     assert study_top1({"results": [{"step": "a", "val_top1": 3}, {"step": "a", "val_top1": 5}]}) == {"a": [3.0, 5.0]}
     with pytest.raises(UsageError, match="not a mapping"):
         study_top1([1, 2])
+
+
+def test_cli_plot_run_and_roadmap(tmp_path, capsys):
+    from convnext.cli import main
+
+    _write_run(tmp_path / "run")
+    assert main(["plot", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(line.rsplit("/", 1)[1] for line in out) == ["accuracy.png", "loss.png", "lr.png"]
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "results.json").write_text(json.dumps({"resnet50": [90.1, 90.3], "roadmap_modern_recipe": 91.0}))
+    assert main(["plot", "--roadmap", str(study)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {study / 'roadmap.png'}"
+    _is_png(study / "roadmap.png")
+    (study / "bad.json").write_text("{oops")
+    assert main(["plot", "--roadmap", str(study / "bad.json")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nowhere")]) == 2
+    assert main(["plot"]) == 2

@@ -1,0 +1,33 @@
+"""`convnext info NAME|CHECKPOINT`: per-stage architecture summary and where the FLOPs go."""
+
+from __future__ import annotations
+
+import json
+
+from ..info import describe, format_report
+
+
+def register(sub, formatter) -> None:
+    p = sub.add_parser(
+        "info",
+        help="architecture summary per stage (blocks, channels, resolution, params, GMACs) and FLOP breakdown",
+        formatter_class=formatter,
+        description="Summarise a registered model (see `convnext list`, roadmap steps included) or a checkpoint: "
+                    "per-stage blocks, channels, output resolution, params and GMACs, and where the FLOPs go "
+                    "(stem / depthwise / pointwise / downsample / head). GMACs are what the paper calls FLOPs.",
+        epilog="examples: convnext info convnext_tiny;  convnext info roadmap_patchify --size 160;  "
+               "convnext info runs/fmnist/model.safetensors --json",
+    )
+    p.add_argument("source", metavar="NAME|CHECKPOINT", help="registered model name or checkpoint path")
+    p.add_argument("--size", type=int, default=None,
+                   help="input resolution (default: the checkpoint's input size, else 224)")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="architecture for checkpoints without convnext metadata (official/timm/torchvision/HF files)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    report = describe(args.source, size=args.size, model_name=args.model)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0
