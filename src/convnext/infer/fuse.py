@@ -399,9 +399,11 @@ class InferenceModel(nn.Module):
             x = x.to(self.dtype)
         return x
 
-    def _run(self, fn, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, fn, x: torch.Tensor):
         with torch.inference_mode(), self._amp():
-            return fn(self._prepare(x)).float()
+            out = fn(self._prepare(x))
+        # logits (or a backbone's list of feature maps) come back fp32 whatever the compute precision
+        return [o.float() for o in out] if isinstance(out, (list, tuple)) else out.float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._compiled is not None:
