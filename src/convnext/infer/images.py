@@ -50,8 +50,8 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
     path = Path(path)
     try:
         with warnings.catch_warnings():
-            # A decompression-bomb warning is turned into an error below rather than printed.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Large photos (PIL warns above ~89 MP) are fine; only its hard limit (DecompressionBombError) refuses.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()  # full decode now: truncated files pass Image.open and fail here
                 im = ImageOps.exif_transpose(im)
@@ -63,7 +63,7 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> Image.Image:
         raise ImageError(f"{path}: permission denied; check the file's permissions") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image PIL can read (supported: {', '.join(IMAGE_EXTENSIONS)})") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except Image.DecompressionBombError as e:
         raise ImageError(f"{path}: refused, image is too large ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         # PIL reports truncated and corrupt data as OSError/SyntaxError with its own wording.
