@@ -193,15 +193,15 @@ def load_model(
     from .weights.io import guess_model_name, read_weights, resolve_weights_path
 
     p = resolve_weights_path(path)
+    weights = read_weights(p)  # first: it gives the clearest message for empty or damaged files
     info = _read_convnext_metadata(p) if p.suffix == ".safetensors" else None
-    weights = read_weights(p)
     if info is None:
         if model_name is None:
             guess = guess_model_name(weights.state)
-            hint = f" (the weights look like {guess})" if guess else ""
+            hint = f"; the weights look like {guess}" if guess else ""
             raise CheckpointError(
                 f"{p}: {weights.layout}-layout weights without convnext metadata, so the architecture is "
-                f"unknown; pass --model NAME{hint} (load_model(path, model_name=NAME))"
+                f"unknown; pass --model NAME (in Python: load_model(path, model_name=NAME)){hint}"
             )
         model = create_model(model_name, pretrained=weights, **overrides)
         info = ModelInfo(config=model.cfg, name=model_name, preprocess=_default_preprocess(model.cfg.in_chans))

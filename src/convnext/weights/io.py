@@ -254,7 +254,10 @@ def _load(model: nn.Module, weights: Weights, strict: bool) -> LoadReport:
                 del state[k]
 
     fitted: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
+    # model order (safetensors files come sorted by name), so errors name the first layer that differs
+    order = {k: n for n, k in enumerate(own)}
+    for k in sorted(state, key=lambda k: order.get(k, len(order))):
+        v = state[k]
         if k not in own:
             report.unexpected.append(k)
             continue
