@@ -196,9 +196,12 @@ def build_data(cfg: TrainConfig) -> DataBundle:
 
 
 def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.device, drop_last: bool):
+    # Its own generator: creating an iterator would otherwise draw from the global RNG, so a run
+    # resumed mid-epoch (one extra iterator) would see different dropout/mixup draws.
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
     )
 
 
