@@ -1,0 +1,641 @@
+"""Reliability and security (issue 7): every protection is driven through the real engine, the real
+writers and the real CLI, and each test fails if its protection is removed.
+
+1. hostile checkpoints  2. crash safety (kill -9, full disk)  3. bad data  4. NaN/Inf guard
+5. bad configuration and inputs on every CLI command  6. determinism
+
+Runs are tiny (ConvNeXt-atto with one block per stage and dims 8..64, 32x32 synthetic images,
+16 optimizer steps) and single-threaded: on a loaded 2-core machine a 2-thread CPU run is ~10x slower
+from OpenMP oversubscription, and one thread everywhere also makes in-process and subprocess runs
+bitwise comparable.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from convnext.checkpoint import ModelInfo, Preprocess, load_model, read_info, save_model
+from convnext.cli import main
+from convnext.errors import CheckpointError, UsageError
+from convnext.models import ConvNeXt, create_model
+from convnext.train.logging import read_metrics
+from convnext.train.state import PREV_NAME, STATE_NAME, find_resume_state, load_train_state
+from convnext.weights import export_weights, load_weights
+from reliability_helpers import (STEPS_PER_EPOCH, popen_convnext, run_convnext, snapshot, train_argv,
+                                 write_hostile_legacy, write_hostile_zip)
+
+TINY = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64))
+TOTAL_STEPS = 2 * STEPS_PER_EPOCH
+# every source of training randomness on: RandAugment, random erasing, Mixup/CutMix, drop path, EMA
+FULL_AUG = ["--aug.randaugment", "true", "--aug.random_erasing", "0.25", "--aug.mixup", "0.8",
+            "--aug.cutmix", "1.0", "--reg.drop_path", "0.1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the subprocesses
+    yield
+    torch.set_num_threads(before)
+
+
+def one_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one error line, got:\n{err}"
+    return lines[0]
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def records(run: Path) -> list[dict]:
+    """metrics.jsonl without wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in ("time", "img_per_s")} for r in read_metrics(run / "metrics.jsonl")]
+
+
+def tiny_checkpoint(path: Path, in_chans: int = 3, classes=("a", "b", "c", "d")) -> Path:
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=len(classes), in_chans=in_chans, **TINY)
+    mean, std = (0.5,) * in_chans, (0.25,) * in_chans
+    info = ModelInfo(config=model.cfg, name="convnext_atto", class_names=list(classes),
+                     preprocess=Preprocess(input_size=32, mean=mean, std=std, crop_ratio=1.0, channels=in_chans))
+    return save_model(model, path, info)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: what every killed-and-resumed run must reproduce bit for bit."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("reference")
+    assert main(train_argv(out, *FULL_AUG)) == 0
+    run = out / "run"
+    return {"run": run, "weights": load_file(str(run / "last.safetensors")),
+            "best": load_file(str(run / "best.safetensors")), "records": records(run)}
+
+
+def assert_same_as_reference(run: Path, reference: dict) -> None:
+    got = load_file(str(run / "last.safetensors"))
+    assert got.keys() == reference["weights"].keys()
+    assert all(torch.equal(got[k], reference["weights"][k]) for k in got), "weights differ from the uninterrupted run"
+    best = load_file(str(run / "best.safetensors"))
+    assert all(torch.equal(best[k], reference["best"][k]) for k in best)
+    assert records(run) == reference["records"]
+
+
+# ==== 1. hostile checkpoints =====================================================================
+
+def test_code_running_pickles_are_refused_and_run_nothing(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    files = [write_hostile_zip(tmp_path / "zip.pth", marker), write_hostile_legacy(tmp_path / "legacy.pt", marker),
+             write_hostile_zip(tmp_path / "pytorch_model.bin", marker)]
+    for f in files:
+        for load in (lambda: load_weights(create_model("convnext_atto", **TINY), f),
+                     lambda: load_model(f, model_name="convnext_atto")):
+            with pytest.raises(CheckpointError) as e:
+                load()
+            msg = str(e.value)
+            assert "\n" not in msg and str(f) in msg and "refused" in msg and "weights_only=True" in msg
+            assert "would import and call exec" in msg  # says what the file tried to do
+        assert not marker.exists()
+    # the same files through every command that reads weights: exit 2, one line, nothing runs
+    ckpt = tiny_checkpoint(tmp_path / "good.safetensors")
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (10, 200, 30)).save(image)
+    hostile = str(files[0])
+    state_dir = tmp_path / "hostile_run"
+    state_dir.mkdir()
+    write_hostile_zip(state_dir / STATE_NAME, marker)
+    for argv, names in ((["predict", hostile, str(image), "--model", "convnext_atto"], hostile),
+                        (["eval", hostile, "--model", "convnext_atto", "--dataset", "synthetic"], hostile),
+                        (["convert", hostile, str(tmp_path / "o.safetensors"), "--to", "ours", "--model",
+                          "convnext_atto"], hostile),
+                        (["export", hostile, "--model", "convnext_atto", "-o", str(tmp_path / "o.onnx")], hostile),
+                        (train_argv(tmp_path / "o", "--model.init", hostile), hostile),
+                        (train_argv(tmp_path / "o", "--resume", str(state_dir / STATE_NAME)),
+                         str(state_dir / STATE_NAME))):
+        rc, out, err = run_cli(argv, capsys)
+        assert rc == 2, (argv, err)
+        line = one_line(err)
+        assert names in line and ("refused" in line or "unreadable" in line), line
+        assert not marker.exists()
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.safetensors").exists()
+    assert not (tmp_path / "o.onnx").exists() and ckpt.is_file()
+    # --resume auto over a run directory whose state is hostile: skipped, never unpickled unsafely
+    assert find_resume_state(state_dir) is None and not marker.exists()
+    # the payload is live: an unsafe load really would have run it (so the checks above can fail)
+    torch.load(files[0], weights_only=False)
+    assert marker.read_text() == "pwned"
+
+
+def test_end_to_end_hostile_checkpoint_in_a_real_process(tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = write_hostile_zip(tmp_path / "model.pth", marker)
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40)).save(image)
+    r = run_convnext(["predict", str(hostile), str(image), "--model", "convnext_atto"])
+    assert r.returncode == 2 and not marker.exists()
+    assert one_line(r.stderr).startswith(f"convnext predict: error: {hostile}: refused")
+    assert r.stdout == ""
+
+
+def _damaged(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (file, what the message must say)."""
+    good = tiny_checkpoint(tmp_path / "good.safetensors")
+    data = good.read_bytes()
+    out = {}
+    p = tmp_path / "zero.safetensors"
+    p.write_bytes(b"")
+    out["zero-byte safetensors"] = (p, "empty (0 bytes)")
+    p = tmp_path / "truncated.safetensors"
+    p.write_bytes(data[: len(data) // 2])
+    out["truncated safetensors"] = (p, "not a readable safetensors file")
+    p = tmp_path / "header_length.safetensors"
+    p.write_bytes((2**40).to_bytes(8, "little") + data[8:])
+    out["header length beyond the file"] = (p, "not a readable safetensors file")
+    p = tmp_path / "header_json.safetensors"
+    n = int.from_bytes(data[:8], "little")
+    p.write_bytes(data[:8] + b"#" * n + data[8 + n:])
+    out["garbage header JSON"] = (p, "not a readable safetensors file")
+    model = create_model("convnext_atto", num_classes=4, **TINY)
+    export_weights(model, tmp_path / "official.pth", layout="official")
+    pth = (tmp_path / "official.pth").read_bytes()
+    p = tmp_path / "truncated.pth"
+    p.write_bytes(pth[: len(pth) // 2])
+    out["truncated .pth"] = (p, "truncated or corrupt")
+    p = tmp_path / "zero.pth"
+    p.write_bytes(b"")
+    out["zero-byte .pth"] = (p, "empty (0 bytes)")
+    p = tmp_path / "random.bin"
+    p.write_bytes(bytes(random.Random(0).getrandbits(8) for _ in range(4096)))
+    out["random bytes .bin"] = (p, "not a readable PyTorch checkpoint")
+    p = tmp_path / "pytorch_model.bin"  # a failed download: the server's error page saved as weights
+    p.write_bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    out["HTML error page .bin"] = (p, "not a readable PyTorch checkpoint")
+    # metadata says one architecture, the tensors are another (a renamed or tampered file)
+    other = create_model("convnext_atto", num_classes=4, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
+    p = save_model(other, tmp_path / "wrong_arch.safetensors", read_info(good))
+    out["metadata for another architecture"] = (p, "has shape")
+    return out
+
+
+def test_damaged_checkpoints_give_one_clear_line(tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.new("RGB", (40, 40)).save(image)
+    for what, (path, says) in _damaged(tmp_path).items():
+        with pytest.raises(CheckpointError) as e:
+            load_model(path, model_name="convnext_atto")
+        msg = str(e.value)
+        assert "\n" not in msg and str(path) in msg and says in msg, (what, msg)
+        # ... and what to do about it
+        assert any(hint in msg for hint in ("re-download", "re-export", "build the model")), (what, msg)
+        before = snapshot(tmp_path)
+        rc, out, err = run_cli(["predict", str(path), str(image), "--model", "convnext_atto"], capsys)
+        assert rc == 2 and out == "" and says in one_line(err), (what, err)
+        assert snapshot(tmp_path) == before
+
+
+def test_weights_for_a_different_architecture_name_both(tmp_path, capsys):
+    atto = create_model("convnext_atto", num_classes=4, **TINY)
+    export_weights(atto, tmp_path / "atto_timm.safetensors", layout="timm")
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / "atto_timm.safetensors", model_name="convnext_femto")
+    msg = str(e.value)
+    says = "in the model (timm layout); the weights look like (depths (1, 1, 1, 1), dims (8, 16, 32, 64))"
+    assert "\n" not in msg and "in the checkpoint but" in msg and says in msg and "--model NAME" in msg
+    rc, _, err = run_cli(["convert", str(tmp_path / "atto_timm.safetensors"), str(tmp_path / "x.pth"),
+                          "--to", "official", "--model", "convnext_femto"], capsys)
+    assert rc == 2 and says in one_line(err)
+    assert not (tmp_path / "x.pth").exists()
+
+
+# ==== 2. crash safety ===========================================================================
+
+def _check_every_named_checkpoint_is_readable(run: Path) -> None:
+    for name in ("last.safetensors", "best.safetensors"):
+        if (run / name).exists():
+            load_model(run / name)
+    for name in (STATE_NAME, PREV_NAME):
+        if (run / name).exists():
+            load_train_state(run / name)
+
+
+def _resume_and_check(out: Path, reference: dict, capsys) -> None:
+    run = out / "run"
+    rc, stdout, err = run_cli(train_argv(out, *FULL_AUG, "--resume", "auto"), capsys)
+    assert rc == 0, err
+    assert f"{TOTAL_STEPS} steps" in stdout
+    assert_same_as_reference(run, reference)
+    _check_every_named_checkpoint_is_readable(run)
+
+
+# (fault, checkpoint step --resume auto must find). Saves happen every 2 steps and at the end of
+# each epoch (step 8); each save writes train_state.pt, then last.safetensors, then best.safetensors.
+KILLS = [
+    ("step:5", 4),    # mid-epoch, between two checkpoints
+    ("state:3", 4),   # tearing the third train_state.pt write (step 6)
+    ("model:2", 4),   # tearing last.safetensors at step 4, after that step's train_state.pt
+    ("model:4", 8),   # tearing last.safetensors at the end of epoch 0, before best.safetensors
+    ("step:1", None),  # before the first checkpoint exists: resume must start over
+]
+SLOW_KILLS = [
+    ("link:3", 4),    # between hard-linking the backup and writing the new state
+    ("state:4", 6),   # tearing the end-of-epoch state write
+    ("step:12", 10),  # mid second epoch (step 12 done, its checkpoint not yet written)
+]
+
+
+@pytest.mark.parametrize("fault,expected_step", KILLS + [pytest.param(*k, marks=pytest.mark.slow) for k in SLOW_KILLS],
+                         ids=[k[0] for k in KILLS + SLOW_KILLS])
+def test_kill_9_then_resume_auto_reproduces_the_uninterrupted_run(fault, expected_step, reference, tmp_path, capsys):
+    r = run_convnext(train_argv(tmp_path, *FULL_AUG), env={"CONVNEXT_KILL_AT": fault})
+    assert r.returncode == -9, r.stderr[-2000:]
+    run = tmp_path / "run"
+    _check_every_named_checkpoint_is_readable(run)
+    found = find_resume_state(run)
+    assert (found[1]["step"] if found else None) == expected_step
+    _resume_and_check(tmp_path, reference, capsys)
+
+
+def test_kill_9_from_outside_at_a_random_moment(reference, tmp_path, capsys):
+    # The parent sends SIGKILL wherever the child happens to be (a step, a save, an evaluation).
+    rng = random.Random(os.getpid())
+    marker = tmp_path / "reached"
+    step = rng.randint(2, TOTAL_STEPS - 3)
+    proc = popen_convnext(train_argv(tmp_path, *FULL_AUG),
+                          env={"CONVNEXT_MARK_AT": f"step:{step}", "CONVNEXT_MARK_FILE": str(marker)})
+    deadline = time.time() + 240
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(rng.uniform(0, 0.05))
+    proc.kill()
+    proc.communicate()
+    run = tmp_path / "run"
+    _check_every_named_checkpoint_is_readable(run)
+    _resume_and_check(tmp_path, reference, capsys)
+
+
+def _disk_full_after(n_bytes: int):
+    def writer(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x00" * n_bytes)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return writer
+
+
+@pytest.mark.parametrize("where", ["train_state", "safetensors"])
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so(where, reference, tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+
+    run = tmp_path / "run"
+    kept: dict[str, bytes] = {}
+    calls = {"n": 0}
+    real_torch_save, real_save_file = torch.save, safetensors.torch.save_file
+
+    def fill_up_on_the_third_save(real):
+        def save(obj, path, *args, **kwargs):
+            if Path(path).parent == run and (where == "safetensors") == (real is real_save_file):
+                calls["n"] += 1
+                if calls["n"] == 3:  # step 6: the disk is full
+                    kept.update({p.name: p.read_bytes() for p in run.iterdir() if p.is_file()})
+                    return _disk_full_after(1000)(obj, path)
+            return real(obj, path, *args, **kwargs)
+        return save
+
+    monkeypatch.setattr(torch, "save", fill_up_on_the_third_save(real_torch_save))
+    monkeypatch.setattr(safetensors.torch, "save_file", fill_up_on_the_third_save(real_save_file))
+    rc, _, err = run_cli(train_argv(tmp_path, *FULL_AUG), capsys)
+    assert rc == 1
+    line = one_line(err)
+    assert line.startswith("convnext train: failed: CheckpointWriteError: could not write a checkpoint")
+    assert "No space left on device" in line and "previous checkpoint is intact" in line and "--resume auto" in line
+    # nothing torn, no temp file left behind, and the checkpoint of step 4 is still there, unchanged
+    names = {p.name for p in run.iterdir()}
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert {"last.safetensors", STATE_NAME} <= kept.keys()
+    for name in ("last.safetensors", STATE_NAME):
+        if where == "train_state" or name != STATE_NAME:
+            assert (run / name).read_bytes() == kept[name], name
+    _check_every_named_checkpoint_is_readable(run)
+    assert find_resume_state(run)[1]["step"] == (4 if where == "train_state" else 6)
+    # space freed: resuming gives exactly the run that never hit the full disk
+    monkeypatch.setattr(torch, "save", real_torch_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)
+    _resume_and_check(tmp_path, reference, capsys)
+
+
+# ==== 3. bad data ================================================================================
+
+def _image(path: Path, mode: str, seed: int, size: int = 40) -> None:
+    rng = np.random.default_rng(seed)
+    if mode == "I;16":
+        Image.fromarray(rng.integers(0, 65535, (size, size), dtype=np.uint16)).save(path)
+        return
+    rgb = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+    rgb.convert(mode).save(path)
+
+
+def _folder_dataset(root: Path, bad: bool = True) -> list[Path]:
+    """root/{train,val}/{a,b}: good images in several modes, plus (train) one bad file of each kind."""
+    bad_files = []
+    for split, n in (("train", 6), ("val", 2)):
+        for c, cls in enumerate(("a", "b")):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                _image(d / f"{i}.png", "RGB", seed=100 * c + i + (50 if split == "val" else 0))
+    # other modes are converted, not skipped
+    a = root / "train" / "a"
+    _image(a / "cmyk.jpg", "CMYK", 1)
+    _image(a / "rgba.png", "RGBA", 2)
+    _image(a / "palette.png", "P", 3)
+    _image(a / "gray.png", "L", 4)
+    _image(a / "deep.png", "I;16", 5)
+    if bad:
+        b = root / "train" / "b"
+        jpg = b / "truncated.jpg"
+        _image(jpg, "RGB", 6, size=64)
+        jpg.write_bytes(jpg.read_bytes()[:300])
+        (b / "zero.png").write_bytes(b"")
+        (b / "notes.txt").write_text("not an image")
+        (b / "fake.png").write_text("<html>a saved web page</html>")
+        vb = root / "val" / "a" / "half.png"
+        _image(vb, "RGB", 7, size=64)
+        vb.write_bytes(vb.read_bytes()[:100])
+        bad_files = [jpg, b / "zero.png", b / "notes.txt", b / "fake.png", vb]
+    return bad_files
+
+
+def _folder_argv(root: Path, out: Path, *extra: str) -> list[str]:
+    return train_argv(out, "--data.dataset", "folder", "--data.root", str(root), "--data.batch_size", "4",
+                      "--opt.epochs", "1", *extra)
+
+
+def test_bad_image_files_are_skipped_warned_and_counted_in_the_run_log(tmp_path, capsys):
+    root = tmp_path / "data"
+    bad = _folder_dataset(root)
+    rc, out, err = run_cli(_folder_argv(root, tmp_path / "out"), capsys)
+    assert rc == 0, err
+    for f in bad:  # one warning per bad file, naming it and the reason
+        assert sum(f"skipping {f}:" in ln for ln in err.splitlines()) == 1, f
+    assert "zero-byte file" in err and "not an image file (extension .txt)" in err and "cannot be decoded" in err
+    assert f"{len(bad)} bad image file(s) skipped" in out
+    epochs = [r for r in read_metrics(tmp_path / "out" / "run" / "metrics.jsonl") if r["type"] == "epoch"]
+    assert [r["bad_images"] for r in epochs] == [len(bad)]
+    # 12 RGB + 5 other-mode train images were used: 17 // batch 4 = 4 steps; val: 4 good of 5
+    assert epochs[0]["step"] == 4 and epochs[0]["val_count"] == 4
+
+
+def test_strict_data_fails_fast_and_writes_nothing(tmp_path, capsys):
+    root = tmp_path / "data"
+    _folder_dataset(root)
+    before = snapshot(tmp_path)
+    rc, out, err = run_cli(_folder_argv(root, tmp_path / "out", "--data.strict", "true"), capsys)
+    assert rc == 2 and out == ""
+    line = one_line(err)
+    assert "convnext train: error:" in line and str(root / "train" / "b") in line and "drop --data.strict" in line
+    assert snapshot(tmp_path) == before
+
+
+def _empty_class(root: Path) -> str:
+    _folder_dataset(root, bad=False)
+    (root / "train" / "c").mkdir()
+    (root / "val" / "c").mkdir()
+    _image(root / "val" / "c" / "0.png", "RGB", 9)
+    return f"{root / 'train' / 'c'}: class folder holds no usable images"
+
+
+def _class_of_bad_files(root: Path) -> str:
+    _folder_dataset(root, bad=False)
+    for split in ("train", "val"):
+        (root / split / "c").mkdir()
+        (root / split / "c" / "x.png").write_bytes(b"")
+    return "class folder holds no usable images (1 file(s))"
+
+
+def _empty_dataset(root: Path) -> str:
+    (root / "train").mkdir(parents=True)
+    (root / "val").mkdir()
+    return f"{root / 'train'}: no class folders"
+
+
+def _mismatched_classes(root: Path) -> str:
+    _folder_dataset(root, bad=False)
+    (root / "val" / "b").rename(root / "val" / "bb")
+    return "train and val have different classes (only in train: ['b'], only in val: ['bb'])"
+
+
+def _no_val_split(root: Path) -> str:
+    _folder_dataset(root, bad=False)
+    import shutil
+
+    shutil.rmtree(root / "val")
+    return f"{root / 'val'}: missing"
+
+
+@pytest.mark.parametrize("make", [_empty_class, _class_of_bad_files, _empty_dataset, _mismatched_classes, _no_val_split],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_unusable_datasets_are_clear_errors_before_training(make, tmp_path, capsys):
+    says = make(tmp_path / "data")
+    before = snapshot(tmp_path)
+    rc, out, err = run_cli(_folder_argv(tmp_path / "data", tmp_path / "out"), capsys)
+    assert rc == 2 and out == ""
+    assert says in one_line(err)
+    assert snapshot(tmp_path) == before
+
+
+# ==== 4. NaN / Inf ==============================================================================
+
+def _poison_forward(monkeypatch, bad_calls: set[int], kind: str):
+    """Training forwards number ``bad_calls`` (1-based) give a NaN/Inf loss or finite loss + NaN grads."""
+    original, calls = ConvNeXt.forward, {"n": 0}
+
+    def forward(self, x):
+        out = original(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_calls:
+                if kind == "nan_grad":  # the loss stays finite, the gradients do not
+                    out.register_hook(lambda g: g * float("nan"))
+                else:
+                    out = out * float(kind)
+        return out
+
+    monkeypatch.setattr(ConvNeXt, "forward", forward)
+
+
+@pytest.mark.parametrize("kind", ["inf", "nan", "nan_grad"])
+def test_a_non_finite_step_is_skipped_and_counted(kind, tmp_path, capsys, monkeypatch):
+    _poison_forward(monkeypatch, {3}, kind)
+    rc, out, err = run_cli(train_argv(tmp_path, "--opt.epochs", "1"), capsys)
+    assert rc == 0, err
+    assert "warning: step 3: loss/gradient is NaN or Inf; step skipped (1 in a row)" in err
+    assert "1 NaN/Inf step(s) skipped" in out
+    log = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    steps = [r for r in log if r["type"] == "step"]
+    assert [r["skipped_steps"] for r in steps] == [0, 0] + [1] * 6
+    assert (steps[2]["loss"] is None) == (kind != "nan_grad")
+    assert [r["skipped_steps"] for r in log if r["type"] == "epoch"] == [1]
+    w = load_file(str(tmp_path / "run" / "last.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values())
+    state = load_train_state(tmp_path / "run")
+    assert all(torch.isfinite(v).all() for v in state["optimizer"]["state"][0].values() if torch.is_tensor(v))
+
+
+def test_consecutive_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(reference, tmp_path, capsys, monkeypatch):
+    # steps 5 and 6 go bad; checkpoints exist for steps 2 and 4
+    _poison_forward(monkeypatch, {5, 6, 7, 8}, "nan")
+    rc, _, err = run_cli(train_argv(tmp_path, *FULL_AUG, "--runtime.max_bad_steps", "2"), capsys)
+    assert rc == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("convnext train: failed: TrainingDiverged: training diverged: 2 consecutive steps")
+    assert "lower --opt.lr" in last and "--runtime.amp none (fp32)" in last and "--resume auto" in last
+    run = tmp_path / "run"
+    _check_every_named_checkpoint_is_readable(run)
+    state = load_train_state(run)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in load_file(str(run / "last.safetensors")).values())
+    # the fault gone (e.g. a lower lr would be the user's fix; here the bad batch is simply gone),
+    # resuming continues from step 4 exactly as the run that never diverged
+    monkeypatch.undo()
+    torch.set_num_threads(1)
+    _resume_and_check(tmp_path, reference, capsys)
+
+
+# ==== 5. bad configuration and inputs, every command =============================================
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    ckpt = tiny_checkpoint(d / "model.safetensors")
+    foreign = d / "timm.safetensors"
+    export_weights(create_model("convnext_atto", num_classes=4, **TINY), foreign, layout="timm")
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(d / "x.png")
+    (d / "exists.pth").write_bytes(b"keep me")
+    return d
+
+
+T = train_argv("OUT")
+BAD_INPUTS = {
+    # train
+    "train: unknown model": (T + ["--model.name", "convnext_tny"], "did you mean convnext_tiny"),
+    "train: image below total stride": (T + ["--data.image_size", "16"],
+                                        "data.image_size=16 is smaller than the network's total stride 32"),
+    "train: stem stride makes it bigger": (T + ["--set", "model.overrides.stem_patch_size=8", "--data.image_size", "32"],
+                                           "smaller than the network's total stride 64"),
+    "train: batch size 0": (T + ["--data.batch_size", "0"], "data.batch_size=0 must be >= 1"),
+    "train: negative lr": (T + ["--opt.lr", "-0.001"], "opt.lr=-0.001 must be > 0"),
+    "train: zero input channels": (T + ["--set", "model.overrides.in_chans=0"], "in_chans=0 must be >= 1"),
+    "train: mean/std for the wrong channel count": (T + ["--data.mean", "[0.5]", "--data.std", "[0.5]"],
+                                                    "data.mean/std have 1 values but the model takes 3 channel(s)"),
+    "train: missing data root": (T + ["--data.dataset", "folder", "--data.root", "IN/nope"], "IN/nope/train: missing"),
+    "train: missing config file": (T + ["--config", "IN/nope.yaml"], "IN/nope.yaml: config file not found"),
+    "train: missing init weights": (T + ["--model.init", "IN/nope.safetensors"], "IN/nope.safetensors: no such"),
+    "train: missing resume path": (T + ["--resume", "IN/nope"], "IN/nope: no training state to resume from"),
+    "train: unknown key": (T + ["--set", "opt.lrr=1"], "did you mean 'lr'?"),
+    # eval
+    "eval: missing checkpoint": (["eval", "IN/nope.safetensors", "--dataset", "synthetic"], "IN/nope.safetensors: no such"),
+    "eval: batch size 0": (["eval", "IN/model.safetensors", "--dataset", "synthetic", "--batch-size", "0"],
+                           "--batch-size 0 must be >= 1"),
+    "eval: folder without root": (["eval", "IN/model.safetensors"], "--dataset folder needs --data-root"),
+    "eval: missing data root": (["eval", "IN/model.safetensors", "--data-root", "IN/nope"], "IN/nope: image folder not found"),
+    "eval: class count mismatch": (["eval", "IN/model.safetensors", "--dataset", "synthetic"],
+                                   "the model has 4 classes but the dataset has 10"),
+    "eval: unknown model for foreign weights": (["eval", "IN/timm.safetensors", "--model", "convnext_tny",
+                                                 "--dataset", "synthetic"], "did you mean convnext_tiny"),
+    # predict
+    "predict: missing checkpoint": (["predict", "IN/nope.safetensors", "IN/x.png"], "IN/nope.safetensors: no such"),
+    "predict: missing images": (["predict", "IN/model.safetensors", "IN/nope.png"], "no images to classify"),
+    "predict: batch size 0": (["predict", "IN/model.safetensors", "IN/x.png", "--batch-size", "0"],
+                              "--batch-size 0 must be >= 1"),
+    "predict: topk 0": (["predict", "IN/model.safetensors", "IN/x.png", "--topk", "0"], "--topk 0 must be >= 1"),
+    "predict: foreign weights without --model": (["predict", "IN/timm.safetensors", "IN/x.png"],
+                                                 "pass --model NAME"),
+    "predict: unknown model": (["predict", "IN/timm.safetensors", "IN/x.png", "--model", "convnext_tny"],
+                               "did you mean convnext_tiny"),
+    # export
+    "export: missing checkpoint": (["export", "IN/nope.safetensors", "-o", "OUT/m.onnx"], "IN/nope.safetensors: no such"),
+    "export: tolerance 0": (["export", "IN/model.safetensors", "--tolerance", "0", "-o", "OUT/m.onnx"],
+                            "--tolerance 0.0 must be > 0"),
+    "export: wrong suffix": (["export", "IN/model.safetensors", "-o", "OUT/m.pt"], "should end in .onnx"),
+    # convert
+    "convert: missing source": (["convert", "IN/nope.pth", "OUT/x.safetensors", "--to", "ours"], "IN/nope.pth: no such"),
+    "convert: would overwrite": (["convert", "IN/model.safetensors", "IN/exists.pth", "--to", "official"],
+                                 "IN/exists.pth exists; pass --force"),
+    "convert: unknown model": (["convert", "IN/timm.safetensors", "OUT/x.pth", "--to", "official", "--model",
+                                "convnext_tny"], "did you mean convnext_tiny"),
+    "convert: unknown file type": (["convert", "IN/model.safetensors", "OUT/x.txt", "--to", "timm"],
+                                   "unknown weights file type '.txt'"),
+    # benchmark
+    "benchmark: unknown model": (["benchmark", "convnext_tny", "--peers"], "did you mean convnext_tiny"),
+    "benchmark: size below stride": (["benchmark", "convnext_atto", "--size", "16"], "below the models' total stride 32"),
+    "benchmark: batch size 0": (["benchmark", "convnext_atto", "--batch-sizes", "0"], "must be positive integers"),
+    # list / roadmap
+    "list: nothing matches": (["list", "resnet9000*"], "no model matches 'resnet9000*'"),
+    "roadmap: size below stride": (["roadmap", "--size", "16"], "smaller than the networks' total stride 32"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, inputs, tmp_path, capsys, monkeypatch):
+    argv, says = BAD_INPUTS[case]
+    sub = lambda s: s.replace("IN", str(inputs)).replace("OUT", str(tmp_path / "out"))  # noqa: E731
+    argv, says = [sub(a) for a in argv], sub(says)
+    monkeypatch.chdir(tmp_path)  # a default output path would land here
+    before_in, before_here = snapshot(inputs), snapshot(tmp_path)
+    rc, out, err = run_cli(argv, capsys)
+    assert rc == 2, err
+    line = one_line(err)
+    assert line.startswith(f"convnext {argv[0]}: error: ") and says in line, line
+    assert out == ""
+    assert snapshot(inputs) == before_in and snapshot(tmp_path) == before_here
+
+
+def test_bad_input_exit_status_of_the_real_program(tmp_path):
+    r = run_convnext(train_argv(tmp_path / "out", "--opt.lr", "-1"))
+    assert r.returncode == 2 and r.stdout == "" and not (tmp_path / "out").exists()
+    assert one_line(r.stderr) == "convnext train: error: opt.lr=-1.0 must be > 0"
+
+
+def test_python_api_rejects_impossible_models_and_inputs():
+    with pytest.raises(ValueError, match="did you mean convnext_tiny"):
+        create_model("convnext_tny")
+    for bad, says in [({"in_chans": 0}, "in_chans=0 must be >= 1"), ({"kernel_size": 4}, "positive odd number"),
+                      ({"depths": (1, 1, 0, 1)}, "must all be >= 1"), ({"num_classes": -1}, "num_classes=-1")]:
+        with pytest.raises(ValueError, match=says):
+            create_model("convnext_atto", **bad)
+    with pytest.raises(UsageError, match="must be >= 1"):
+        from convnext.train import preset
+
+        preset("small").replace({"data.batch_size": 0})
+
+
+# ==== 6. determinism =============================================================================
+
+def test_same_seed_and_config_give_bitwise_identical_runs(reference, tmp_path, capsys):
+    rc, _, err = run_cli(train_argv(tmp_path / "again", *FULL_AUG), capsys)
+    assert rc == 0, err
+    assert_same_as_reference(tmp_path / "again" / "run", reference)
+    # and the run is sensitive to the seed (so equality above is not vacuous)
+    rc, _, _ = run_cli(train_argv(tmp_path / "seed1", *FULL_AUG, "--runtime.seed", "1"), capsys)
+    other = load_file(str(tmp_path / "seed1" / "run" / "last.safetensors"))
+    assert rc == 0 and not torch.equal(other["head.fc.weight"], reference["weights"]["head.fc.weight"])
+    losses = [r["loss"] for r in reference["records"] if r["type"] == "step"]
+    assert len(losses) == TOTAL_STEPS and all(np.isfinite(losses))
+    summary = json.loads(json.dumps(reference["records"][-1]))
+    assert summary["type"] == "epoch" and summary["step"] == TOTAL_STEPS
