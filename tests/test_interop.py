@@ -7,7 +7,7 @@ no-ops and a wrongly mapped block weight would not show in the logits.
 
 from __future__ import annotations
 
-import warnings
+import os
 
 import pytest
 import torch
@@ -112,6 +112,9 @@ def test_round_trip_ours_to_layout_and_back_is_exact(layout, tmp_path):
     model = randomize(convnext.create_model("convnext_atto", num_classes=7, **SMALL))
     for suffix in (".safetensors", ".pth"):
         path = export_weights(model, tmp_path / f"m{suffix}", layout=layout)
+        umask = os.umask(0)
+        os.umask(umask)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # shareable like any new file, not 0600
         weights = read_weights(path)
         assert weights.layout == layout and not weights.unmapped
         assert set(weights.state) == set(model.state_dict())
