@@ -20,7 +20,7 @@ from train_helpers import comparable, run_dir, tiny_config, weights
 
 # augmentation, mixup/cutmix, drop path and EMA on: resuming must replay every random draw
 RESUME_OVER = {"aug.randaugment": True, "aug.mixup": 0.8, "aug.cutmix": 1.0, "reg.drop_path": 0.1,
-               "reg.ema": True, "runtime.save_every_steps": 2, "opt.epochs": 2}
+               "reg.ema": True, "runtime.save_every_steps": 1, "opt.epochs": 2, "data.synthetic_samples": 32}
 
 
 def _cli_args(out) -> list[str]:
@@ -74,10 +74,10 @@ def _assert_same_run(a, b) -> None:
 
 def test_sigkill_mid_epoch_then_resume_auto_is_bitwise_identical(tmp_path):
     ref = tmp_path / "ref"
-    train(tiny_config(ref, **RESUME_OVER))  # uninterrupted: 2 epochs x 8 steps
+    train(tiny_config(ref, **RESUME_OVER))  # uninterrupted: 2 epochs x 4 steps
     killed = tmp_path / "killed"
-    state = _kill_after_state(killed, min_step=4)
-    assert state["epoch"] == 0 and 0 < state["epoch_step"] < 8, "the kill should land mid-epoch"
+    state = _kill_after_state(killed, min_step=1)
+    assert state["epoch"] == 0 and 0 < state["epoch_step"] < 4, "the kill should land mid-epoch"
     _resume_to_end(killed)
     _assert_same_run(ref, killed)
 
@@ -87,10 +87,10 @@ def test_sigkill_at_several_moments(tmp_path):
     ref = tmp_path / "ref"
     train(tiny_config(ref, **RESUME_OVER))
     rng = random.Random(0)
-    for i, min_step in enumerate(sorted(rng.sample(range(1, 15), 3))):
+    for i, min_step in enumerate(sorted(rng.sample(range(1, 7), 3))):
         out = tmp_path / f"k{i}"
         _kill_after_state(out, min_step)
-        _kill_after_state(out, min_step + 2) if min_step + 2 < 15 else None  # a second kill after resuming
+        _kill_after_state(out, min_step + 1) if min_step + 1 < 7 else None  # a second kill after resuming
         _resume_to_end(out)
         _assert_same_run(ref, out)
 
@@ -99,14 +99,14 @@ def test_torn_current_state_falls_back_to_previous_and_stray_temp_files_are_igno
     out = tmp_path / "a"
     train(tiny_config(out, **{**RESUME_OVER, "opt.epochs": 1}))
     rd = run_dir(out)
-    assert load_train_state(rd / STATE_NAME)["step"] == 8 and load_train_state(rd / PREV_NAME)["step"] == 6
+    assert load_train_state(rd / STATE_NAME)["step"] == 4 and load_train_state(rd / PREV_NAME)["step"] == 3
     data = (rd / STATE_NAME).read_bytes()
     (rd / STATE_NAME).write_bytes(data[: len(data) // 3])  # as if the disk lost the tail
     (rd / f".{STATE_NAME}.abc123.tmp").write_bytes(data[:100])  # a kill during a write leaves this
     path, state = find_resume_state(rd)
-    assert path.name == PREV_NAME and state["step"] == 6
+    assert path.name == PREV_NAME and state["step"] == 3
     s = train(tiny_config(out, **{**RESUME_OVER, "opt.epochs": 1, "runtime.resume": "auto"}))
-    assert s["steps"] == 8 and s["resumed_from"].endswith(PREV_NAME)
+    assert s["steps"] == 4 and s["resumed_from"].endswith(PREV_NAME)
     assert not list(rd.glob(".*.tmp"))
     ref = tmp_path / "ref"
     train(tiny_config(ref, **{**RESUME_OVER, "opt.epochs": 1}))
