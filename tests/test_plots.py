@@ -180,3 +180,9 @@ def test_cli_plot_run_and_roadmap(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nowhere")]) == 2
     assert main(["plot"]) == 2
+
+
+def test_roadmap_legend_names_paper_and_ours_once(rows):
+    fig = roadmap_figure(rows, {"resnet50": 90.0})
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["paper", "ours"]

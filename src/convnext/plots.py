@@ -228,7 +228,7 @@ def roadmap_figure(rows: Sequence[Mapping[str, Any]], study: Any = None) -> Figu
 
     ax = axes[0]
     paper = [r["paper_top1"] for r in rows]
-    ax.barh(y, paper, height=0.7, color=PAPER_COLOR, label="paper (ImageNet-1K)")
+    ax.barh(y, paper, height=0.7, color=PAPER_COLOR, label="paper")
     for yi, r in zip(y, rows):
         ax.text(r["paper_top1"] + 0.1, yi, ("~" if r.get("paper_top1_approx") else "") + f"{r['paper_top1']:.1f}",
                 va="center", fontsize=7)
@@ -244,22 +244,28 @@ def roadmap_figure(rows: Sequence[Mapping[str, Any]], study: Any = None) -> Figu
         means = [float(np.mean(ours[n])) if n in ours else np.nan for n in names]
         stds = [float(np.std(ours[n])) if n in ours and len(ours[n]) > 1 else 0.0 for n in names]
         ax.barh(y, np.nan_to_num(means, nan=0.0), height=0.7, xerr=stds, color=OURS_COLOR,
-                label="ours (mean ± std over seeds)", error_kw={"lw": 0.8, "capsize": 2})
+                label="ours", error_kw={"lw": 0.8, "capsize": 2})
         valid = [m for m in means if not math.isnan(m)]
         span = max(valid) - min(valid) if len(valid) > 1 else 1.0
         ax.set_xlim(max(0.0, min(valid) - max(span, 1.0)), min(100.0, max(valid) + 0.6 * max(span, 1.0)))
         for yi, m, s in zip(y, means, stds):
             if not math.isnan(m):
                 ax.text(m + s + 0.05 * max(span, 1.0), yi, f"{m:.1f}", va="center", fontsize=7)
-        ax.set(xlabel="top-1 (%), measured", title="Our top-1 (study)")
+        ax.set(xlabel="top-1 (%), mean ± std over seeds", title="Our top-1 (study)")
         ax.grid(axis="x", alpha=0.3)
 
     ax = axes[-1]
-    ax.barh(y - bar / 2, [r["paper_gflops"] for r in rows], height=bar, color=PAPER_COLOR, label="paper GFLOPs")
-    ax.barh(y + bar / 2, [r["gmacs"] for r in rows], height=bar, color=OURS_COLOR, label="ours, GMACs")
-    ax.set(xlabel="G multiply-accumulates", title="Compute per image")
+    ax.barh(y - bar / 2, [r["paper_gflops"] for r in rows], height=bar, color=PAPER_COLOR, label="paper")
+    ax.barh(y + bar / 2, [r["gmacs"] for r in rows], height=bar, color=OURS_COLOR, label="ours")
+    ax.set(xlabel="G multiply-accumulates (paper: GFLOPs)", title="Compute per image")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # one legend under all panels, so no bar is hidden behind it
+    legend: dict[str, Any] = {}
+    for a in axes:
+        for h, lab in zip(*a.get_legend_handles_labels()):
+            legend.setdefault(lab, h)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend), fontsize=9,
+               frameon=False)
     fig.suptitle("Modernizing a ResNet toward ConvNeXt (paper Fig. 2)")
     return fig
 
