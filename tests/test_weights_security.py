@@ -127,6 +127,10 @@ def test_zero_byte_truncated_and_corrupt_files(tmp_path, good_files):
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"this is not a checkpoint at all\n" * 10)
     cases.append((garbage, "not a readable PyTorch checkpoint"))
+    noise = tmp_path / "noise.pt"  # random bytes trip the safe unpickler too: damage, not "hostile"
+    noise.write_bytes(bytes([0x13]) + torch.randint(0, 256, (4095,), generator=torch.Generator().manual_seed(0),
+                                                    dtype=torch.uint8).numpy().tobytes())
+    cases.append((noise, "not a readable PyTorch checkpoint"))
     for path, problem in cases:
         with pytest.raises(CheckpointError) as e:
             load_weights(model, path)

@@ -101,9 +101,10 @@ def _read_pickle(p: Path) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if "Weights only load failed" in text:
-            wanted = re.search(r"GLOBAL ([\w.]+)", text)
-            what = f"import and call {wanted.group(1)}" if wanted else "run code outside plain tensors"
+        wanted = re.search(r"GLOBAL ([\w.]+)", text)
+        if "Weights only load failed" in text and (wanted or _looks_like_pickle(p)):
+            what = f"import and call {wanted.group(1)}" if wanted else \
+                f"use pickle instructions beyond plain tensors ({_unsupported(text)})"
             raise CheckpointError(
                 f"{p}: refused: unpickling this file would {what}; convnext only loads tensors "
                 "(torch.load weights_only=True). Use a .safetensors copy from a source you trust, "
@@ -115,6 +116,19 @@ def _read_pickle(p: Path) -> Any:
             f"{p}: not a readable PyTorch checkpoint ({_one_line(e)}); it is truncated or corrupt, "
             "re-download or re-export it"
         ) from None
+
+
+def _looks_like_pickle(p: Path) -> bool:
+    # a torch zip container, or a bare pickle (PROTO opcode 0x80 + protocol 2..5); anything else the
+    # safe unpickler trips over is damage, not a hostile payload
+    with open(p, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _unsupported(text: str) -> str:
+    m = re.search(r"Unsupported [^.\n]*", text)
+    return m.group(0).strip() if m else "not allowed by the weights-only unpickler"
 
 
 def _is_state_dict(obj: Any) -> bool:
