@@ -1,0 +1,63 @@
+"""Distributed training: sharding arithmetic, and a real 2-process gloo run under torchrun on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from convnext.train import train
+from convnext.train.distributed import ShardedSampler
+from train_helpers import NO_AUG, run_dir, tiny_config, weights
+
+
+@pytest.mark.parametrize("size,world", [(10, 3), (7, 2), (5, 8), (64, 2)])
+def test_eval_shards_count_every_sample_exactly_once(size, world):
+    seen = []
+    for r in range(world):
+        seen += list(ShardedSampler(size, r, world, shuffle=False))
+    assert sorted(seen) == list(range(size))
+
+
+def test_train_shards_are_equal_padded_permutations_and_resume_skips():
+    world, size = 3, 10
+    shards = [list(ShardedSampler(size, r, world, shuffle=True, seed=5, epoch=2)) for r in range(world)]
+    assert all(len(s) == 4 for s in shards)  # 10 padded to 12
+    idx = [i for s in shards for i, _ in s]
+    assert set(idx) == set(range(size))
+    seeds = [seed for s in shards for _, seed in s]
+    assert len(set(seeds)) == len(seeds)  # every sample gets its own augmentation seed
+    again = list(ShardedSampler(size, 1, world, shuffle=True, seed=5, epoch=2))
+    assert again == shards[1]
+    assert list(ShardedSampler(size, 1, world, shuffle=True, seed=5, epoch=3)) != shards[1]
+    assert list(ShardedSampler(size, 1, world, shuffle=True, seed=5, epoch=2, start=2)) == shards[1][2:]
+
+
+def test_two_process_gloo_run_matches_single_process(tmp_path):
+    # 60 train samples: 2 ranks x 3 steps x 8 = 1 process x 3 steps x 16 (the same samples per step);
+    # 15 val samples: shards of 8 and 7.
+    common = {**NO_AUG, "data.synthetic_samples": 60, "opt.epochs": 1, "opt.warmup_epochs": 0.0}
+    ddp_cfg = tmp_path / "ddp.yaml"
+    tiny_config(tmp_path / "ddp", **common, **{"data.batch_size": 8}).save(ddp_cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "convnext", "train", "--config", str(ddp_cfg), "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ddp = json.loads(r.stdout[r.stdout.index("{"):])
+    single = train(tiny_config(tmp_path / "single", **common, **{"data.batch_size": 16}))
+    assert ddp["val_count"] == single["val_count"] == 15
+    assert ddp["steps"] == single["steps"] == 3
+    # same samples, same averaged gradients: equal up to float32 reduction order
+    assert ddp["final_train_loss"] == pytest.approx(single["final_train_loss"], rel=1e-4)
+    assert ddp["final_val_loss"] == pytest.approx(single["final_val_loss"], rel=1e-3)
+    assert abs(ddp["final_val_top1"] - single["final_val_top1"]) <= 100 / 15 + 1e-9  # at most one sample
+    wa = weights(run_dir(tmp_path / "ddp") / "last.safetensors")
+    wb = weights(run_dir(tmp_path / "single") / "last.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    # only rank 0 wrote the run directory's files, once
+    lines = (run_dir(tmp_path / "ddp") / "metrics.jsonl").read_text().splitlines()
+    assert sum('"type": "epoch"' in line for line in lines) == 1
