@@ -12,7 +12,7 @@ import os
 import sys
 
 # Subcommands, in the order `convnext --help` lists them; each is convnext.cli.<name>.
-COMMANDS = ("list", "roadmap", "train", "eval", "predict", "benchmark", "convert", "export", "info", "plot")
+COMMANDS = ("list", "roadmap", "train", "eval", "predict", "benchmark", "convert", "export", "info", "plot", "study")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

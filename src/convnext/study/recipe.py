@@ -1,0 +1,197 @@
+"""The study's budgets and its two training recipes, as TrainConfigs for the training engine.
+
+Both recipes see the same data, seeds, resolution and number of optimizer steps; they differ only in
+what the paper changes between its first two roadmap steps.
+
+``original`` (ResNet-50's recipe, scaled to the budget): SGD with momentum 0.9, lr 0.1 per 256 images,
+weight decay 1e-4 (not on norms/biases), short linear warmup then cosine decay, light augmentation
+(random resized crop + horizontal flip), no RandAugment, Mixup, CutMix, Random Erasing, label smoothing,
+stochastic depth or EMA.
+
+``modern`` (paper appendix A.1, scaled to the budget): AdamW, weight decay 0.05, warmup then cosine,
+RandAugment (2 ops, m9, mstd 0.5), Mixup 0.8 / CutMix 1.0, Random Erasing, label smoothing 0.1,
+stochastic depth, layer scale 1e-6 (part of every modern step's ArchConfig). The ImageNet values
+assume 300 epochs; a run here is a fraction of one epoch of Fashion-MNIST, so the regularisers are
+kept but weakened (Mixup/CutMix on 30% of batches, erasing 0.1, drop path 0.05), the lr is set for
+the batch instead of scaled linearly from 4e-3 @ 4096 (which would give 6e-5, too small for a few
+hundred steps), and EMA is off: the paper notes it helps the larger models, and an EMA horizon scaled
+to this run (a few dozen steps) is indistinguishable from the raw weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UsageError
+from ..models.roadmap import RoadmapStep
+from ..train import TrainConfig
+from ..train import distributed as dist_mod
+from ..train.loop import Trainer
+from ..train.optim import build_scheduler, param_groups
+from .scaling import scale_config
+
+DATASETS = {"fashion-mnist": "fashion_mnist", "synthetic": "synthetic"}
+
+
+@dataclass(frozen=True)
+class StudyBudget:
+    """What every (step, seed) run gets. Changing any field makes a different study."""
+
+    image_size: int = 64  # Fashion-MNIST's 28 px upsampled so the 32x total stride leaves a 2x2 map
+    width_mult: float = 0.125  # every width / 8 (ResNet-50 stages 32..256, ConvNeXt-T stages 12..96)
+    batch_size: int = 64
+    train_images: int = 5120  # training subset (fixed shuffle, covers every class), seen `epochs` times
+    epochs: int = 1
+    val_images: int = 2000  # evaluation subset of the test split
+    warmup_fraction: float = 0.1  # of all optimizer steps
+    save_every_steps: int = 20  # crash-safe checkpoint interval (resume granularity)
+
+    @property
+    def steps(self) -> int:
+        return (self.train_images // self.batch_size) * self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "StudyBudget":
+        changes = {k: v for k, v in changes.items() if v is not None}
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise UsageError(f"unknown budget field(s) {unknown}")
+        return dataclasses.replace(self, **changes).validate()
+
+    def validate(self) -> "StudyBudget":
+        if self.image_size < 32:
+            raise UsageError(f"budget image_size={self.image_size} is below the networks' total stride 32; use >= 32")
+        if self.width_mult <= 0 or self.batch_size < 1 or self.epochs < 1 or self.val_images < 1:
+            raise UsageError("budget width_mult, batch_size, epochs and val_images must all be positive")
+        if self.train_images < self.batch_size:
+            raise UsageError(f"budget train_images={self.train_images} is smaller than one batch "
+                             f"({self.batch_size}); raise train_images or lower batch_size")
+        if not 0 <= self.warmup_fraction < 1:
+            raise UsageError(f"budget warmup_fraction={self.warmup_fraction} must be in [0, 1)")
+        if self.save_every_steps < 0:
+            raise UsageError(f"budget save_every_steps={self.save_every_steps} must be >= 0")
+        return self
+
+
+BUDGETS: dict[str, StudyBudget] = {
+    # The committed CPU study: 80 optimizer steps of 64 images per run (1/12 of Fashion-MNIST, seen once).
+    "cpu": StudyBudget(),
+    # Unscaled widths for a GPU: full ConvNeXt-T / ResNet-50 widths, 128 px, 10 passes over the training set.
+    "gpu": StudyBudget(image_size=128, width_mult=1.0, batch_size=128, train_images=60000, epochs=10,
+                       val_images=10000, warmup_fraction=0.05, save_every_steps=200),
+    # Seconds per run: for tests and for trying the command.
+    "micro": StudyBudget(image_size=32, width_mult=0.0625, batch_size=8, train_images=32, epochs=1,
+                         val_images=16, warmup_fraction=0.25, save_every_steps=1),
+}
+
+
+def get_budget(name: str) -> StudyBudget:
+    if name not in BUDGETS:
+        raise UsageError(f"unknown budget {name!r}; use one of {', '.join(BUDGETS)}")
+    return BUDGETS[name]
+
+
+# Dotted TrainConfig overrides per recipe, on top of the paper defaults.
+RECIPES: dict[str, dict[str, Any]] = {
+    "original": {
+        "opt.lr": 0.1, "opt.lr_base_batch": 256, "opt.weight_decay": 1e-4, "opt.min_lr": 0.0,
+        "aug.randaugment": False, "aug.random_erasing": 0.0, "aug.mixup": 0.0, "aug.cutmix": 0.0,
+        "aug.label_smoothing": 0.0, "reg.drop_path": 0.0, "reg.ema": False,
+    },
+    "modern": {
+        "opt.lr": 2e-3, "opt.lr_base_batch": None, "opt.weight_decay": 0.05, "opt.min_lr": 1e-5,
+        "aug.randaugment": True, "aug.randaugment_n": 2, "aug.randaugment_m": 9, "aug.randaugment_mstd": 0.5,
+        "aug.random_erasing": 0.1, "aug.mixup": 0.8, "aug.cutmix": 1.0, "aug.mixup_prob": 0.3,
+        "aug.label_smoothing": 0.1, "reg.drop_path": 0.05, "reg.ema": False,
+    },
+}
+# What the engine's config cannot say: the original recipe's optimizer (the engine builds AdamW).
+RECIPE_OPTIMIZER = {"original": "SGD, momentum 0.9", "modern": "AdamW, betas (0.9, 0.999)"}
+SGD_MOMENTUM = 0.9
+
+# Shared by both recipes: a crop that keeps most of a 28 px garment, bilinear resizing (bicubic overshoots
+# on upsampled 28 px images), and evaluation on the whole resized image (crop ratio 1).
+COMMON = {"aug.random_resized_crop": True, "aug.crop_scale_min": 0.35, "aug.hflip": 0.5,
+          "aug.interpolation": "bilinear", "aug.crop_ratio": 1.0}
+
+
+def data_channels(data: str) -> int:
+    return 1 if data == "fashion-mnist" else 3
+
+
+def train_config(step: RoadmapStep, seed: int, budget: StudyBudget, data: str, work_dir: str | Path,
+                 data_root: str | None = None, device: str = "auto") -> TrainConfig:
+    """The engine config for one (step, seed) run of the study."""
+    if data not in DATASETS:
+        raise UsageError(f"--data {data!r} is not supported; use one of {', '.join(DATASETS)}")
+    scaled = scale_config(step.config, budget.width_mult)
+    overrides: dict[str, Any] = {"dims": list(scaled.dims)}
+    if scaled.stem_dim is not None:
+        overrides["stem_dim"] = scaled.stem_dim
+    values: dict[str, Any] = {
+        "model.name": step.name, "model.overrides": overrides, "model.width_mult": 1.0,
+        "data.dataset": DATASETS[data], "data.root": data_root, "data.image_size": budget.image_size,
+        "data.grayscale": "in_chans", "data.batch_size": budget.batch_size, "data.workers": 0,
+        "data.limit_train": budget.train_images, "data.limit_val": budget.val_images,
+        "data.synthetic_samples": budget.train_images, "data.synthetic_classes": 10,
+        "opt.epochs": budget.epochs, "opt.warmup_epochs": budget.warmup_fraction * budget.epochs,
+        "runtime.out": str(work_dir), "runtime.run_name": run_name(step.name, seed), "runtime.seed": seed,
+        "runtime.device": device, "runtime.resume": "auto", "runtime.overwrite": True,
+        "runtime.save_every_steps": budget.save_every_steps, "runtime.log_every": 10,
+        "runtime.progress": False, "runtime.tensorboard": False, "runtime.plots": False,
+        **COMMON, **RECIPES[step.recipe],
+    }
+    return TrainConfig().replace(values)
+
+
+def run_name(step: str, seed: int) -> str:
+    return f"{step}-seed{seed}"
+
+
+class OriginalRecipeTrainer(Trainer):
+    """The engine's trainer with the ResNet recipe's optimizer: SGD with momentum instead of AdamW.
+
+    The parameter groups (no weight decay on norms and biases) and the warmup-cosine schedule are the
+    engine's own; the optimizer is swapped before any step and before a resumed state is loaded, so
+    ``train_state.pt`` holds SGD momentum buffers and resumes exactly.
+    """
+
+    def __init__(self, cfg: TrainConfig, dist_info: dist_mod.DistInfo) -> None:
+        self._sgd_installed = False
+        super().__init__(cfg, dist_info)
+        self._install_sgd()
+
+    def _install_sgd(self) -> None:
+        if self._sgd_installed:
+            return
+        groups = param_groups(self.model, self.cfg.opt.weight_decay)
+        for g in groups:
+            g["lr"] = self.lr * g["lr_scale"]
+        self.optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=SGD_MOMENTUM)
+        warmup = int(round(self.cfg.opt.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = build_scheduler(self.optimizer, self.lr, self.cfg.opt.min_lr, warmup, self.total_steps)
+        self._sgd_installed = True
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self._install_sgd()
+        super()._restore(state)
+
+
+def train_step(cfg: TrainConfig, recipe: str) -> dict[str, Any]:
+    """Train one (step, seed) run to completion with the recipe's trainer; the engine's summary."""
+    cfg.validate()
+    trainer_cls = OriginalRecipeTrainer if recipe == "original" else Trainer
+    created = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    info = dist_mod.setup(cfg.runtime.device)
+    try:
+        return trainer_cls(cfg, info).run()
+    finally:
+        if created:
+            dist_mod.cleanup()

@@ -1,0 +1,166 @@
+"""The study's outputs: results.json (per step: size, compute, top-1 per seed, mean +- std, paper top-1),
+results.md (the table) and roadmap.png (paper Fig. 2 next to ours), from the per-run records."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..checkpoint import atomic_write
+from ..models.convnext import ConvNeXt
+from ..models.flops import count_flops, count_params
+from ..models.roadmap import ROADMAP, RoadmapStep
+from .recipe import data_channels
+from .scaling import config_diff, scale_config
+
+if TYPE_CHECKING:
+    from .runner import StudyPlan
+
+RESULTS_JSON, RESULTS_MD, FIGURE = "results.json", "results.md", "roadmap.png"
+
+
+def parent_step(index: int) -> RoadmapStep | None:
+    """The step a roadmap step changes: the nearest earlier step whose config differs in the fewest fields
+    (kernel 5 branches off the kernel-3 move-up step, 9 and 11 follow the next smaller kernel, and GELU
+    continues from kernel 7, the one the paper keeps)."""
+    if index == 0:
+        return None
+    here = ROADMAP[index].config
+    best = min(range(index), key=lambda j: (len(config_diff(ROADMAP[j].config, here)), -j))
+    return ROADMAP[best]
+
+
+def _measure(cfg, in_chans: int, size: int) -> tuple[int, float]:
+    with torch.device("meta"):  # shapes only: counting takes milliseconds
+        model = ConvNeXt(cfg.replace(in_chans=in_chans))
+    return count_params(model), count_flops(model, (in_chans, size, size))
+
+
+def wall_time(events: list[dict[str, Any]]) -> float:
+    """Seconds the study's invocations ran, summed (a killed invocation counts until its last event)."""
+    total, start, last = 0.0, None, None
+    for e in events:
+        if e.get("event") == "study_start":
+            if start is not None:
+                total += last - start
+            start = e["time"]
+        last = e["time"]
+    if start is not None:
+        total += last - start
+    return total
+
+
+def _summary(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def build_results(plan: "StudyPlan", records: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
+    from .runner import study_settings
+
+    in_chans, size = data_channels(plan.data), plan.budget.image_size
+    by_step: dict[str, list[dict]] = {}
+    for r in records:
+        by_step.setdefault(r["step"], []).append(r)
+    wanted = {s.name for s in plan.steps} | set(by_step)
+    steps, summaries = [], {}
+    for i, step in enumerate(ROADMAP):
+        if step.name not in wanted:
+            continue
+        scaled = scale_config(step.config, plan.budget.width_mult).replace(num_classes=10)
+        params, gmacs = _measure(scaled, in_chans, size)
+        _, gmacs_224 = _measure(scaled, in_chans, 224)
+        full_params, full_gmacs = _measure(step.config, 3, 224)
+        runs = sorted(by_step.get(step.name, []), key=lambda r: r["seed"])
+        top1 = [r["top1"] for r in runs]
+        mean, std = _summary(top1)
+        summaries[step.name] = (mean, std, len(top1))
+        parent = parent_step(i)
+        row = {
+            "name": step.name, "change": step.change, "recipe": step.recipe,
+            "params": params, "gmacs": round(gmacs, 5), "gmacs_224": round(gmacs_224, 4),
+            "full_params": full_params, "full_gmacs_224": round(full_gmacs, 4),
+            "paper_gflops": step.paper_gflops, "paper_top1": step.paper_top1,
+            "paper_top1_approx": step.paper_top1_approx,
+            "seeds": [r["seed"] for r in runs], "top1": top1, "top1_mean": mean, "top1_std": std,
+            "parent": parent.name if parent else None,
+            "delta_paper": round(step.paper_top1 - parent.paper_top1, 2) if parent else None,
+            "delta": None, "delta_noise": None, "same_direction": None,
+        }
+        if parent is not None and parent.name in summaries and mean is not None:
+            p_mean, p_std, p_n = summaries[parent.name]
+            if p_mean is not None:
+                row["delta"] = mean - p_mean
+                # standard error of a difference of two means: how large a delta the seeds alone produce
+                row["delta_noise"] = math.sqrt(std ** 2 / len(top1) + p_std ** 2 / p_n)
+                if row["delta_paper"] != 0:
+                    row["same_direction"] = (row["delta"] > 0) == (row["delta_paper"] > 0)
+        steps.append(row)
+    planned = len(plan.steps) * len(plan.seeds)
+    done = sum(1 for r in records if r["seed"] in plan.seeds and r["step"] in {s.name for s in plan.steps})
+    return {
+        "study": "roadmap", "command": plan.command, "settings": study_settings(plan.budget, plan.data),
+        "image_size": size, "in_chans": in_chans, "num_classes": 10,
+        "runs_planned": planned, "runs_done": done, "complete": done >= planned,
+        "wall_time_s": round(wall_time(events), 1), "steps": steps,
+    }
+
+
+def _fmt(v: float | None, spec: str, sign: bool = False) -> str:
+    if v is None:
+        return "–"
+    return format(v, ("+" if sign else "") + spec)
+
+
+def format_markdown(results: dict[str, Any]) -> str:
+    size = results["image_size"]
+    head = ["step", "what changed", "recipe", "params", f"GMACs@{size}", "GMACs@224",
+            "top-1 ours (mean ± std, n)", "Δ ours vs parent", "Δ paper", "same direction", "top-1 paper"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results["steps"]:
+        ours = "–" if r["top1_mean"] is None else f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f} ({len(r['top1'])})"
+        if r["delta"] is None:
+            delta, same = "–", "–"
+        else:
+            delta = f"{r['delta']:+.2f} (± {r['delta_noise']:.2f})"
+            if r["same_direction"] is None:
+                same = "paper ±0"
+            else:
+                same = "yes" if r["same_direction"] else "no"
+                if abs(r["delta"]) <= r["delta_noise"]:
+                    same += " (within noise)"
+        paper = ("~" if r["paper_top1_approx"] else "") + f"{r['paper_top1']:.1f}"
+        lines.append("| " + " | ".join([
+            r["name"], r["change"], r["recipe"], f"{r['params']:,}", f"{r['gmacs']:.4f}", f"{r['gmacs_224']:.3f}",
+            ours, delta, _fmt(r["delta_paper"], ".1f", sign=True) if r["parent"] else "–", same, paper,
+        ]) + " |")
+    done = f"{results['runs_done']}/{results['runs_planned']} runs"
+    notes = [
+        "",
+        f"Fashion-MNIST test-split top-1 (%) after the budget; {done}; study wall time "
+        f"{results['wall_time_s'] / 60:.1f} min. std is the sample std over seeds; the ± after Δ is the "
+        "standard error of the difference of the two means. Parent = the step this one changes (kernel 5 branches "
+        "off the kernel-3 step, 9 and 11 follow the next smaller kernel, GELU continues from kernel 7). Params and GMACs are the scaled networks "
+        f"({results['in_chans']}-channel input, {results['num_classes']} classes); paper top-1 is ImageNet-1K.",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_outputs(plan: "StudyPlan", records: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
+    from ..plots import plot_roadmap
+
+    results = build_results(plan, records, events)
+    out = Path(plan.out)
+    atomic_write(out / RESULTS_JSON, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2) + "\n"))
+    atomic_write(out / RESULTS_MD, lambda tmp: Path(tmp).write_text(format_markdown(results)))
+    # the compute panel compares our architectures with the paper's, so it gets the full-size GMACs@224
+    rows = [{**r, "gmacs": r["full_gmacs_224"]} for r in results["steps"]]
+    measured = [r for r in results["steps"] if r["top1"]]
+    plot_roadmap(rows, study={"steps": measured} if measured else None, path=out / FIGURE)
+    return results
