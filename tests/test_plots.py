@@ -158,6 +158,9 @@ def test_roadmap_figure_paper_and_measured_bars(rows, tmp_path):
 def test_study_formats():
     assert study_top1({"a": 1.0, "b": [2.0, 4.0]}) == {"a": [1.0], "b": [2.0, 4.0]}
     assert study_top1({"results": [{"step": "a", "val_top1": 3}, {"step": "a", "val_top1": 5}]}) == {"a": [3.0, 5.0]}
+    # the study runner's results.json: {"steps": [{"name", "top1": [per seed], "top1_mean", ...}]}
+    assert study_top1({"study": "roadmap", "steps": [{"name": "a", "top1": [1.0, 2.0], "top1_mean": 1.5},
+                                                      {"name": "b", "top1": [], "top1_mean": None}]}) == {"a": [1.0, 2.0]}
     with pytest.raises(UsageError, match="not a mapping"):
         study_top1([1, 2])
 

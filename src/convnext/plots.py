@@ -205,8 +205,8 @@ def study_top1(study: Any) -> dict[str, list[float]]:
         if name is None or top1 is None:
             continue
         values = top1 if isinstance(top1, (list, tuple)) else [top1]
-        out.setdefault(str(name), []).extend(float(v) for v in values)
-    return out
+        out.setdefault(str(name), []).extend(float(v) for v in values if isinstance(v, (int, float)))
+    return {k: v for k, v in out.items() if v}  # steps not run yet draw no bar
 
 
 def roadmap_figure(rows: Sequence[Mapping[str, Any]], study: Any = None) -> Figure:
