@@ -8,6 +8,7 @@ that cannot be read is reported on its own and does not stop the others.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -131,9 +132,18 @@ class Predictor:
             for p in paths:
                 yield p, self._load(p)
             return
+        # Decoding runs ahead of the model on the worker threads, but at most two batches ahead:
+        # Executor.map would decode a whole directory into memory before the first answer.
+        ahead: deque = deque()
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            # map keeps input order; decoding runs ahead of the model on the worker threads
-            yield from zip(paths, pool.map(self._load, paths))
+            for p in paths:
+                ahead.append((p, pool.submit(self._load, p)))
+                if len(ahead) >= 2 * self.batch_size:
+                    q, future = ahead.popleft()
+                    yield q, future.result()
+            while ahead:
+                q, future = ahead.popleft()
+                yield q, future.result()
 
     def predict_inputs(self, inputs: Iterable[str | os.PathLike], topk: int = 5) -> list[Prediction]:
         """Files, directories and globs -> one Prediction per image; inputs matching nothing become errors."""
