@@ -249,11 +249,11 @@ def _resume_and_check(out: Path, reference: dict, capsys) -> None:
 KILLS = [
     ("step:5", 4),    # mid-epoch, between two checkpoints
     ("state:3", 4),   # tearing the third train_state.pt write (step 6)
-    ("model:2", 4),   # tearing last.safetensors at step 4, after that step's train_state.pt
-    ("model:4", 8),   # tearing last.safetensors at the end of epoch 0, before best.safetensors
     ("step:1", None),  # before the first checkpoint exists: resume must start over
 ]
 SLOW_KILLS = [
+    ("model:2", 4),   # tearing last.safetensors at step 4
+    ("model:4", 8),   # tearing last.safetensors at the end of epoch 0, before best.safetensors
     ("link:3", 4),    # between hard-linking the backup and writing the new state
     ("state:4", 6),   # tearing the end-of-epoch state write
     ("step:12", 10),  # mid second epoch (step 12 done, its checkpoint not yet written)
@@ -272,6 +272,20 @@ def test_kill_9_then_resume_auto_reproduces_the_uninterrupted_run(fault, expecte
     _resume_and_check(tmp_path, reference, capsys)
 
 
+def test_kill_during_the_final_save_still_leaves_a_best_checkpoint(tmp_path, capsys):
+    # One epoch: the end-of-epoch save (the 4th last.safetensors) is the run's last; die inside it,
+    # before best.safetensors is written. Resuming must not report a best checkpoint that is not there.
+    r = run_convnext(train_argv(tmp_path, epochs=1), env={"CONVNEXT_KILL_AT": "model:4"})
+    assert r.returncode == -9, r.stderr[-2000:]
+    rc, out, err = run_cli(train_argv(tmp_path, "--resume", "auto", "--json", epochs=1), capsys)
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["steps"] == STEPS_PER_EPOCH and summary["best_checkpoint"]
+    model, info = load_model(summary["best_checkpoint"])
+    assert info.train["epoch"] == 0 and info.train["best_top1"] == summary["best_val_top1"]
+    _check_every_named_checkpoint_is_readable(tmp_path / "run")
+
+
 def test_kill_9_from_outside_at_a_random_moment(reference, tmp_path, capsys):
     # The parent sends SIGKILL wherever the child happens to be (a step, a save, an evaluation).
     rng = random.Random(os.getpid())
@@ -282,9 +296,11 @@ def test_kill_9_from_outside_at_a_random_moment(reference, tmp_path, capsys):
     deadline = time.time() + 240
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    time.sleep(rng.uniform(0, 0.05))
+    delay = rng.uniform(0, 0.05)
+    time.sleep(delay)
     proc.kill()
     proc.communicate()
+    print(f"killed after step {step} + {delay:.3f} s")  # shown if the test fails
     run = tmp_path / "run"
     _check_every_named_checkpoint_is_readable(run)
     _resume_and_check(tmp_path, reference, capsys)
@@ -585,15 +601,31 @@ BAD_INPUTS = {
     "benchmark: unknown model": (["benchmark", "convnext_tny", "--peers"], "did you mean convnext_tiny"),
     "benchmark: size below stride": (["benchmark", "convnext_atto", "--size", "16"], "below the models' total stride 32"),
     "benchmark: batch size 0": (["benchmark", "convnext_atto", "--batch-sizes", "0"], "must be positive integers"),
+    # info / plot / study
+    "info: unknown model": (["info", "convnext_tny"], "did you mean convnext_tiny"),
+    "info: missing checkpoint": (["info", "IN/nope.safetensors"], "IN/nope.safetensors: no such checkpoint file"),
+    "info: size below stride": (["info", "convnext_atto", "--size", "16"], "smaller than the network's total stride 32"),
+    "plot: missing run dir": (["plot", "IN/nope"], "IN/nope: no such metrics file"),
+    "plot: nothing to plot": (["plot"], "pass a run directory"),
+    "plot: size below stride": (["plot", "--roadmap", "--size", "16"], "smaller than the networks' total stride 32"),
+    "study: zero seeds": (["study", "roadmap", "--seeds", "0"], "--seeds 0: a study needs at least one seed"),
+    "study: unknown step": (["study", "roadmap", "--steps", "roadmap_kernel8"], "unknown roadmap step(s) ['roadmap_kernel8']"),
+    "study: image below stride": (["study", "roadmap", "--budget", "micro", "--image-size", "16"],
+                                  "image_size=16 is below the networks' total stride 32"),
+    "study: batch size 0": (["study", "roadmap", "--budget", "micro", "--batch-size", "0"], "must all be positive"),
+    "study: missing data": pytest.param((["study", "roadmap", "--budget", "micro", "--data-root", "IN/nope"],
+                                         "IN/nope: Fashion-MNIST directory not found"),
+                                        marks=pytest.mark.xfail(strict=True, reason="writes study.json and log.jsonl "
+                                                                "before the data is checked (study owner)")),
     # list / roadmap
     "list: nothing matches": (["list", "resnet9000*"], "no model matches 'resnet9000*'"),
     "roadmap: size below stride": (["roadmap", "--size", "16"], "smaller than the networks' total stride 32"),
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS), ids=list(BAD_INPUTS))
+@pytest.mark.parametrize("case", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, inputs, tmp_path, capsys, monkeypatch):
-    argv, says = BAD_INPUTS[case]
+    argv, says = case
     sub = lambda s: s.replace("IN", str(inputs)).replace("OUT", str(tmp_path / "out"))  # noqa: E731
     argv, says = [sub(a) for a in argv], sub(says)
     monkeypatch.chdir(tmp_path)  # a default output path would land here
@@ -606,6 +638,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, inputs, tmp_path,
     assert snapshot(inputs) == before_in and snapshot(tmp_path) == before_here
 
 
+@pytest.mark.slow
 def test_bad_input_exit_status_of_the_real_program(tmp_path):
     r = run_convnext(train_argv(tmp_path / "out", "--opt.lr", "-1"))
     assert r.returncode == 2 and r.stdout == "" and not (tmp_path / "out").exists()
