@@ -10,6 +10,7 @@ the forward (CUDA: the allocator's peak; CPU: the profiler's allocation events).
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import importlib.util
 import os
@@ -29,11 +30,26 @@ from ..models import create_model
 from .fuse import cpu_bf16_slowdown, optimize_for_inference, resolve_precision
 
 PEERS = ("timm_convnext_tiny", "tv_convnext_tiny", "tv_resnet50", "tv_swin_t")
-PEER_SOURCES = {
-    "timm_convnext_tiny": "timm.create_model('convnext_tiny')",
-    "tv_convnext_tiny": "torchvision.models.convnext_tiny()",
-    "tv_resnet50": "torchvision.models.resnet50()",
-    "tv_swin_t": "torchvision.models.swin_t()",
+
+
+def _timm(name: str) -> nn.Module:
+    import timm
+
+    return timm.create_model(name, pretrained=False)
+
+
+def _torchvision(name: str) -> nn.Module:
+    import torchvision
+
+    return getattr(torchvision.models, name)(weights=None)
+
+
+# peer -> (package, builder); random weights: speed does not depend on the values
+PEER_BUILDERS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
+    "timm_convnext_tiny": ("timm", lambda: _timm("convnext_tiny")),
+    "tv_convnext_tiny": ("torchvision", lambda: _torchvision("convnext_tiny")),
+    "tv_resnet50": ("torchvision", lambda: _torchvision("resnet50")),
+    "tv_swin_t": ("torchvision", lambda: _torchvision("swin_t")),
 }
 
 
@@ -65,28 +81,17 @@ def peer_candidates(peers: tuple[str, ...], device: torch.device, amp: torch.dty
     for peer in peers:
         if peer not in PEERS:
             raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
-        package = "timm" if peer.startswith("timm") else "torchvision"
+        package, build = PEER_BUILDERS[peer]
         if not _installed(package):
             skipped.append(f"{peer}: {package} is not installed")
             continue
         if peer == "timm_convnext_tiny":
-            def build():
-                import timm
-
-                return timm.create_model("convnext_tiny", pretrained=False)
-
             out.append(Candidate("timm_convnext_tiny (channels_last)", build, True, amp, "peer"))
             out.append(Candidate("timm_convnext_tiny (NCHW)", build, False, amp, "peer"))
-            continue
-        name = peer[3:]
-
-        def build(name=name):
-            import torchvision
-            return getattr(torchvision.models, name)(weights=None)
-
-        # Swin is a transformer: its tensors are (N, H, W, C) already, memory format does not apply.
-        out.append(Candidate(f"{peer} ({'NCHW' if name == 'swin_t' else 'channels_last'})", build,
-                             name != "swin_t", amp, "peer"))
+        else:
+            # Swin is a transformer: its tensors are (N, H, W, C) already, memory format does not apply.
+            swin = peer == "tv_swin_t"
+            out.append(Candidate(f"{peer} ({'NCHW' if swin else 'channels_last'})", build, not swin, amp, "peer"))
     return out, skipped
 
 
@@ -259,8 +264,15 @@ def run_benchmark(model: str = "convnext_tiny", *, batch_sizes: tuple[int, ...] 
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        built: dict[int, nn.Module] = {}
         for c in candidates:
-            c.module = c.build().eval().to(dev)
+            # the same builder twice (timm NCHW and channels_last): copy instead of a second slow random init
+            if id(c.build) not in built:
+                built[id(c.build)] = c.build()
+                c.module = built[id(c.build)]
+            else:
+                c.module = copy.deepcopy(built[id(c.build)])
+            c.module = c.module.eval().to(dev)
             if c.channels_last:
                 c.module = c.module.to(memory_format=torch.channels_last)
         rows = measure(candidates, tuple(batch_sizes), resolution, dev, warmup, iters, memory, progress)
