@@ -3,6 +3,7 @@ results.md (the table) and roadmap.png (paper Fig. 2 next to ours), from the per
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -35,7 +36,9 @@ def parent_step(index: int) -> RoadmapStep | None:
     return ROADMAP[best]
 
 
+@functools.lru_cache(maxsize=None)
 def _measure(cfg, in_chans: int, size: int) -> tuple[int, float]:
+    # cached: counting the full-size networks at 224 takes seconds, and the outputs are rewritten after every run
     with torch.device("meta"):  # shapes only: counting takes milliseconds
         model = ConvNeXt(cfg.replace(in_chans=in_chans))
     return count_params(model), count_flops(model, (in_chans, size, size))

@@ -1,0 +1,266 @@
+"""The roadmap study: scaling keeps every step's change, recipes, resumability, outputs and the CLI.
+
+Training runs use the micro budget (4 optimizer steps per run, 1/16 widths, 32 px)."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from convnext.cli import main
+from convnext.errors import UsageError
+from convnext.models.roadmap import RESNET50, ROADMAP
+from convnext.study import (BUDGETS, StudyPlan, config_diff, get_budget, parent_step, read_records, run_study,
+                            scale_config, select_steps, train_config)
+from convnext.study.scaling import WIDTH_FIELDS
+from convnext.train.loop import Trainer
+from convnext.train.state import load_train_state
+
+TWO_STEPS = ("resnet50", "roadmap_modern_recipe")
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+# ---- scaling ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mult", [BUDGETS["cpu"].width_mult, BUDGETS["micro"].width_mult, 0.25])
+def test_scaled_roadmap_keeps_every_structural_change(mult):
+    for i, step in enumerate(ROADMAP[1:], start=1):
+        parent = parent_step(i)
+        full = config_diff(parent.config, step.config)
+        scaled = config_diff(scale_config(parent.config, mult), scale_config(step.config, mult))
+        assert set(scaled) == set(full), step.name
+        for field, (before, after) in full.items():
+            if field in WIDTH_FIELDS:
+                # a width change stays a width change, by exactly the multiplier
+                s_before, s_after = scaled[field]
+                scale = lambda v: None if v is None else (  # noqa: E731
+                    [d * mult for d in v] if isinstance(v, list) else v * mult)
+                assert s_before == scale(before) and s_after == scale(after), (step.name, field)
+            else:
+                assert scaled[field] == (before, after), (step.name, field)
+
+
+def test_scaling_changes_only_widths_and_keeps_hidden_ratio():
+    resnet = scale_config(RESNET50, 1 / 8)
+    assert resnet.dims == (32, 64, 128, 256) and resnet.stem_dim == 8
+    assert set(config_diff(RESNET50, resnet)) == {"dims", "stem_dim"}
+    convnext_t = scale_config(ROADMAP[-1].config, 1 / 8)
+    assert convnext_t.dims == (12, 24, 48, 96) and convnext_t.mlp_ratio == 4.0
+    assert set(config_diff(ROADMAP[-1].config, convnext_t)) == {"dims"}
+    # the width-96 step widens the bottleneck by 1.5x at full size and at 1/8
+    width96 = next(s for s in ROADMAP if s.name == "roadmap_width96").config
+    assert scale_config(width96, 1 / 8).dims[0] / resnet.dims[0] == width96.dims[0] / RESNET50.dims[0] == 1.5
+
+
+@pytest.mark.parametrize("mult", [0.3, 1 / 128])
+def test_scaling_refuses_multipliers_that_round_widths(mult):
+    with pytest.raises(ValueError, match="whole"):
+        scale_config(RESNET50, mult)
+
+
+def test_parent_steps_follow_the_paper():
+    parents = {s.name: (parent_step(i).name if i else None) for i, s in enumerate(ROADMAP)}
+    assert parents["roadmap_modern_recipe"] == "resnet50"
+    assert parents["roadmap_kernel5"] == "roadmap_move_up"
+    assert parents["roadmap_kernel7"] == "roadmap_kernel5"
+    assert parents["roadmap_kernel11"] == "roadmap_kernel9"
+    assert parents["roadmap_gelu"] == "roadmap_kernel7"
+    assert parents["roadmap_separate_downsampling"] == "roadmap_layernorm"
+
+
+# ---- recipes --------------------------------------------------------------------------------------
+
+def test_recipes_differ_as_the_paper_says(tmp_path):
+    budget = get_budget("cpu")
+    original = train_config(ROADMAP[0], 0, budget, "fashion-mnist", tmp_path)
+    modern = train_config(ROADMAP[1], 0, budget, "fashion-mnist", tmp_path)
+    assert original.model.overrides == {"dims": [32, 64, 128, 256], "stem_dim": 8}
+    for cfg in (original, modern):  # same data, resolution, steps and seed handling
+        assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.limit_train, cfg.opt.epochs) == (64, 64, 5120, 1)
+        assert cfg.data.grayscale == "in_chans" and cfg.runtime.resume == "auto"
+    assert not original.aug.randaugment and original.aug.mixup == original.aug.cutmix == 0
+    assert original.aug.label_smoothing == 0 and original.reg.drop_path == 0 and not original.reg.ema
+    assert original.opt.lr * 64 / original.opt.lr_base_batch == pytest.approx(0.025)  # 0.1 per 256 images
+    assert modern.aug.randaugment and modern.aug.mixup > 0 and modern.aug.cutmix > 0
+    assert modern.aug.label_smoothing == 0.1 and modern.reg.drop_path > 0 and modern.opt.weight_decay == 0.05
+    assert budget.steps == 80
+
+
+def test_bad_budget_and_steps_are_refused():
+    with pytest.raises(UsageError, match="total stride"):
+        get_budget("cpu").replace(image_size=16)
+    with pytest.raises(UsageError, match="unknown budget"):
+        get_budget("huge")
+    with pytest.raises(UsageError, match="unknown roadmap step"):
+        select_steps(["resnet50", "roadmap_kernel13"])
+    assert [s.name for s in select_steps(["roadmap_modern_recipe", "resnet50"])] == list(TWO_STEPS)
+
+
+# ---- the study: resume, skip, outputs -------------------------------------------------------------
+
+def _plan(tmp_path, name, data="synthetic", steps=TWO_STEPS, seeds=(0,), budget="micro"):
+    return StudyPlan(out=tmp_path / name, work_dir=tmp_path / f"{name}-work", budget=get_budget(budget), data=data,
+                     steps=select_steps(steps), seeds=seeds, command=f"test {name}")
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted micro study: two steps x two seeds."""
+    plan = _plan(tmp_path_factory.mktemp("study"), "reference", seeds=(0, 1))
+    return plan, run_study(plan)
+
+
+@pytest.fixture
+def step_counter(monkeypatch):
+    """Counts optimizer steps of every run; ``crash_at`` = n makes the n-th step raise (a crash)."""
+    state = {"calls": 0, "crash_at": None}
+    original = Trainer._train_step
+
+    def counted(self, batches):
+        state["calls"] += 1
+        if state["crash_at"] is not None and state["calls"] >= state["crash_at"]:
+            raise _Crash("simulated crash")
+        return original(self, batches)
+
+    monkeypatch.setattr(Trainer, "_train_step", counted)
+    return state
+
+
+def _events(plan, kind):
+    return [json.loads(line) for line in (plan.out / "log.jsonl").read_text().splitlines()
+            if json.loads(line)["event"] == kind]
+
+
+def test_study_resumes_after_crashes_and_never_redoes_finished_runs(tmp_path, step_counter, reference):
+    per_run = get_budget("micro").steps
+    assert per_run == 4
+    ref_plan, _ = reference
+
+    plan = _plan(tmp_path, "crashy")
+    # 1: crash during the first (SGD, original recipe) run after 1 checkpointed step
+    step_counter.update(calls=0, crash_at=2)
+    with pytest.raises(_Crash):
+        run_study(plan)
+    assert read_records(plan.out) == []
+    state = load_train_state(plan.work_dir / "resnet50-seed0")
+    assert state["step"] == 1
+    assert "momentum_buffer" in state["optimizer"]["state"][0]  # the original recipe trains with SGD
+
+    # 2: resume it to the end, then crash on the first step of the second run (before any checkpoint)
+    step_counter.update(calls=0, crash_at=per_run)
+    with pytest.raises(_Crash):
+        run_study(plan)
+    (first,) = read_records(plan.out)
+    assert first["step"] == "resnet50" and first["resumed_from"] and first["optimizer_steps"] == per_run
+    first_record = plan.out / "records" / "resnet50-seed0.json"
+    first_mtime = first_record.stat().st_mtime_ns
+    # resuming replays the run exactly: same weights as the uninterrupted reference
+    got = load_file(str(plan.work_dir / "resnet50-seed0" / "last.safetensors"))
+    want = load_file(str(ref_plan.work_dir / "resnet50-seed0" / "last.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    ref_top1 = {r["step"]: r["top1"] for r in read_records(ref_plan.out) if r["seed"] == 0}
+    assert first["top1"] == ref_top1["resnet50"]
+
+    # 3: the finished run is skipped; only the second run trains, from scratch, for its full budget
+    step_counter.update(calls=0, crash_at=None)
+    results = run_study(plan)
+    assert step_counter["calls"] == per_run
+    assert first_record.stat().st_mtime_ns == first_mtime
+    starts = [(e["step"], e["seed"]) for e in _events(plan, "run_start")]
+    assert starts == [("resnet50", 0), ("resnet50", 0), ("roadmap_modern_recipe", 0), ("roadmap_modern_recipe", 0)]
+    second = next(r for r in read_records(plan.out) if r["step"] == "roadmap_modern_recipe")
+    assert second["resumed_from"] is None and second["top1"] == ref_top1["roadmap_modern_recipe"]
+    assert "exp_avg" in load_train_state(plan.work_dir / "roadmap_modern_recipe-seed0")["optimizer"]["state"][0]
+    assert results["complete"] and results["runs_done"] == 2
+
+    # 4: a finished study trains nothing and rewrites the same results
+    step_counter.update(calls=0)
+    again = run_study(plan)
+    assert step_counter["calls"] == 0
+    assert again["steps"] == results["steps"]
+    assert len(_events(plan, "study_start")) == 4
+
+
+def test_study_outputs_and_schema(tmp_path, reference):
+    plan, results = reference
+    saved = json.loads((plan.out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["runs_planned"] == saved["runs_done"] == 4 and saved["complete"]
+    assert saved["command"] == "test reference" and saved["settings"]["budget"] == get_budget("micro").to_dict()
+    assert saved["wall_time_s"] > 0
+    by_name = {s["name"]: s for s in saved["steps"]}
+    assert list(by_name) == list(TWO_STEPS)
+    for name, row in by_name.items():
+        assert row["seeds"] == [0, 1] and len(row["top1"]) == 2
+        assert row["top1_mean"] == pytest.approx(sum(row["top1"]) / 2)
+        assert row["top1_std"] == pytest.approx(abs(row["top1"][0] - row["top1"][1]) / 2 ** 0.5)
+        # params as trained: every tensor of the engine's saved model
+        trained = load_file(str(plan.work_dir / f"{name}-seed0" / "last.safetensors"))
+        buffers = sum(v.numel() for k, v in trained.items() if "running_" in k or "num_batches" in k)
+        assert row["params"] == sum(v.numel() for v in trained.values()) - buffers
+        assert row["gmacs"] < row["gmacs_224"]
+    # full-size figures: torchvision's ResNet-50 has 25,557,032 parameters
+    assert by_name["resnet50"]["full_params"] == 25_557_032 and by_name["resnet50"]["paper_top1"] == 76.1
+    modern = by_name["roadmap_modern_recipe"]
+    assert modern["parent"] == "resnet50" and modern["delta_paper"] == pytest.approx(2.7)
+    assert modern["delta"] == pytest.approx(modern["top1_mean"] - by_name["resnet50"]["top1_mean"])
+    table = (plan.out / "results.md").read_text()
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 3 and "| 76.1 |" in table and "| 78.8 |" in table and "4/4 runs" in table
+    assert (plan.out / "roadmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a different budget may not write into this study
+    other = _plan(plan.out.parent, "reference")
+    other.budget = other.budget.replace(epochs=2)
+    with pytest.raises(UsageError, match="different settings"):
+        run_study(other)
+
+
+def test_parallel_jobs_train_every_run_once(tmp_path):
+    plan = _plan(tmp_path, "parallel", steps=("roadmap_separate_downsampling",), seeds=(0, 1))
+    results = run_study(plan, threads=1, jobs=2)
+    assert results["complete"] and [r["seed"] for r in read_records(plan.out)] == [0, 1]
+    assert sorted(e["seed"] for e in _events(plan, "run_start")) == [0, 1]
+    assert _events(plan, "study_start")[0]["jobs"] == 2
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not FASHION_MNIST.exists(), reason="Fashion-MNIST is not installed")
+def test_cli_runs_a_micro_study_on_fashion_mnist(tmp_path, capsys):
+    out, work = tmp_path / "study", tmp_path / "work"
+    args = ["study", "roadmap", "--data", "fashion-mnist", "--budget", "micro", "--seeds", "1",
+            "--steps", "roadmap_separate_downsampling", "--out", str(out), "--work-dir", str(work), "--threads", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "study complete: 1/1 runs" in printed and str(out / "results.md") in printed
+    results = json.loads((out / "results.json").read_text())
+    (row,) = results["steps"]
+    assert results["command"] == ("convnext study roadmap --data fashion-mnist --budget micro --seeds 1 "
+                                  "--steps roadmap_separate_downsampling")
+    assert row["name"] == "roadmap_separate_downsampling" and row["paper_top1"] == 82.0
+    assert 0 <= row["top1"][0] <= 100 and results["in_chans"] == 1
+    assert read_records(out)[0]["val_count"] == get_budget("micro").val_images
+    assert sorted(os.listdir(out)) == ["log.jsonl", "records", "results.json", "results.md", "roadmap.png",
+                                       "study.json"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--steps", "resnet50,roadmap_kernel13"], "unknown roadmap step"),
+    (["--seeds", "0"], "at least one seed"),
+    (["--width-mult", "0.3"], "whole number"),
+    (["--image-size", "16"], "total stride"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    args = ["study", "roadmap", "--budget", "micro", "--data", "synthetic", "--out", str(tmp_path / "o"),
+            "--work-dir", str(tmp_path / "w"), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "o").exists()
