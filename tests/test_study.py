@@ -89,6 +89,15 @@ def test_recipes_differ_as_the_paper_says(tmp_path):
     assert budget.steps == 80
 
 
+@pytest.mark.parametrize("budget", list(BUDGETS))
+def test_every_budget_gives_every_step_a_valid_engine_config(tmp_path, budget):
+    b = get_budget(budget)
+    for step in ROADMAP:
+        cfg = train_config(step, 1, b, "fashion-mnist", tmp_path).validate()
+        assert cfg.runtime.run_name == f"{step.name}-seed1" and cfg.runtime.seed == 1
+        assert cfg.model.overrides["dims"] == [d * b.width_mult for d in step.config.dims]
+
+
 def test_bad_budget_and_steps_are_refused():
     with pytest.raises(UsageError, match="total stride"):
         get_budget("cpu").replace(image_size=16)
