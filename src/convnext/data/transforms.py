@@ -136,5 +136,6 @@ class SeededTransform(torch.utils.data.Dataset):
         if seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            # CPU generator only: torch.manual_seed would also queue CUDA seeding (with a stack capture)
+            torch.default_generator.manual_seed(seed)
             return self.transform(image), label

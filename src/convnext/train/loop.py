@@ -235,6 +235,8 @@ class Trainer:
         self.device = dist_info.device
         if t.amp == "fp16" and self.device.type != "cuda":
             raise UsageError("runtime.amp=fp16 needs a CUDA device (GradScaler); use runtime.amp=bf16 on CPU")
+        if t.threads:
+            torch.set_num_threads(t.threads)
         self.run_dir, state, self.resumed_from = _resolve_run(cfg, dist_info)
         self.data = build_data(cfg)
         torch.manual_seed(t.seed)  # identical initial weights on every rank and every rerun
