@@ -79,14 +79,14 @@ def test_recipes_differ_as_the_paper_says(tmp_path):
     modern = train_config(ROADMAP[1], 0, budget, "fashion-mnist", tmp_path)
     assert original.model.overrides == {"dims": [32, 64, 128, 256], "stem_dim": 8}
     for cfg in (original, modern):  # same data, resolution, steps and seed handling
-        assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.limit_train, cfg.opt.epochs) == (64, 64, 5120, 1)
+        assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.limit_train, cfg.opt.epochs) == (64, 32, 5120, 1)
         assert cfg.data.grayscale == "in_chans" and cfg.runtime.resume == "auto"
     assert not original.aug.randaugment and original.aug.mixup == original.aug.cutmix == 0
     assert original.aug.label_smoothing == 0 and original.reg.drop_path == 0 and not original.reg.ema
-    assert original.opt.lr * 64 / original.opt.lr_base_batch == pytest.approx(0.025)  # 0.1 per 256 images
+    assert original.opt.lr * 32 / original.opt.lr_base_batch == pytest.approx(0.0125)  # 0.1 per 256 images
     assert modern.aug.randaugment and modern.aug.mixup > 0 and modern.aug.cutmix > 0
     assert modern.aug.label_smoothing == 0.1 and modern.reg.drop_path > 0 and modern.opt.weight_decay == 0.05
-    assert budget.steps == 80
+    assert budget.steps == 160
 
 
 @pytest.mark.parametrize("budget", list(BUDGETS))

@@ -44,12 +44,13 @@ class StudyBudget:
 
     image_size: int = 64  # Fashion-MNIST's 28 px upsampled so the 32x total stride leaves a 2x2 map
     width_mult: float = 0.125  # every width / 8 (ResNet-50 stages 32..256, ConvNeXt-T stages 12..96)
-    batch_size: int = 64
+    # small batches: more updates from the same images, which a fraction of an epoch needs most
+    batch_size: int = 32
     train_images: int = 5120  # training subset (fixed shuffle, covers every class), seen `epochs` times
     epochs: int = 1
     val_images: int = 2000  # evaluation subset of the test split
     warmup_fraction: float = 0.1  # of all optimizer steps
-    save_every_steps: int = 20  # crash-safe checkpoint interval (resume granularity)
+    save_every_steps: int = 40  # crash-safe checkpoint interval (resume granularity)
 
     @property
     def steps(self) -> int:
@@ -81,7 +82,7 @@ class StudyBudget:
 
 
 BUDGETS: dict[str, StudyBudget] = {
-    # The committed CPU study: 80 optimizer steps of 64 images per run (1/12 of Fashion-MNIST, seen once).
+    # The committed CPU study: 160 optimizer steps of 32 images per run (1/12 of Fashion-MNIST, seen once).
     "cpu": StudyBudget(),
     # Unscaled widths for a GPU: full ConvNeXt-T / ResNet-50 widths, 128 px, 10 passes over the training set.
     "gpu": StudyBudget(image_size=128, width_mult=1.0, batch_size=128, train_images=60000, epochs=10,
