@@ -71,6 +71,9 @@ def test_info_on_trained_checkpoint_json(checkpoint, capsys):
     assert main(["info", str(checkpoint)]) == 0
     out = capsys.readouterr().out
     assert "classes: T-shirt/top, Trouser" in out and "preprocess: 32px" in out
+    # 1.3 MMACs would print as 0.001 GMACs: small models are shown in MMACs
+    mmacs = doc["gmacs"] * 1e3
+    assert f"MMACs: {mmacs:.3f}" in out and "GMACs" not in out
 
 
 def test_info_errors_exit_2(tmp_path, capsys):

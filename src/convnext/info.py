@@ -154,9 +154,11 @@ def _table(header: list[str], body: list[list[str]], left: int = 1) -> list[str]
 
 def format_report(r: ModelReport) -> str:
     c, h, w = r.input_size
+    # tiny models at small inputs: MMACs keep three significant digits where GMACs would print 0.000
+    unit, scale = ("GMACs", 1.0) if r.gmacs >= 0.1 else ("MMACs", 1e3)
     lines = [
         f"model: {r.name or '(unnamed config)'}" + (f"  [{r.source}]" if r.source != r.name else ""),
-        f"input: {c}x{h}x{w}   params: {r.params:,} ({r.params / 1e6:.2f} M)   GMACs: {r.gmacs:.3f}",
+        f"input: {c}x{h}x{w}   params: {r.params:,} ({r.params / 1e6:.2f} M)   {unit}: {r.gmacs * scale:.3f}",
         f"config: depths {list(r.config.depths)}, dims {list(r.config.dims)}, kernel {r.config.kernel_size}, "
         f"{r.config.norm}, {r.config.activation}, stem {r.config.stem}, downsample {r.config.downsample}, "
         f"{r.config.num_classes} classes",
@@ -171,13 +173,13 @@ def format_report(r: ModelReport) -> str:
             lines.append("train: " + ", ".join(f"{k}={v}" for k, v in r.checkpoint.train.items()))
     lines.append("")
     body = [[s.name, str(s.blocks) if s.blocks else "-", str(s.channels), f"{s.resolution[0]}x{s.resolution[1]}",
-             f"{s.params:,}", f"{s.gmacs:.3f}", f"{100 * s.gmacs / r.gmacs:.1f}%" if r.gmacs else "-"]
+             f"{s.params:,}", f"{s.gmacs * scale:.3f}", f"{100 * s.gmacs / r.gmacs:.1f}%" if r.gmacs else "-"]
             for s in r.stages]
-    lines += _table(["part", "blocks", "channels", "output", "params", "GMACs", "share"], body)
+    lines += _table(["part", "blocks", "channels", "output", "params", unit, "share"], body)
     lines.append("")
-    body = [[k, f"{g:.3f}", f"{100 * g / r.gmacs:.1f}%" if r.gmacs else "-", f"{p:,}"]
+    body = [[k, f"{g * scale:.3f}", f"{100 * g / r.gmacs:.1f}%" if r.gmacs else "-", f"{p:,}"]
             for k, (g, p) in sorted(r.breakdown.items(), key=lambda kv: -kv[1][0])]
-    lines += _table(["where the FLOPs go", "GMACs", "share", "params"], body)
+    lines += _table(["where the FLOPs go", unit, "share", "params"], body)
     return "\n".join(lines)
 
 
