@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .checkpoint import atomic_write
 from .errors import UsageError
@@ -112,6 +113,7 @@ def run_figures(records: Sequence[Mapping[str, Any]]) -> dict[str, Figure]:
             if xs:
                 ax.plot(xs, ys, marker="o", label=label)
         ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Validation accuracy")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
         figures["accuracy"] = fig
