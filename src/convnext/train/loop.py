@@ -222,7 +222,8 @@ def _resolve_run(cfg: TrainConfig, dist_info) -> tuple[Path, dict[str, Any] | No
         state = load_train_state(resume_from)
         if resume_from.is_file():
             resume_from = resume_from
-    if state is None and not t.overwrite and (run_dir / "metrics.jsonl").exists():
+    # --resume auto with nothing to resume (e.g. killed before the first checkpoint) starts over
+    if state is None and not t.overwrite and t.resume != "auto" and (run_dir / "metrics.jsonl").exists():
         raise UsageError(f"{run_dir}: a run already exists there; pass --resume auto to continue it, "
                          "--runtime.run_name NEW for a new run, or --runtime.overwrite true to start over")
     return run_dir, state, resume_from
@@ -295,7 +296,7 @@ class Trainer:
             cfg.save(self.run_dir / "config.yaml")
         self.logger = RunLogger(self.run_dir, enabled=dist_info.is_main, tensorboard=t.tensorboard,
                                 resume_step=self.step if state is not None else None)
-        if state is None and dist_info.is_main and t.overwrite:
+        if state is None and dist_info.is_main and (t.overwrite or t.resume == "auto"):
             self.logger.close()
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
             self.logger = RunLogger(self.run_dir, enabled=True, tensorboard=t.tensorboard)
@@ -350,16 +351,20 @@ class Trainer:
                          preprocess=pre, train=train)
 
     def save(self, best: tuple[nn.Module, str, dict] | None = None, last_metrics: dict | None = None) -> None:
-        """Write train_state.pt (resume source), last.safetensors and, if given, best.safetensors."""
+        """Write best.safetensors (if given), last.safetensors, then train_state.pt.
+
+        train_state.pt goes last because it is what --resume trusts: a crash before it is written
+        resumes from the previous state, which replays the steps and rewrites the weights files.
+        """
         state = self._state()  # a collective under DDP: every rank calls save()
         if not self.dist.is_main:
             return
         try:
-            save_train_state(self.run_dir, state)
-            save_model(self.model, self.run_dir / "last.safetensors", self._model_info("model", last_metrics or {}))
             if best is not None:
                 module, which, metrics = best
                 save_model(module, self.run_dir / "best.safetensors", self._model_info(which, metrics))
+            save_model(self.model, self.run_dir / "last.safetensors", self._model_info("model", last_metrics or {}))
+            save_train_state(self.run_dir, state)
         except OSError as e:
             raise CheckpointWriteError(
                 f"could not write a checkpoint in {self.run_dir} ({e.strerror or e}); the previous checkpoint "
