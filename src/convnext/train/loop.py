@@ -220,8 +220,6 @@ def _resolve_run(cfg: TrainConfig, dist_info) -> tuple[Path, dict[str, Any] | No
     elif t.resume:
         resume_from = Path(t.resume)
         state = load_train_state(resume_from)
-        if resume_from.is_file():
-            resume_from = resume_from
     # --resume auto with nothing to resume (e.g. killed before the first checkpoint) starts over
     if state is None and not t.overwrite and t.resume != "auto" and (run_dir / "metrics.jsonl").exists():
         raise UsageError(f"{run_dir}: a run already exists there; pass --resume auto to continue it, "
@@ -533,6 +531,11 @@ class Trainer:
             self.save(best=best, last_metrics=metrics)
             final = record
         self.logger.close()
+        if not final and self.dist.is_main:  # resumed a finished run: report its last evaluation
+            from .logging import read_metrics
+
+            done = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r.get("type") == "epoch"]
+            final = done[-1] if done else {}
         plots = self._plots() if self.dist.is_main and c.runtime.plots and final else []
         return {
             "run_dir": str(self.run_dir), "epochs": self.epoch, "steps": self.step,
