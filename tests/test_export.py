@@ -99,7 +99,10 @@ def test_failed_verification_writes_nothing_and_keeps_old_file(checkpoint, tmp_p
         export_checkpoint(checkpoint, out, "torch-export", fast=True, tolerance=1e-12)
     assert out.read_bytes() == b"previous good export"
     assert not list(tmp_path.glob(".*.tmp"))
-    assert main(["export", str(checkpoint), "-f", "torch-export", "-o", str(out), "--fast", "--tolerance", "1e-12"]) == 1
+    old_ts = tmp_path / "m.pt"
+    old_ts.write_bytes(b"previous torchscript")
+    assert main(["export", str(checkpoint), "-f", "torchscript", "-o", str(old_ts), "--fast", "--tolerance", "1e-12"]) == 1
+    assert old_ts.read_bytes() == b"previous torchscript"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ExportVerificationError" in err
 

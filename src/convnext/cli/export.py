@@ -18,7 +18,7 @@ def register(sub, formatter) -> None:
                     "preprocessing are stored inside the file (ONNX metadata_props / extra file convnext.json).",
         epilog="example: convnext export runs/fmnist/model.safetensors --format onnx --dynamic-hw -o model.onnx",
     )
-    p.add_argument("checkpoint", help="checkpoint .safetensors file or run directory holding model.safetensors")
+    p.add_argument("checkpoint", help="checkpoint .safetensors file or run directory (model, best or last .safetensors)")
     p.add_argument("-f", "--format", choices=FORMATS, default="onnx", help="export format")
     p.add_argument("-o", "--output", default=None,
                    help="output file (default: next to the checkpoint, .onnx / .pt / .pt2)")

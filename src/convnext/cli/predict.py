@@ -19,7 +19,7 @@ def register(sub, formatter) -> None:
                     "answered), 1 runtime failure.",
         epilog="example: convnext predict runs/fmnist/model.safetensors photos/ 'shots/*.jpg' --topk 3 --json",
     )
-    p.add_argument("checkpoint", help="checkpoint .safetensors file or run directory holding model.safetensors")
+    p.add_argument("checkpoint", help="checkpoint .safetensors file or run directory (model, best or last .safetensors)")
     p.add_argument("images", nargs="+", help="image files, directories (searched recursively) or glob patterns")
     p.add_argument("-k", "--topk", type=int, default=5, help="classes to report per image (capped at the class count)")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass")
