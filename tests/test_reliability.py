@@ -290,6 +290,22 @@ def test_kill_during_the_final_save_still_leaves_a_best_checkpoint(tmp_path, cap
     _check_every_named_checkpoint_is_readable(tmp_path / "run")
 
 
+def test_resume_auto_over_damaged_states_refuses_instead_of_starting_over(tmp_path, capsys):
+    # Both training states unreadable (a bad disk, a partial copy of the run directory): starting
+    # over would silently overwrite the run's best/last checkpoints. It must stop and say so.
+    assert main(train_argv(tmp_path, epochs=1)) == 0
+    run = tmp_path / "run"
+    for name in (STATE_NAME, PREV_NAME):
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[: len(data) // 3])
+    before = snapshot(tmp_path)
+    rc, out, err = run_cli(train_argv(tmp_path, "--resume", "auto", epochs=2), capsys)
+    assert rc == 2 and out == ""
+    line = one_line(err)
+    assert str(run) in line and STATE_NAME in line and "--runtime.overwrite true" in line
+    assert snapshot(tmp_path) == before
+
+
 def test_kill_9_from_outside_at_a_random_moment(reference, tmp_path, capsys):
     # The parent sends SIGKILL wherever the child happens to be (a step, a save, an evaluation).
     rng = random.Random(os.getpid())
