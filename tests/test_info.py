@@ -84,3 +84,22 @@ def test_info_errors_exit_2(tmp_path, capsys):
     assert "total stride 32" in capsys.readouterr().err
     assert main(["info", str(tmp_path / "missing.safetensors")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_info_and_predict_on_foreign_timm_file_with_model_flag(tmp_path, capsys):
+    from PIL import Image
+    from skimage import data
+
+    from convnext.weights import export_weights
+
+    model = convnext.create_model("convnext_atto", num_classes=7).eval()
+    path = export_weights(model, tmp_path / "atto_timm.pth", layout="timm")
+    assert main(["info", str(path)]) == 2  # no metadata: the architecture must be named
+    assert "--model" in capsys.readouterr().err
+    assert main(["info", str(path), "--model", "convnext_atto", "--json", "--size", "64"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["params"] == convnext.count_params(model) and doc["stages"][-1]["channels"] == 7
+    Image.fromarray(data.coffee()).save(tmp_path / "coffee.png")
+    assert main(["predict", str(path), str(tmp_path / "coffee.png"), "--model", "convnext_atto", "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)["results"][0]["predictions"]
+    assert [p["class"] for p in preds] == [f"class_{p['index']}" for p in preds] and len(preds) == 5

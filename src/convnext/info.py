@@ -88,15 +88,16 @@ def _resolve(source: str | os.PathLike, model_name: str | None) -> tuple[ArchCon
     text = os.fspath(source)
     if Path(text).exists():
         try:
-            info = read_info(text)
+            info = read_info(text)  # metadata only: no weights read
             return info.config, info.name, info
         except CheckpointError:
-            if model_name is None:
-                raise
-        from .checkpoint import load_model  # foreign layout: the weights tell num_classes / in_chans
+            pass
+        # Not our checkpoint: load_model knows the foreign layouts (the weights tell num_classes / in_chans)
+        # and, without model_name, says which --model the file needs.
+        from .checkpoint import load_model
 
         _, info = load_model(text, model_name=model_name)
-        return info.config, model_name, info
+        return info.config, info.name or model_name, info
     if text.endswith((".safetensors", ".pth", ".pt", ".bin")) or os.sep in text:
         raise FileNotFoundError(f"{text}: no such checkpoint file; check the path (or pass a model name)")
     return get_entry(text).config, text, None
