@@ -135,6 +135,7 @@ def test_zero_byte_truncated_and_corrupt_files(tmp_path, good_files):
         with pytest.raises(CheckpointError) as e:
             load_weights(model, path)
         _one_clear_line(path, str(e.value), problem, "re-download or re-export")
+        assert "weights_only` set to `False" not in str(e.value)  # never pass on torch's unsafe advice
         with pytest.raises(CheckpointError, match=re.escape(problem)):
             load_model(path, model_name="convnext_atto")
 

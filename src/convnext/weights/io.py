@@ -110,7 +110,12 @@ def _read_pickle(p: Path) -> Any:
                 "(torch.load weights_only=True). Use a .safetensors copy from a source you trust, "
                 "or discard the file"
             ) from None
-        raise CheckpointError(f"{p}: not a readable PyTorch checkpoint ({_one_line(e)}); re-download or re-export it") from None
+        # torch's own text advises switching weights_only off: never repeat that, name the failing opcode
+        reason = _unsupported(text) if "Weights only load failed" in text else _one_line(e)
+        raise CheckpointError(
+            f"{p}: not a readable PyTorch checkpoint ({reason}); it is truncated or corrupt, "
+            "re-download or re-export it"
+        ) from None
     except Exception as e:  # noqa: BLE001 - zip errors, EOF, bad magic: all a damaged file
         raise CheckpointError(
             f"{p}: not a readable PyTorch checkpoint ({_one_line(e)}); it is truncated or corrupt, "
