@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import random
+import subprocess
 import time
 from pathlib import Path
 
@@ -372,6 +373,49 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(where, reference, t
     monkeypatch.setattr(torch, "save", real_torch_save)
     monkeypatch.setattr(safetensors.torch, "save_file", real_save_file)
     _resume_and_check(tmp_path, reference, capsys)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real small filesystem (tmpfs); skipped where mounting is not allowed (non-root, containers)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    mounted = []
+
+    def mount(size_kb: int, remount: bool = False) -> Path:
+        opts = f"{'remount,' if remount else ''}size={size_kb}k"
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode})")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    if mounted:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("size_kb,kept_step", [(2000, 2), (200, None)], ids=["state_write_fails", "first_write_fails"])
+def test_a_really_full_disk_is_reported_and_keeps_the_previous_checkpoint(size_kb, kept_step, tiny_disk, reference,
+                                                                           capsys):
+    # 2000 KiB holds one checkpoint (last.safetensors 0.25 MB + train_state.pt 1.1 MB) but not the
+    # second train_state.pt next to the first; 200 KiB does not even hold last.safetensors. The
+    # writers then fail with their own errors (torch: "unexpected pos", safetensors: os error 28).
+    disk = tiny_disk(size_kb)
+    rc, _, err = run_cli(train_argv(disk, *FULL_AUG, "--runtime.tensorboard", "false"), capsys)
+    assert rc == 1
+    line = one_line(err)
+    assert line.startswith("convnext train: failed: CheckpointWriteError: could not write a checkpoint"), line
+    assert "MB free" in line and "previous checkpoint is intact" in line and "--resume auto" in line
+    run = disk / "run"
+    assert not list(run.glob(".*.tmp"))
+    _check_every_named_checkpoint_is_readable(run)
+    found = find_resume_state(run)
+    assert (found[1]["step"] if found else None) == kept_step
+    tiny_disk(64_000, remount=True)  # space freed
+    rc, _, err = run_cli(train_argv(disk, *FULL_AUG, "--runtime.tensorboard", "false", "--resume", "auto"), capsys)
+    assert rc == 0, err
+    assert_same_as_reference(run, reference)
 
 
 # ==== 3. bad data ================================================================================
