@@ -350,3 +350,21 @@ def test_convert_refuses_to_drop_weights(tmp_path, capsys):
     assert cli_main(["convert", str(path), str(tmp_path / "x.pth"), "--to", "hf", "--model", "convnext_atto"]) == 2
     assert "parameter stem.conv.weight has shape (16, 3, 4, 4)" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_transformers_convnextmodel_without_classifier():
+    cfg = transformers.ConvNextConfig(depths=list(SMALL["depths"]), hidden_sizes=list(SMALL["dims"]))
+    body = randomize(transformers.ConvNextModel(cfg))  # keys without "convnext.", no classifier
+    extractor = convnext.create_model("convnext_atto", num_classes=0, **SMALL).eval()
+    report = load_weights(extractor, body.state_dict())
+    assert report.layout == "hf" and not (report.missing or report.unexpected or report.reinitialized)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert (extractor(x) - body(x).pooler_output).abs().max().item() <= 1e-4
+    # into a classifier: everything but the head loads, the head stays fresh with a warning
+    classifier = convnext.create_model("convnext_atto", num_classes=3, **SMALL)
+    with pytest.warns(UserWarning, match="checkpoint has no classifier"):
+        report = load_weights(classifier, body.state_dict())
+    assert report.reinitialized == ["head.fc.weight", "head.fc.bias"] and not report.missing
+    # exported from a classifier-less model it is a ConvNextModel state dict again
+    transformers.ConvNextModel(cfg).load_state_dict(from_ours(extractor.state_dict(), "hf"), strict=True)  # raises on any mismatch
