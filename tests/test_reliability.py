@@ -127,6 +127,7 @@ def test_code_running_pickles_are_refused_and_run_nothing(tmp_path, capsys):
                         (["convert", hostile, str(tmp_path / "o.safetensors"), "--to", "ours", "--model",
                           "convnext_atto"], hostile),
                         (["export", hostile, "--model", "convnext_atto", "-o", str(tmp_path / "o.onnx")], hostile),
+                        (["info", hostile, "--model", "convnext_atto"], hostile),
                         (train_argv(tmp_path / "o", "--model.init", hostile), hostile),
                         (train_argv(tmp_path / "o", "--resume", str(state_dir / STATE_NAME)),
                          str(state_dir / STATE_NAME))):
@@ -142,6 +143,16 @@ def test_code_running_pickles_are_refused_and_run_nothing(tmp_path, capsys):
     # the payload is live: an unsafe load really would have run it (so the checks above can fail)
     torch.load(files[0], weights_only=False)
     assert marker.read_text() == "pwned"
+
+
+def test_config_files_cannot_construct_python_objects(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f'opt: !!python/object/apply:os.system ["touch {marker}"]\n')
+    rc, out, err = run_cli(["train", "--config", str(evil), "--print-config"], capsys)
+    assert rc == 2 and out == "" and not marker.exists()
+    line = one_line(err)
+    assert f"{evil}: cannot parse config" in line and "python/object/apply:os.system" in line
 
 
 def test_end_to_end_hostile_checkpoint_in_a_real_process(tmp_path):
@@ -606,6 +617,9 @@ def inputs(tmp_path_factory):
     export_weights(create_model("convnext_atto", num_classes=4, **TINY), foreign, layout="timm")
     Image.new("RGB", (40, 40), (200, 10, 10)).save(d / "x.png")
     (d / "exists.pth").write_bytes(b"keep me")
+    save_model(create_model("convnext_atto", num_classes=4, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),
+               d / "other_arch.safetensors")
+    (d / "broken.yaml").write_text("opt:\n  lr: [0.1, 0.2\n  epochs: 3\n")
     return d
 
 
@@ -627,6 +641,9 @@ BAD_INPUTS = {
     "train: missing init weights": (T + ["--model.init", "IN/nope.safetensors"], "IN/nope.safetensors: no such"),
     "train: missing resume path": (T + ["--resume", "IN/nope"], "IN/nope: no training state to resume from"),
     "train: unknown key": (T + ["--set", "opt.lrr=1"], "did you mean 'lr'?"),
+    "train: broken config file": (T + ["--config", "IN/broken.yaml"], "IN/broken.yaml: cannot parse config"),
+    "train: init weights for another architecture": (T + ["--model.init", "IN/other_arch.safetensors"],
+                                                     "IN/other_arch.safetensors"),
     # eval
     "eval: missing checkpoint": (["eval", "IN/nope.safetensors", "--dataset", "synthetic"], "IN/nope.safetensors: no such"),
     "eval: batch size 0": (["eval", "IN/model.safetensors", "--dataset", "synthetic", "--batch-size", "0"],
