@@ -108,6 +108,14 @@ def test_predict_fashion_mnist_images_is_accurate_and_matches_model(checkpoint, 
     torch.testing.assert_close(probs, direct[order].max(-1).values, atol=0.03, rtol=0)
 
 
+def test_degenerate_shapes_get_their_own_error(checkpoint, tmp_path):
+    Image.fromarray(np.full((2, 400), 128, np.uint8)).save(tmp_path / "strip.png")  # 200:1
+    Image.fromarray(np.full((1, 1), 200, np.uint8)).save(tmp_path / "dot.png")  # upscaled, still fine
+    results = predict(checkpoint, [tmp_path], device="cpu")
+    by_name = {r.file.rsplit("/", 1)[1]: r for r in results}
+    assert "too elongated" in by_name["strip.png"].error and by_name["dot.png"].ok
+
+
 def test_batching_and_threads_do_not_change_answers(checkpoint, photos):
     files = [photos / n for n in OK_FILES] + [photos / "corrupt.jpg"]
     a = list(Predictor.from_checkpoint(checkpoint, device="cpu", batch_size=1, workers=0).predict_files(files, 10))

@@ -158,10 +158,25 @@ def eval_transform(pre: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
     )
 
 
+# Resizing the shorter side of a 1 x 100,000 strip to 256 px would allocate gigabytes; refuse such shapes.
+MAX_ASPECT_RATIO = 50
+
+
 def load_tensor(path: str | os.PathLike, pre: Preprocess, transform: Callable | None = None) -> torch.Tensor:
-    """``load_image`` + ``eval_transform``: one file as the model's input tensor (C, H, W)."""
+    """``load_image`` + ``eval_transform``: one file as the model's input tensor (C, H, W).
+
+    Any failure, decoding or preprocessing, is an ImageError naming the file.
+    """
     transform = transform or eval_transform(pre)
-    return transform(load_image(path, channels=pre.channels))
+    image = load_image(path, channels=pre.channels)
+    w, h = image.size
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise ImageError(f"{path}: {w}x{h} is too elongated to resize and center-crop (aspect ratio over "
+                         f"{MAX_ASPECT_RATIO}:1); crop it first")
+    try:
+        return transform(image)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise ImageError(f"{path}: cannot preprocess {w}x{h} {image.mode} image ({e})") from None
 
 
 def load_batch(paths: Sequence[str | os.PathLike], pre: Preprocess) -> tuple[torch.Tensor, list[tuple[str, str]]]:
@@ -178,6 +193,6 @@ def load_batch(paths: Sequence[str | os.PathLike], pre: Preprocess) -> tuple[tor
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "ImageError", "collect_images", "eval_transform", "load_batch", "load_image",
+    "IMAGE_EXTENSIONS", "MAX_ASPECT_RATIO", "ImageError", "collect_images", "eval_transform", "load_batch", "load_image",
     "load_tensor", "resize_size",
 ]

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..checkpoint import ModelInfo, Preprocess, load_model
 from ..errors import UsageError
-from .images import ImageError, collect_images, eval_transform, load_image
+from .images import ImageError, collect_images, eval_transform, load_tensor
 
 
 @dataclass
@@ -117,7 +117,7 @@ class Predictor:
 
     def _load(self, path: Path) -> torch.Tensor | ImageError:
         try:
-            return self.transform(load_image(path, channels=self.pre.channels))
+            return load_tensor(path, self.pre, self.transform)
         except ImageError as e:
             return e
 
