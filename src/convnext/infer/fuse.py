@@ -365,8 +365,9 @@ class InferenceModel(nn.Module):
         if compile:
             ok, why = compile_available(device)
             if ok:
-                # freezing: inductor treats weights as constants (constant-folds them, prepacks GEMM weights)
-                self._compiled = torch.compile(model, options={"freezing": True})
+                # freezing: inductor treats weights as constants (constant-folds them, prepacks GEMM weights);
+                # static shapes: one graph per batch size, since a symbolic batch disables the weight prepacking
+                self._compiled = torch.compile(model, dynamic=False, options={"freezing": True})
                 self.compiled = True
             else:
                 warnings.warn(f"torch.compile unavailable ({why}); running eager", RuntimeWarning, stacklevel=3)
