@@ -220,6 +220,8 @@ def test_study_outputs_and_schema(tmp_path, reference):
     modern = by_name["roadmap_modern_recipe"]
     assert modern["parent"] == "resnet50" and modern["delta_paper"] == pytest.approx(2.7)
     assert modern["delta"] == pytest.approx(modern["top1_mean"] - by_name["resnet50"]["top1_mean"])
+    stds = (modern["top1_std"], by_name["resnet50"]["top1_std"])
+    assert modern["delta_noise"] == pytest.approx(((stds[0] ** 2 + stds[1] ** 2) / 2) ** 0.5)
     table = (plan.out / "results.md").read_text()
     assert sum(line.startswith("| ") for line in table.splitlines()) == 3 and "| 76.1 |" in table and "| 78.8 |" in table and "4/4 runs" in table
     assert (plan.out / "roadmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

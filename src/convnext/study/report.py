@@ -100,8 +100,9 @@ def build_results(plan: "StudyPlan", records: list[dict[str, Any]], events: list
             p_mean, p_std, p_n = summaries[parent.name]
             if p_mean is not None:
                 row["delta"] = mean - p_mean
-                # standard error of a difference of two means: how large a delta the seeds alone produce
-                row["delta_noise"] = math.sqrt(std ** 2 / len(top1) + p_std ** 2 / p_n)
+                if len(top1) > 1 and p_n > 1:
+                    # standard error of a difference of two means: how large a delta the seeds alone produce
+                    row["delta_noise"] = math.sqrt(std ** 2 / len(top1) + p_std ** 2 / p_n)
                 if row["delta_paper"] != 0:
                     row["same_direction"] = (row["delta"] > 0) == (row["delta_paper"] > 0)
         steps.append(row)
@@ -131,13 +132,14 @@ def format_markdown(results: dict[str, Any]) -> str:
         if r["delta"] is None:
             delta, same = "–", "–"
         else:
-            delta = f"{r['delta']:+.2f} (± {r['delta_noise']:.2f})"
+            noise = r["delta_noise"]
+            delta = f"{r['delta']:+.2f}" + (f" (± {noise:.2f})" if noise is not None else " (1 seed)")
             if r["same_direction"] is None:
                 same = "paper ±0"
             else:
                 same = "yes" if r["same_direction"] else "no"
-                if abs(r["delta"]) <= r["delta_noise"]:
-                    same += " (within noise)"
+            if noise is not None and abs(r["delta"]) < 2 * noise:
+                same += " (within noise)"
         paper = ("~" if r["paper_top1_approx"] else "") + f"{r['paper_top1']:.1f}"
         lines.append("| " + " | ".join([
             r["name"], r["change"], r["recipe"], f"{r['params']:,}", f"{r['gmacs']:.4f}", f"{r['gmacs_224']:.3f}",
@@ -148,7 +150,7 @@ def format_markdown(results: dict[str, Any]) -> str:
         "",
         f"Fashion-MNIST test-split top-1 (%) after the budget; {done}; study wall time "
         f"{results['wall_time_s'] / 60:.1f} min. std is the sample std over seeds; the ± after Δ is the "
-        "standard error of the difference of the two means. Parent = the step this one changes (kernel 5 branches "
+        "standard error of the difference of the two means, and \"within noise\" marks |Δ| < 2 standard errors. Parent = the step this one changes (kernel 5 branches "
         "off the kernel-3 step, 9 and 11 follow the next smaller kernel, GELU continues from kernel 7). Params and GMACs are the scaled networks "
         f"({results['in_chans']}-channel input, {results['num_classes']} classes); paper top-1 is ImageNet-1K.",
     ]
