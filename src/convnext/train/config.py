@@ -219,7 +219,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             d = yaml.safe_load(text) or {}
     except Exception as e:  # noqa: BLE001 - parser errors differ by format; the message is what matters
-        raise UsageError(f"{p}: cannot parse config ({type(e).__name__}: {e}); fix the file's syntax") from None
+        # YAML errors span several lines (with a source excerpt); the CLI prints one
+        mark = getattr(e, "problem_mark", None)
+        if isinstance(e, yaml.MarkedYAMLError) and mark is not None:
+            why = f"{e.problem} at line {mark.line + 1}, column {mark.column + 1}"
+        else:
+            why = " ".join(str(e).split())
+        raise UsageError(f"{p}: cannot parse config ({type(e).__name__}: {why}); fix the file's syntax") from None
     if not isinstance(d, dict):
         raise UsageError(f"{p}: a config file must be a mapping of sections (model:, data:, opt:, ...)")
     return d

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import sys
 import time
 import warnings
@@ -26,7 +27,8 @@ from . import distributed as dist_mod
 from .config import TrainConfig
 from .logging import RunLogger
 from .optim import build_optimizer, build_scheduler
-from .state import find_resume_state, load_train_state, rng_state, save_train_state, set_rng_state
+from .state import (PREV_NAME, STATE_NAME, find_resume_state, load_train_state, rng_state, save_train_state,
+                    set_rng_state)
 
 
 class TrainingDiverged(RuntimeError):
@@ -124,6 +126,13 @@ def _load_init_weights(model: ConvNeXt, path: str) -> None:
     dropped = [k for k in state if k.startswith("head.fc.") and k in own and state[k].shape != own[k].shape]
     for k in dropped:
         del state[k]
+    # load_state_dict(strict=False) still raises (a multi-line RuntimeError) on a shape mismatch
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise UsageError(f"{path}: weights do not fit model {model.name} ({len(wrong)} tensor(s) of another shape, "
+                         f"first {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}); pick the matching "
+                         "model.name and model.overrides")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if k not in dropped]:
         raise UsageError(f"{path}: weights do not fit model {model.name} (missing {sorted(missing)[:3]}, "
@@ -217,6 +226,10 @@ def _resolve_run(cfg: TrainConfig, dist_info) -> tuple[Path, dict[str, Any] | No
         found = find_resume_state(run_dir)
         if found is not None:
             resume_from, state = found
+        elif any((run_dir / n).exists() for n in (STATE_NAME, PREV_NAME)):
+            # starting over here would overwrite the run's best/last checkpoints
+            raise UsageError(f"{run_dir}: --resume auto found no readable {STATE_NAME} (damaged); pass --resume PATH "
+                             "to another training state, or --runtime.overwrite true to start over")
     elif t.resume:
         resume_from = Path(t.resume)
         state = load_train_state(resume_from)
@@ -363,9 +376,17 @@ class Trainer:
                 save_model(module, self.run_dir / "best.safetensors", self._model_info(which, metrics))
             save_model(self.model, self.run_dir / "last.safetensors", self._model_info("model", last_metrics or {}))
             save_train_state(self.run_dir, state)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - a full disk comes as OSError, RuntimeError (torch) or SafetensorError
+            if isinstance(e, OSError) and e.strerror:
+                reason = e.strerror
+            else:
+                reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            try:
+                reason += f"; {shutil.disk_usage(self.run_dir).free / 1e6:.1f} MB free there"
+            except OSError:
+                pass
             raise CheckpointWriteError(
-                f"could not write a checkpoint in {self.run_dir} ({e.strerror or e}); the previous checkpoint "
+                f"could not write a checkpoint in {self.run_dir} ({reason}); the previous checkpoint "
                 f"is intact: free disk space, then rerun with --resume auto") from e
 
     # -- training ----------------------------------------------------------------------------------
