@@ -193,7 +193,7 @@ def test_study_resumes_after_crashes_and_never_redoes_finished_runs(tmp_path, st
     step_counter.update(calls=0)
     again = run_study(plan)
     assert step_counter["calls"] == 0
-    assert again["steps"] == results["steps"]
+    assert again["steps"] == results["steps"] and again["wall_time_s"] == results["wall_time_s"]
     assert len(_events(plan, "study_start")) == 4
 
 

@@ -45,17 +45,14 @@ def _measure(cfg, in_chans: int, size: int) -> tuple[int, float]:
 
 
 def wall_time(events: list[dict[str, Any]]) -> float:
-    """Seconds the study's invocations ran, summed (a killed invocation counts until its last event)."""
-    total, start, last = 0.0, None, None
+    """Seconds the study's invocations that trained something ran, summed (a killed invocation counts
+    until its last event; a rerun that only rewrites the outputs counts nothing)."""
+    sessions: list[list[dict[str, Any]]] = []
     for e in events:
-        if e.get("event") == "study_start":
-            if start is not None:
-                total += last - start
-            start = e["time"]
-        last = e["time"]
-    if start is not None:
-        total += last - start
-    return total
+        if e.get("event") == "study_start" or not sessions:
+            sessions.append([])
+        sessions[-1].append(e)
+    return sum(s[-1]["time"] - s[0]["time"] for s in sessions if any(e.get("event") == "run_start" for e in s))
 
 
 def _summary(values: list[float]) -> tuple[float | None, float | None]:
