@@ -227,6 +227,11 @@ def add_ratios(rows: list[dict]) -> None:
             r["timm_reference"] = ref["model"]
 
 
+def _program() -> str:
+    name = os.path.basename(sys.argv[0])
+    return "convnext" if name in ("__main__.py", "convnext") else name
+
+
 def precision_note(precision: str, device: torch.device) -> str:
     if device.type != "cpu":
         return f"{precision} on {device.type} (AMP autocast for every model)" if precision != "fp32" else "fp32"
@@ -279,7 +284,7 @@ def run_benchmark(model: str = "convnext_tiny", *, batch_sizes: tuple[int, ...] 
     add_ratios(rows)
     notes = {c.name: c.note for c in candidates if c.note}
     return {
-        "command": " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "command": " ".join(shlex.quote(a) for a in [_program()] + sys.argv[1:]),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "model": model, "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine(),
