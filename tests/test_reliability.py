@@ -82,9 +82,13 @@ def tiny_checkpoint(path: Path, in_chans: int = 3, classes=("a", "b", "c", "d"))
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """An uninterrupted run: what every killed-and-resumed run must reproduce bit for bit."""
+    before = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("reference")
-    assert main(train_argv(out, *FULL_AUG)) == 0
+    try:
+        assert main(train_argv(out, *FULL_AUG)) == 0
+    finally:  # later test modules compare runs made with torch's default thread count
+        torch.set_num_threads(before)
     run = out / "run"
     return {"run": run, "weights": load_file(str(run / "last.safetensors")),
             "best": load_file(str(run / "best.safetensors")), "records": records(run)}
