@@ -248,7 +248,9 @@ def test_cli_runs_a_micro_study_on_fashion_mnist(tmp_path, capsys):
     out, work = tmp_path / "study", tmp_path / "work"
     args = ["study", "roadmap", "--data", "fashion-mnist", "--budget", "micro", "--seeds", "1",
             "--steps", "roadmap_separate_downsampling", "--out", str(out), "--work-dir", str(work), "--threads", "1"]
+    threads = torch.get_num_threads()
     assert main(args) == 0
+    assert torch.get_num_threads() == threads  # --threads applies to the study's runs only
     printed = capsys.readouterr().out
     assert "study complete: 1/1 runs" in printed and str(out / "results.md") in printed
     results = json.loads((out / "results.json").read_text())

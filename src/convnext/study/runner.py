@@ -104,11 +104,15 @@ def read_records(out: Path) -> list[dict[str, Any]]:
 def _train_run(cfg: TrainConfig, step: RoadmapStep, seed: int, out: Path, threads: int) -> dict[str, Any]:
     """Train one (step, seed) to the end (resuming if it has a checkpoint) and write its record.
     Runs in the study's process or in a worker process (``jobs`` > 1)."""
-    if threads > 0:
-        torch.set_num_threads(threads)
     _log(out, {"event": "run_start", "step": step.name, "seed": seed})
     print(f"study: {step.name} seed {seed} ({step.recipe} recipe)", file=sys.stderr)
-    summary = train_step(cfg, step.recipe)
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        summary = train_step(cfg, step.recipe)
+    finally:  # in the caller's process the thread count must not leak into what runs next
+        torch.set_num_threads(before)
     if summary["stopped_early"] or summary["final_val_top1"] is None:
         raise RuntimeError(f"{step.name} seed {seed}: the run stopped before its final evaluation")
     record = {
