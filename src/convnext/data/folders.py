@@ -17,28 +17,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UsageError
+from ..infer.images import load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 class BadImageWarning(UserWarning):
     """A file in an image folder could not be used and was skipped."""
-
-
-def _open_image(path: Path, channels: int):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()  # full decode: catches truncated files that Image.open alone accepts
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16/32-bit grayscale: rescale to 8 bits instead of PIL's clipping convert
-            import numpy as np
-
-            a = np.asarray(im, dtype=np.float64)
-            span = a.max() - a.min()
-            a = (a - a.min()) / span * 255 if span > 0 else a * 0
-            im = Image.fromarray(a.astype("uint8"), mode="L")
-        return im.convert("L" if channels == 1 else "RGB")
 
 
 @dataclass
@@ -83,7 +68,7 @@ def scan_folder(root: str | os.PathLike, channels: int = 3, verify: bool = True,
                 continue
             if verify:
                 try:
-                    _open_image(path, channels)
+                    load_image(path, channels)
                 except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
                     reject(path, f"cannot be decoded ({type(e).__name__}: {e})")
                     continue
@@ -118,7 +103,7 @@ class ImageFolder(Dataset):
         for offset in range(len(self.samples)):
             path, label = self.samples[(index + offset) % len(self.samples)]
             try:
-                return _open_image(Path(path), self.channels), label
+                return load_image(path, self.channels), label
             except Exception as e:  # noqa: BLE001
                 warnings.warn(f"skipping {path}: cannot be decoded ({type(e).__name__}: {e})", BadImageWarning)
         raise UsageError(f"{self.root}: no image in the dataset can be decoded any more")
