@@ -647,7 +647,7 @@ BAD_INPUTS = {
     "train: unknown key": (T + ["--set", "opt.lrr=1"], "did you mean 'lr'?"),
     "train: broken config file": (T + ["--config", "IN/broken.yaml"], "IN/broken.yaml: cannot parse config"),
     "train: init weights for another architecture": (T + ["--model.init", "IN/other_arch.safetensors"],
-                                                     "IN/other_arch.safetensors: weights do not fit model"),
+                                                     "IN/other_arch.safetensors: parameter stem.conv.weight has shape"),
     # eval
     "eval: missing checkpoint": (["eval", "IN/nope.safetensors", "--dataset", "synthetic"], "IN/nope.safetensors: no such"),
     "eval: batch size 0": (["eval", "IN/model.safetensors", "--dataset", "synthetic", "--batch-size", "0"],

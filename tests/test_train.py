@@ -304,3 +304,22 @@ def test_bf16_autocast_and_channels_last_train(tmp_path):
     s = train(tiny_config(tmp_path, **{"runtime.amp": "bf16", "runtime.channels_last": True, "opt.epochs": 1,
                                        "opt.clip_grad": 1.0}))
     assert s["steps"] == 8 and s["skipped_steps"] == 0 and s["final_val_top1"] is not None
+
+
+def test_init_from_rgb_checkpoint_fine_tunes_grayscale_model_with_new_head(tmp_path):
+    # model.init goes through load_weights: a 3-channel, 10-class checkpoint initialises a 1-channel,
+    # 4-class model (stem kernels summed over RGB, fresh head), each adaptation announced.
+    from convnext.checkpoint import save_model
+    from convnext.train.loop import _load_init_weights
+    from train_helpers import TINY_ARCH
+
+    src = create_model("convnext_atto", num_classes=10, **{k: tuple(v) for k, v in TINY_ARCH.items()})
+    save_model(src, tmp_path / "rgb.safetensors")
+    cfg = tiny_config(tmp_path / "out")
+    model = build_model(cfg, 4, 1)
+    with pytest.warns(UserWarning) as caught:
+        _load_init_weights(model, str(tmp_path / "rgb.safetensors"))
+    text = " ".join(str(w.message) for w in caught)
+    assert "stem kernel adapted from 3 to 1" in text and "head.fc keeps its fresh initialisation" in text
+    torch.testing.assert_close(model.stem.conv.weight, src.stem.conv.weight.sum(1, keepdim=True))
+    torch.testing.assert_close(model.stages[0].blocks[0].pwconv1.weight, src.stages[0].blocks[0].pwconv1.weight)

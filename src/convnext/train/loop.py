@@ -20,9 +20,10 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import data as data_mod
-from ..checkpoint import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, Preprocess, load_model, save_model
+from ..checkpoint import IMAGENET_MEAN, IMAGENET_STD, ModelInfo, Preprocess, save_model
 from ..errors import UsageError
 from ..models import ConvNeXt, get_entry
+from ..weights import load_weights
 from . import distributed as dist_mod
 from .config import TrainConfig
 from .logging import RunLogger
@@ -119,24 +120,9 @@ def build_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> ConvNeXt:
 
 
 def _load_init_weights(model: ConvNeXt, path: str) -> None:
-    src, _ = load_model(path, model_name=model.name)
-    state = src.state_dict()
-    own = model.state_dict()
-    # A new class count means a new classifier: keep ours (fine-tuning to another label set).
-    dropped = [k for k in state if k.startswith("head.fc.") and k in own and state[k].shape != own[k].shape]
-    for k in dropped:
-        del state[k]
-    # load_state_dict(strict=False) still raises (a multi-line RuntimeError) on a shape mismatch
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if wrong:
-        k = wrong[0]
-        raise UsageError(f"{path}: weights do not fit model {model.name} ({len(wrong)} tensor(s) of another shape, "
-                         f"first {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}); pick the matching "
-                         "model.name and model.overrides")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [k for k in missing if k not in dropped]:
-        raise UsageError(f"{path}: weights do not fit model {model.name} (missing {sorted(missing)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]}); pick the matching model.name")
+    # Any layout load_weights knows (ours, official, timm, torchvision, HF); a different class count
+    # keeps the fresh head and a 3-channel stem is adapted to in_chans, each with a warning.
+    load_weights(model, path)
 
 
 # ---- data ---------------------------------------------------------------------------------------
