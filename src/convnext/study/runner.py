@@ -30,7 +30,8 @@ from ..checkpoint import atomic_write
 from ..errors import UsageError
 from ..models.roadmap import ROADMAP, RoadmapStep
 from ..train import TrainConfig
-from .recipe import (COMMON, RECIPE_OPTIMIZER, RECIPES, SGD_MOMENTUM, StudyBudget, run_name, train_config,
+from ..data import load_dataset
+from .recipe import (COMMON, DATASETS, RECIPE_OPTIMIZER, RECIPES, SGD_MOMENTUM, StudyBudget, run_name, train_config,
                      train_step)
 from .report import write_outputs
 
@@ -145,6 +146,8 @@ def run_study(plan: StudyPlan, threads: int = 0, jobs: int = 1,
     configs = {(s.name, seed): train_config(s, seed, plan.budget, plan.data, plan.work_dir, plan.data_root,
                                             plan.device).validate()
                for seed in plan.seeds for s in plan.steps}
+    # and open the data once, so a wrong --data-root fails here too instead of after the first write
+    load_dataset(DATASETS[plan.data], "train", root=plan.data_root)
     plan.out.mkdir(parents=True, exist_ok=True)
     _check_settings(plan.out, study_settings(plan.budget, plan.data))
     _log(plan.out, {"event": "study_start", "command": plan.command, "steps": [s.name for s in plan.steps],
