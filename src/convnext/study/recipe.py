@@ -31,7 +31,7 @@ from ..errors import UsageError
 from ..models.roadmap import RoadmapStep
 from ..train import TrainConfig
 from ..train import distributed as dist_mod
-from ..train.loop import Trainer
+from ..train.loop import Trainer, train
 from ..train.optim import build_scheduler, param_groups
 from .scaling import scale_config
 
@@ -187,12 +187,4 @@ class OriginalRecipeTrainer(Trainer):
 
 def train_step(cfg: TrainConfig, recipe: str) -> dict[str, Any]:
     """Train one (step, seed) run to completion with the recipe's trainer; the engine's summary."""
-    cfg.validate()
-    trainer_cls = OriginalRecipeTrainer if recipe == "original" else Trainer
-    created = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    info = dist_mod.setup(cfg.runtime.device)
-    try:
-        return trainer_cls(cfg, info).run()
-    finally:
-        if created:
-            dist_mod.cleanup()
+    return train(cfg, trainer_cls=OriginalRecipeTrainer if recipe == "original" else Trainer)

@@ -569,14 +569,15 @@ class Trainer:
             return []
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train(cfg: TrainConfig, trainer_cls: type[Trainer] | None = None) -> dict[str, Any]:
     """Run a training job to completion (resuming if ``cfg.runtime.resume`` says so); returns a summary
-    with best/final val top-1, epochs, steps, wall time and the run directory."""
+    with best/final val top-1, epochs, steps, wall time and the run directory. ``trainer_cls`` swaps
+    in a Trainer subclass (the roadmap study's ResNet-recipe trainer)."""
     cfg.validate()
     created = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = dist_mod.setup(cfg.runtime.device)
     try:
-        return Trainer(cfg, info).run()
+        return (trainer_cls or Trainer)(cfg, info).run()
     finally:
         if created:
             dist_mod.cleanup()
