@@ -7,3 +7,9 @@ class UsageError(ValueError):
 
 class CheckpointError(UsageError):
     """A weights/checkpoint file that cannot be used: corrupt, unsafe, or for another architecture."""
+
+
+def check_choice(where: str, value: object, allowed: tuple[str, ...]) -> None:
+    """Raise UsageError("<where>=<value> is not valid; use one of ...") unless value is allowed."""
+    if value not in allowed:
+        raise UsageError(f"{where}={value!r} is not valid; use one of {', '.join(allowed)}")

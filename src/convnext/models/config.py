@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import check_choice
+
 STEM_TYPES = ("resnet", "patchify")
 BLOCK_LAYOUTS = ("bottleneck", "dwconv_first")
 COUNT_CHOICES = ("per_conv", "single")
@@ -19,8 +21,7 @@ DOWNSAMPLE_TYPES = ("in_block", "separate")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"ArchConfig.{name}={value!r} is not valid; use one of {', '.join(allowed)}")
+    check_choice(f"ArchConfig.{name}", value, allowed)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import UsageError
+from ..errors import UsageError, check_choice
 
 AMP_MODES = ("none", "bf16", "fp16")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -371,10 +371,6 @@ def _check(ok: bool, msg: str) -> None:
         raise UsageError(msg)
 
 
-def _choice(where: str, value: Any, allowed: tuple[str, ...]) -> None:
-    _check(value in allowed, f"{where}={value!r} is not valid; use one of {', '.join(allowed)}")
-
-
 def _validate(c: TrainConfig) -> None:
     from ..models import ArchConfig, get_entry
 
@@ -387,8 +383,8 @@ def _validate(c: TrainConfig) -> None:
     except (ValueError, TypeError) as e:
         raise UsageError(f"model.overrides: {e}") from None
     _check(c.model.width_mult > 0, f"model.width_mult={c.model.width_mult} must be > 0")
-    _choice("data.dataset", c.data.dataset, DATASETS)
-    _choice("data.grayscale", c.data.grayscale, GRAYSCALE_MODES)
+    check_choice("data.dataset", c.data.dataset, DATASETS)
+    check_choice("data.grayscale", c.data.grayscale, GRAYSCALE_MODES)
     _check(c.data.batch_size >= 1, f"data.batch_size={c.data.batch_size} must be >= 1")
     _check(c.data.workers >= 0, f"data.workers={c.data.workers} must be >= 0")
     _check(c.data.limit_train >= 0 and c.data.limit_val >= 0, "data.limit_train / data.limit_val must be >= 0")
@@ -413,7 +409,7 @@ def _validate(c: TrainConfig) -> None:
     _check(a.randaugment_mstd >= 0, f"aug.randaugment_mstd={a.randaugment_mstd} must be >= 0")
     _check(a.mixup >= 0 and a.cutmix >= 0, "aug.mixup and aug.cutmix are Beta alphas and must be >= 0 (0 = off)")
     _check(0 <= a.label_smoothing < 1, f"aug.label_smoothing={a.label_smoothing} must be in [0, 1)")
-    _choice("aug.interpolation", a.interpolation, INTERPOLATIONS)
+    check_choice("aug.interpolation", a.interpolation, INTERPOLATIONS)
     _check(0 < a.crop_ratio <= 1, f"aug.crop_ratio={a.crop_ratio} must be in (0, 1]")
     o = c.opt
     _check(o.lr > 0, f"opt.lr={o.lr} must be > 0")
@@ -432,7 +428,7 @@ def _validate(c: TrainConfig) -> None:
     _check(r.drop_path is None or 0 <= r.drop_path < 1, f"reg.drop_path={r.drop_path} must be in [0, 1) or null")
     _check(0 < r.ema_decay < 1, f"reg.ema_decay={r.ema_decay} must be in (0, 1)")
     t = c.runtime
-    _choice("runtime.amp", t.amp, AMP_MODES)
+    check_choice("runtime.amp", t.amp, AMP_MODES)
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
            f"runtime.device={t.device!r} is not valid; use auto, cpu, cuda or cuda:N")
     _check(t.seed >= 0, f"runtime.seed={t.seed} must be >= 0")
