@@ -1,30 +1,40 @@
-"""Training throughput (img/s) of our ConvNeXt-T training step vs a plain timm convnext_tiny loop.
+"""Training throughput (img/s) of our ConvNeXt-T training step vs plain timm convnext_tiny loops.
 
 Same process, same CPU threads, same batch (random 224x224 images), same precision (fp32 unless
 --amp bf16), same optimizer (AdamW, lr 4e-3, weight decay 0.05; ours with its no-decay groups).
 "Ours" is the engine's real optimizer step (``Trainer._train_step``): forward, loss, backward,
 gradient-norm NaN/Inf guard, AdamW, lr schedule; EMA and Mixup off so both do the same work.
-The two loops are timed in alternating rounds so machine noise hits both alike.
 
-    .venv/bin/python benchmarks/train_throughput.py --batch 8 --steps 4 --rounds 3
+Loops, timed in alternating rounds so machine noise hits all alike:
+  ours, ours_channels_last          the engine, NCHW / channels_last
+  timm                              a plain loop: timm model, default torch.optim.AdamW, NCHW
+  timm_channels_last, timm_fused_adamw, timm_fused_adamw_channels_last
+                                    the same loop with each speed setting a timm user could turn on;
+                                    "timm_best" in the result is the fastest of the four
+  --ablation adds ours_stock_dwconv: the engine with PyTorch's own depthwise-conv backward, to show
+  what our depthwise weight gradient (models/layers.py) is worth.
+
+    .venv/bin/python benchmarks/train_throughput.py --batch 8 --steps 3 --rounds 5 --ablation
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 
-def ours_step_fn(batch: int, amp: str, channels_last: bool, out: str):
+def ours_step_fn(batch: int, amp: str, channels_last: bool, out: str, drop_path: float, stock_dwconv: bool = False):
     from convnext.train import preset
     from convnext.train.loop import Trainer
     from convnext.train.distributed import DistInfo
@@ -35,10 +45,16 @@ def ours_step_fn(batch: int, amp: str, channels_last: bool, out: str):
         "aug.mixup": 0.0, "aug.cutmix": 0.0, "aug.label_smoothing": 0.0, "reg.ema": False,
         "opt.lr_base_batch": None, "opt.epochs": 1, "opt.warmup_epochs": 0.0,
         "runtime.out": out, "runtime.amp": amp, "runtime.channels_last": channels_last,
-        "runtime.tensorboard": False, "runtime.progress": False,
+        "runtime.tensorboard": False, "runtime.progress": False, "reg.drop_path": drop_path,
     })
     trainer = Trainer(cfg, DistInfo())
     trainer.train_net.train()
+    if stock_dwconv:
+        from convnext.models.layers import DepthwiseConv2d
+
+        for m in trainer.model.modules():
+            if isinstance(m, DepthwiseConv2d):
+                m.forward = types.MethodType(torch.nn.Conv2d.forward, m)
 
     def step(x, y):
         trainer._train_step([(x, y)])
@@ -46,14 +62,18 @@ def ours_step_fn(batch: int, amp: str, channels_last: bool, out: str):
     return step
 
 
-def timm_step_fn(amp: str):
+def timm_step_fn(amp: str, drop_path: float, channels_last: bool = False, fused: bool = False):
     import timm
 
-    model = timm.create_model("convnext_tiny", num_classes=1000, drop_path_rate=0.1)
+    model = timm.create_model("convnext_tiny", num_classes=1000, drop_path_rate=drop_path)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=0.05)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=4e-3, weight_decay=0.05, fused=fused or None)
 
     def step(x, y):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
@@ -71,6 +91,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--amp", default="none", choices=("none", "bf16"))
+    ap.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate of both models "
+                    "(0.1: the paper's ConvNeXt-T recipe)")
+    ap.add_argument("--ablation", action="store_true", help="add ours with PyTorch's stock depthwise backward")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_throughput.json"))
     args = ap.parse_args()
@@ -81,10 +104,17 @@ def main() -> int:
     y = torch.randint(0, 1000, (args.batch,))
     with tempfile.TemporaryDirectory() as tmp:
         loops = {
-            "ours": ours_step_fn(args.batch, args.amp, False, tmp + "/a"),
-            "ours_channels_last": ours_step_fn(args.batch, args.amp, True, tmp + "/b"),
-            "timm": timm_step_fn(args.amp),
+            "ours": ours_step_fn(args.batch, args.amp, False, tmp + "/a", args.drop_path),
+            "ours_channels_last": ours_step_fn(args.batch, args.amp, True, tmp + "/b", args.drop_path),
+            "timm": timm_step_fn(args.amp, args.drop_path),
+            "timm_channels_last": timm_step_fn(args.amp, args.drop_path, channels_last=True),
+            "timm_fused_adamw": timm_step_fn(args.amp, args.drop_path, fused=True),
+            "timm_fused_adamw_channels_last": timm_step_fn(args.amp, args.drop_path, channels_last=True, fused=True),
         }
+        if args.ablation:
+            loops["ours_stock_dwconv"] = ours_step_fn(args.batch, args.amp, False, tmp + "/c", args.drop_path,
+                                                       stock_dwconv=True)
+        load_before = os.getloadavg()
         for name, step in loops.items():
             for _ in range(args.warmup):
                 step(x, y)
@@ -97,11 +127,16 @@ def main() -> int:
                 times[name].append((time.perf_counter() - t0) / args.steps)
                 print(f"round {r}: {name:<20} {args.batch / times[name][-1]:7.2f} img/s", file=sys.stderr)
     ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
+    timm_best = max((k for k in ips if k.startswith("timm")), key=ips.get)
     result = {
         "benchmark": "train_throughput", "model": "convnext_tiny", "resolution": 224, "batch": args.batch,
+        "drop_path": args.drop_path,
         "amp": args.amp, "threads": torch.get_num_threads(), "steps_per_round": args.steps, "rounds": args.rounds,
         "img_per_s": {k: round(v, 3) for k, v in ips.items()},
         "ratio_vs_timm": {k: round(v / ips["timm"], 3) for k, v in ips.items() if k != "timm"},
+        "timm_best": timm_best,
+        "ratio_vs_timm_best": {k: round(v / ips[timm_best], 3) for k, v in ips.items() if k.startswith("ours")},
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

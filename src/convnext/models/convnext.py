@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .config import ArchConfig
-from .layers import DropPath, make_activation, make_norm
+from .layers import DepthwiseConv2d, DropPath, PointwiseConv2d, make_activation, make_norm, to_device
 
 
 class Block(nn.Module):
@@ -33,11 +33,11 @@ class Block(nn.Module):
             # "move up depthwise conv": k x k on the narrow input, then 1x1 expand and 1x1 reduce
             self.order = ("dwconv", "pwconv1", "pwconv2")
             spatial = in_dim
-        groups = spatial if cfg.depthwise else 1
         convs = {
-            "dwconv": nn.Conv2d(spatial, spatial, k, stride=stride, padding=k // 2, groups=groups, bias=bias),
-            "pwconv1": nn.Conv2d(in_dim, hidden, 1, bias=bias),
-            "pwconv2": nn.Conv2d(hidden, dim, 1, bias=bias),
+            "dwconv": (DepthwiseConv2d(spatial, k, stride=stride, padding=k // 2, bias=bias) if cfg.depthwise
+                       else nn.Conv2d(spatial, spatial, k, stride=stride, padding=k // 2, bias=bias)),
+            "pwconv1": PointwiseConv2d(in_dim, hidden, bias=bias),
+            "pwconv2": PointwiseConv2d(hidden, dim, bias=bias),
         }
         # Norms: ResNet's bn1/bn2/bn3 become norm1/norm2/norm3 (one after each conv, in order);
         # ConvNeXt's single norm after the first conv is just `norm`. Modules are registered in
@@ -61,6 +61,7 @@ class Block(nn.Module):
             else None
         )
         self.drop_path = DropPath(drop_path)
+        self.samples_independent = cfg.norm != "batchnorm"  # no batch statistics inside the block
         if in_dim != dim or stride != 1:
             # projection shortcut (ResNet "downsample"): 1x1 conv with the block's stride, then a norm
             self.shortcut = nn.Sequential()
@@ -69,17 +70,44 @@ class Block(nn.Module):
         else:
             self.shortcut = nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.shortcut(x)
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch (everything but the shortcut and stochastic depth)."""
+        # pwconv2 is always last; layer scale folds into its weights unless a norm comes in between
+        scale_after_norm = self.gamma is not None and "pwconv2" in self.norm_after
         for name in self.order:
-            x = getattr(self, name)(x)
+            if name == "pwconv2" and self.gamma is not None and not scale_after_norm:
+                x = self.pwconv2(x, scale=self.gamma)
+            else:
+                x = getattr(self, name)(x)
             if name in self.norm_after:
                 x = getattr(self, self.norm_after[name])(x)
             if name in self.act_after:
                 x = self.act(x)
-        if self.gamma is not None:
-            x = x * self.gamma.view(1, -1, 1, 1)
-        x = shortcut + self.drop_path(x)
+        return x * self.gamma.view(1, -1, 1, 1) if scale_after_norm else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
+        p = self.drop_path.drop_prob
+        if not (self.training and p > 0):
+            x = shortcut + self.residual(x)
+        elif self.samples_independent and not torch.compiler.is_compiling():
+            # Stochastic depth that skips the work: the branch runs only on the samples it keeps.
+            # Same draw and same result as multiplying the dropped samples' branch by zero; saves
+            # drop_prob of the block's compute on average (the rate grows to drop_path_rate by the last block).
+            keep = self.drop_path.keep_mask(len(x))
+            if keep.all():
+                x = torch.add(shortcut, self.residual(x), alpha=1 / (1 - p))
+            else:
+                kept = to_device(keep.nonzero().flatten(), x.device)
+                channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                subset = x.index_select(0, kept)  # may be empty: the branch still runs, so DDP sees every parameter used
+                if channels_last:
+                    subset = subset.contiguous(memory_format=torch.channels_last)
+                branch = self.residual(subset)
+                x = shortcut.index_add(0, kept, branch.to(shortcut.dtype), alpha=1 / (1 - p))
+        else:
+            # BatchNorm in the branch: its batch statistics need every sample, dropped or not
+            x = shortcut + self.drop_path(self.residual(x))
         return self.act(x) if self.act_after_residual else x
 
 

@@ -1,0 +1,223 @@
+"""DepthwiseConv2d: the depthwise conv whose CPU weight gradient we compute ourselves.
+
+It must be indistinguishable from nn.Conv2d(groups=channels) in values and gradients; the
+references are PyTorch's own conv backward (float64) and timm's ConvNeXt training gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import convnext
+from convnext.models.layers import DepthwiseConv2d, depthwise_weight_grad
+from convnext.weights.layouts import from_ours
+
+CASES = [  # channels, size, kernel, stride, bias, channels_last
+    (5, 9, 3, 1, True, False),
+    (4, 10, 3, 2, False, False),  # strided, even size: the weight-grad conv output must be cropped
+    (6, 11, 7, 1, True, True),
+    (3, 8, 5, 2, True, True),
+    (8, 7, 7, 1, True, False),  # ConvNeXt's last stage: 7x7 kernel on a 7x7 map
+]
+
+
+def _pair(c, k, s, bias):
+    ours = DepthwiseConv2d(c, k, stride=s, padding=k // 2, bias=bias).double()
+    ref = nn.Conv2d(c, c, k, stride=s, padding=k // 2, groups=c, bias=bias).double()
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+@pytest.mark.parametrize("c,size,k,s,bias,cl", CASES)
+def test_values_and_gradients_equal_nn_conv2d(c, size, k, s, bias, cl):
+    torch.manual_seed(0)
+    ours, ref = _pair(c, k, s, bias)
+    x = torch.randn(3, c, size, size, dtype=torch.float64)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = ours(x1), ref(x2)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    assert torch.equal(y1, y2)  # forward is the same conv2d call
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-10, atol=1e-10)
+    if bias:
+        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("c,size,k,s,bias,cl", CASES[:3])
+def test_gradcheck(c, size, k, s, bias, cl):
+    from convnext.models.layers import _DepthwiseConvFunction
+
+    m, _ = _pair(c, k, s, bias)
+    x = torch.randn(2, c, size, size, dtype=torch.float64, requires_grad=True)
+    w = m.weight.detach().clone().requires_grad_()
+    b = m.bias.detach().clone().requires_grad_() if bias else None
+    assert torch.autograd.gradcheck(
+        lambda x, w, b: _DepthwiseConvFunction.apply(x, w, b, m.stride, m.padding, m.dilation), (x, w, b))
+
+
+def test_weight_grad_helper_matches_aten_for_dilated_conv():
+    # not used by the models (dilation 1) but part of the helper's contract: stride and dilation swap roles
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 13, 13, dtype=torch.float64)
+    w = torch.randn(4, 1, 3, 3, dtype=torch.float64)
+    y = torch.nn.functional.conv2d(x, w, None, 2, 2, 2, 4)
+    g = torch.randn_like(y)
+    ref = torch.ops.aten.convolution_backward(g, x, w, None, [2, 2], [2, 2], [2, 2], False, [0, 0], 4,
+                                              [False, True, False])[1]
+    torch.testing.assert_close(depthwise_weight_grad(x, g, (3, 3), (2, 2), (2, 2), (2, 2)), ref)
+
+
+def test_no_grad_and_eval_use_the_stock_kernel_and_match():
+    ours, ref = _pair(6, 7, 1, True)
+    x = torch.randn(2, 6, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+    assert ours(x).grad_fn.name() == "_DepthwiseConvFunctionBackward"
+    with torch.no_grad():
+        assert ours(x).grad_fn is None
+
+
+def test_bf16_autocast_matches_stock_conv_dtypes_and_values():
+    torch.manual_seed(0)
+    ours = DepthwiseConv2d(8, 7, padding=3)
+    ref = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    ref.load_state_dict(ours.state_dict())
+    x1 = torch.randn(2, 8, 14, 14, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y1, y2 = ours(x1), ref(x2)
+    assert y1.dtype == y2.dtype == torch.bfloat16
+    assert torch.equal(y1, y2)
+    y1.float().square().sum().backward()
+    y2.float().square().sum().backward()
+    assert ours.weight.grad.dtype == x1.grad.dtype == torch.float32
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=0)
+    # bf16 sums in a different order: agree to bf16 precision
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_state_dict_and_type_are_a_depthwise_conv2d():
+    m = convnext.create_model("convnext_atto")
+    dw = m.stages[0].blocks[0].dwconv
+    assert isinstance(dw, nn.Conv2d) and isinstance(dw, DepthwiseConv2d)
+    assert dw.groups == dw.in_channels == dw.out_channels and dw.kernel_size == (7, 7)
+    assert set(dw.state_dict()) == {"weight", "bias"}
+    # a roadmap step with a full (non-depthwise) spatial conv keeps a plain Conv2d
+    r = convnext.create_model("roadmap_stage_ratio")
+    assert type(r.stages[0].blocks[0].dwconv) is nn.Conv2d
+
+
+def test_training_gradients_match_timm_convnext():
+    """One training step of ours and timm's convnext_atto with the same weights: every gradient agrees."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ref = timm.create_model("convnext_atto", num_classes=7, drop_path_rate=0.0)
+    with torch.no_grad():
+        for p in ref.parameters():  # O(1) layer scale so every block's gradients are non-trivial
+            p.copy_(torch.randn_like(p) * (0.5 if p.ndim > 1 else 0.2))
+    ours = convnext.create_model("convnext_atto", num_classes=7)
+    convnext.load_weights(ours, ref.state_dict())
+    ours.train(), ref.train()
+    x = torch.randn(4, 3, 64, 64)
+    y = torch.randint(0, 7, (4,))
+    for model in (ours, ref):
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    ours_grads = from_ours({k: p.grad for k, p in ours.named_parameters()}, "timm", conv_mlp=True)
+    ref_grads = {k: p.grad for k, p in ref.named_parameters()}
+    assert set(ours_grads) == set(ref_grads)
+    for k, g in ref_grads.items():
+        torch.testing.assert_close(ours_grads[k].reshape(g.shape), g, rtol=1e-4, atol=1e-5 * g.abs().max().item(),
+                                   msg=lambda m, k=k: f"{k}: {m}")
+
+
+# --- stochastic depth that skips the dropped samples' work (models/convnext.py Block.forward) ---
+
+def _masked_reference(block, x, keep):
+    """Textbook stochastic depth: run the branch on every sample, zero the dropped ones."""
+    p = block.drop_path.drop_prob
+    scale = keep.to(x.dtype).view(-1, 1, 1, 1) / (1 - p)
+    return block.shortcut(x) + block.residual(x) * scale
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_skipping_dropped_samples_equals_masking_them(channels_last):
+    model = convnext.create_model("convnext_atto", drop_path_rate=0.6).double().train()
+    block = model.stages[1].blocks[-1]
+    with torch.no_grad():
+        block.gamma.fill_(0.7)  # O(1) layer scale so the branch matters
+    x = torch.randn(16, 80, 6, 6, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(3)
+    keep = block.drop_path.keep_mask(16)
+    assert 0 < int(keep.sum()) < 16  # a mixed batch: some samples kept, some dropped
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.manual_seed(3)
+    y1 = block(x1)  # draws the same mask
+    y2 = _masked_reference(block, x2, keep)
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    assert torch.equal(y1[~keep], x[~keep])  # dropped samples pass through unchanged
+    g = torch.randn_like(y1)
+    grads1 = torch.autograd.grad(y1, [x1, *block.parameters()], g)
+    grads2 = torch.autograd.grad(y2, [x2, *block.parameters()], g)
+    for a, b in zip(grads1, grads2):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_all_samples_dropped_still_gives_every_parameter_a_gradient():
+    # DDP (without find_unused_parameters) needs every parameter in the graph on every step
+    model = convnext.create_model("convnext_atto", drop_path_rate=0.9).train()
+    block = model.stages[3].blocks[-1]
+    x = torch.randn(2, 320, 2, 2, requires_grad=True)
+    for seed in range(200):
+        torch.manual_seed(seed)
+        if not block.drop_path.keep_mask(2).any():
+            break
+    torch.manual_seed(seed)
+    y = block(x)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    assert all(p.grad is not None and not p.grad.any() for p in block.parameters())
+    assert torch.equal(x.grad, torch.ones_like(x))
+
+
+def test_batchnorm_blocks_keep_full_batch_statistics_under_stochastic_depth():
+    model = convnext.create_model("roadmap_stage_ratio", drop_path_rate=0.9).train()
+    block = model.stages[0].blocks[-1]
+    x = torch.randn(8, block.pwconv1.in_channels, 5, 5)
+    before = block.norm1.running_mean.clone()
+    block(x)
+    momentum = block.norm1.momentum
+    with torch.no_grad():
+        batch_mean = block.pwconv1(x).mean((0, 2, 3))
+    # the first BN saw all 8 samples, dropped or not
+    torch.testing.assert_close(block.norm1.running_mean, (1 - momentum) * before + momentum * batch_mean)
+
+
+def test_layer_scale_is_folded_only_where_no_norm_follows_the_last_conv():
+    # ConvNeXt: gamma folds into pwconv2; a roadmap step with BN after pwconv2 must scale after the norm
+    for name in ("convnext_atto", "roadmap_modern_recipe"):
+        model = convnext.create_model(name).double().eval()
+        block = model.stages[0].blocks[0]
+        assert block.gamma is not None
+        with torch.no_grad():
+            block.gamma.uniform_(0.5, 1.5)
+        x = torch.randn(2, block.dwconv.in_channels if block.order[0] == "dwconv" else block.pwconv1.in_channels,
+                        8, 8, dtype=torch.float64)
+        h = x
+        for conv in block.order:  # plain modules, no folding: the reference
+            h = getattr(block, conv)(h)
+            if conv in block.norm_after:
+                h = getattr(block, block.norm_after[conv])(h)
+            if conv in block.act_after:
+                h = block.act(h)
+        ref = block.shortcut(x) + h * block.gamma.view(1, -1, 1, 1)
+        if block.act_after_residual:
+            ref = block.act(ref)
+        torch.testing.assert_close(block(x), ref, rtol=1e-12, atol=1e-12)
