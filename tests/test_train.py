@@ -188,14 +188,40 @@ def test_ema_equals_hand_computed_average(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(Trainer, "_train_step", spy)
-    train(tiny_config(tmp_path, **{"reg.ema": True, "reg.ema_decay": 0.5, "opt.epochs": 1,
-                                   "data.synthetic_samples": 24}))
-    assert len(recorded) == 3
-    state = load_train_state(run_dir(tmp_path))
     key = "stages.1.blocks.0.pwconv1.weight"
-    hand = 0.5 * (0.5 * recorded[0][key] + 0.5 * recorded[1][key]) + 0.5 * recorded[2][key]
-    torch.testing.assert_close(state["ema"]["module." + key], hand, rtol=0, atol=1e-6)
-    assert int(state["ema"]["n_averaged"]) == 3
+    for warmup, (d1, d2) in ((False, (0.5, 0.5)), (True, (2 / 11, 3 / 12))):  # warmup: min(0.5, (1+n)/(10+n))
+        recorded.clear()
+        out = tmp_path / f"warmup_{warmup}"
+        train(tiny_config(out, **{"reg.ema": True, "reg.ema_decay": 0.5, "reg.ema_warmup": warmup,
+                                  "opt.epochs": 1, "data.synthetic_samples": 24}))
+        assert len(recorded) == 3
+        state = load_train_state(run_dir(out))
+        w = [r[key] for r in recorded]
+        hand = d2 * (d1 * w[0] + (1 - d1) * w[1]) + (1 - d2) * w[2]
+        torch.testing.assert_close(state["ema"]["module." + key], hand, rtol=0, atol=1e-6)
+        assert int(state["ema"]["n_averaged"]) == 3
+
+
+def test_ema_warmup_equals_hand_computed_average():
+    m = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = make_ema(m, decay=0.9, warmup=True)
+    snaps = []
+    for i in range(4):
+        with torch.no_grad():
+            m[0].weight.add_(float(i + 1))
+        m.train()(torch.randn(4, 3))  # moves BN's running stats and its integer num_batches_tracked
+        snaps.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+        ema.update_parameters(m)
+    # decays after 1, 2, 3 updates: min(0.9, (1 + n) / (10 + n)) = 2/11, 3/12, 4/13
+    d1, d2, d3 = 2 / 11, 3 / 12, 4 / 13
+    for key in ("0.weight", "1.running_mean"):
+        w = [s[key] for s in snaps]
+        hand = d3 * (d2 * (d1 * w[0] + (1 - d1) * w[1]) + (1 - d2) * w[2]) + (1 - d3) * w[3]
+        torch.testing.assert_close(ema.module.state_dict()[key], hand, rtol=0, atol=1e-6)
+    assert int(ema.module[1].num_batches_tracked) == 4  # integer buffers follow the model
+    # later updates settle on the configured decay
+    from convnext.train.loop import ema_warmup_decay
+    assert ema_warmup_decay(0.9, 1000) == 0.9 and ema_warmup_decay(0.9999, 0) == pytest.approx(0.1)
 
 
 def test_update_freq_equals_one_step_over_a_larger_batch(tmp_path):

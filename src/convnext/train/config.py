@@ -101,6 +101,8 @@ class RegularizationConfig:
     drop_path: float | None = None
     ema: bool = True
     ema_decay: float = 0.9999
+    # decay min(ema_decay, (1 + n) / (10 + n)) at update n, for runs too short for a fixed decay
+    ema_warmup: bool = False
 
 
 @dataclass
@@ -176,7 +178,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "interpolation": "bilinear", "crop_ratio": 1.0},
         "opt": {"lr": 4e-3, "lr_base_batch": None, "min_lr": 1e-5, "warmup_epochs": 0.3, "epochs": 3,
                 "weight_decay": 0.05},
-        "reg": {"drop_path": 0.0, "ema": True, "ema_decay": 0.998},
+        "reg": {"drop_path": 0.0, "ema": True, "ema_decay": 0.998, "ema_warmup": True},
         "runtime": {"save_every_steps": 100, "log_every": 20},
     },
 }
