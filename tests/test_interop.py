@@ -368,3 +368,61 @@ def test_transformers_convnextmodel_without_classifier():
     assert report.reinitialized == ["head.fc.weight", "head.fc.bias"] and not report.missing
     # exported from a classifier-less model it is a ConvNextModel state dict again
     transformers.ConvNextModel(cfg).load_state_dict(from_ours(extractor.state_dict(), "hf"), strict=True)  # raises on any mismatch
+
+
+# --- Hugging Face model folders: what transformers' from_pretrained reads ---
+
+def _tiny_classifier(tmp_path, class_names):
+    model = randomize(convnext.create_model("convnext_atto", num_classes=len(class_names), **SMALL)).eval()
+    path = tmp_path / "ours.safetensors"
+    save_model(model, path, ModelInfo(model.cfg, "convnext_atto", class_names=class_names))
+    return model, path
+
+
+def test_hf_folder_loads_in_transformers_with_labels_and_same_logits(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    names = ["cat", "dog", "eel"]
+    model, path = _tiny_classifier(tmp_path, names)
+    out = tmp_path / "hf-model"
+    assert cli_main(["convert", str(path), str(out), "--to", "hf"]) == 0
+    assert "Hugging Face model folder" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
+    hf_model = transformers.ConvNextForImageClassification.from_pretrained(out).eval()
+    assert hf_model.config.id2label == {0: "cat", 1: "dog", 2: "eel"}
+    assert list(hf_model.config.depths) == list(SMALL["depths"]) and hf_model.config.layer_norm_eps == 1e-6
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(hf_model(x).logits, model(x), rtol=1e-5, atol=1e-5)
+    processor = transformers.AutoImageProcessor.from_pretrained(out)
+    assert type(processor).__name__.startswith("ConvNextImageProcessor")
+    assert processor.size == {"shortest_edge": 224} and processor.crop_pct == 0.875
+    from PIL import Image
+    pixels = processor(Image.new("RGB", (300, 200), (255, 0, 0)), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 224, 224)
+    # pure red through our ImageNet normalisation
+    torch.testing.assert_close(pixels[0, :, 100, 100], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224,
+                                                                      -0.406 / 0.225]), rtol=1e-3, atol=1e-3)
+    # a second conversion into the same folder needs --force
+    assert cli_main(["convert", str(path), str(out), "--to", "hf"]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+
+
+def test_hf_folder_for_a_backbone_is_a_convnext_backbone(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backbone = randomize(convnext.create_model("convnext_atto", features_only=True, out_indices=(1, 3), **SMALL))
+    export_weights(backbone.eval(), tmp_path / "bb", layout="hf")
+    hf_backbone = transformers.ConvNextBackbone.from_pretrained(tmp_path / "bb").eval()
+    assert hf_backbone.config.out_features == ["stage2", "stage4"]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = backbone(x), hf_backbone(x).feature_maps
+    assert len(ours) == len(theirs) == 2
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_folder_refuses_models_transformers_does_not_have(tmp_path):
+    for name in ("roadmap_patchify", "convnext_isotropic_small"):
+        with pytest.raises(convnext.errors.CheckpointError, match="hierarchical ConvNeXt family only"):
+            export_weights(convnext.create_model(name, num_classes=4), tmp_path / name, layout="hf")
+        assert not (tmp_path / name).exists()

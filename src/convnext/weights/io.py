@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from . import hf
 from .layouts import LAYOUTS, LayoutError, detect_layout, from_ours, to_ours
 
 log = logging.getLogger(__name__)
@@ -360,7 +361,9 @@ def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "our
     The suffix picks the file format: ``.safetensors`` (the default for our own layout, which then
     carries convnext metadata so ``load_model`` needs nothing else; ``info`` is that metadata), or
     ``.pth``/``.pt``/``.bin`` via ``torch.save`` (official layout wrapped as ``{"model": ...}`` as
-    released). ``conv_mlp`` (timm only) keeps 1x1 convs as timm's atto..nano have them; by default it
+    released). With ``layout="hf"`` a directory (or a path without suffix) becomes a Hugging Face model
+    folder: ``model.safetensors`` plus the ``config.json`` and ``preprocessor_config.json`` that
+    ``transformers``' ``from_pretrained`` reads. ``conv_mlp`` (timm only) keeps 1x1 convs as timm's atto..nano have them; by default it
     follows timm's choice for the model's depths and dims.
     """
     from ..checkpoint import atomic_write, save_model
@@ -368,6 +371,14 @@ def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "our
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     p = Path(path)
+    if layout == "hf" and hf.is_folder_target(p):
+        # a from_pretrained-ready folder: weights, config.json and preprocessor_config.json
+        if p.exists() and not p.is_dir():
+            raise CheckpointError(f"{p} exists and is not a directory; choose a folder for the hf model")
+        hf.model_config(model)  # refuse before writing anything if transformers has no such model
+        weights = export_weights(model, p / hf.WEIGHTS_NAME, layout="hf", info=info)
+        hf.write_folder_files(p, model, info)
+        return weights
     if p.suffix not in WEIGHT_SUFFIXES:
         raise CheckpointError(f"{p}: unknown weights file type {p.suffix!r}; name it with one of {', '.join(WEIGHT_SUFFIXES)}")
     backbone = getattr(model, "features_only", False)
