@@ -70,6 +70,8 @@ def test_config_files_yaml_and_toml_and_overrides(tmp_path):
     ("opt.warmup_epochs=500", r"opt.warmup_epochs=500.0 must be in \[0, opt.epochs=300\]"),
     ("data.dataset=imagenet", r"use one of folder, fashion_mnist, synthetic"),
     ("reg.ema=maybe", r"reg.ema='maybe' must be true or false"),
+    ("opt.optimizer=lion", r"opt.optimizer='lion' is not valid; use one of adamw, sgd"),
+    ("opt.momentum=1.5", r"opt.momentum=1.5 must be in \[0, 1\)"),
 ])
 def test_bad_config_fails_fast_with_a_clear_message(override, message):
     with pytest.raises(UsageError, match=message):
@@ -125,6 +127,28 @@ def test_no_weight_decay_on_norms_biases_and_gammas():
         assert seen == len(list(model.parameters()))
         assert any(g["weight_decay"] == 0 and any(n.endswith("gamma") for n in g["param_names"]) for g in groups) \
             or model.cfg.layer_scale_init is None
+
+
+def test_sgd_optimizer_one_step_by_hand(tmp_path):
+    """opt.optimizer=sgd: torch SGD with momentum over the same no-decay groups; checked by hand."""
+    model = create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), num_classes=3)
+    opt = build_optimizer(model, lr=0.5, weight_decay=0.1, name="sgd", momentum=0.9)
+    assert isinstance(opt, torch.optim.SGD) and all(g["momentum"] == 0.9 for g in opt.param_groups)
+    decay_of = {n: g["weight_decay"] for g in opt.param_groups for n in g["param_names"]}
+    assert decay_of["stages.0.blocks.0.pwconv1.weight"] == 0.1 and decay_of["stages.0.blocks.0.gamma"] == 0.0
+    w, b = model.head.fc.weight, model.head.fc.bias
+    before_w, before_b = w.detach().clone(), b.detach().clone()
+    model(torch.randn(2, 3, 32, 32)).square().sum().backward()
+    gw, gb = w.grad.clone(), b.grad.clone()
+    opt.step()  # first step: momentum buffer = grad (+ decay), update = lr * buffer
+    torch.testing.assert_close(w.detach(), before_w - 0.5 * (gw + 0.1 * before_w))
+    torch.testing.assert_close(b.detach(), before_b - 0.5 * gb)  # biases: no weight decay
+    # and the engine builds it from the config, so train_state.pt carries SGD momentum buffers
+    train(tiny_config(tmp_path, **{"opt.optimizer": "sgd", "opt.lr": 0.05, "opt.epochs": 1,
+                                   "data.synthetic_samples": 16}))
+    state = load_train_state(run_dir(tmp_path))
+    assert "momentum_buffer" in state["optimizer"]["state"][0]
+    assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
 
 
 def test_layer_decay_scales_and_linear_lr_scaling(tmp_path):

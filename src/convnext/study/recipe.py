@@ -25,14 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import UsageError
 from ..models.roadmap import RoadmapStep
 from ..train import TrainConfig
-from ..train import distributed as dist_mod
-from ..train.loop import Trainer, train
-from ..train.optim import build_scheduler, param_groups
+from ..train.loop import train
 from .scaling import scale_config
 
 DATASETS = {"fashion-mnist": "fashion_mnist", "synthetic": "synthetic"}
@@ -102,20 +98,20 @@ def get_budget(name: str) -> StudyBudget:
 # Dotted TrainConfig overrides per recipe, on top of the paper defaults.
 RECIPES: dict[str, dict[str, Any]] = {
     "original": {
+        "opt.optimizer": "sgd", "opt.momentum": 0.9,
         "opt.lr": 0.1, "opt.lr_base_batch": 256, "opt.weight_decay": 1e-4, "opt.min_lr": 0.0,
         "aug.randaugment": False, "aug.random_erasing": 0.0, "aug.mixup": 0.0, "aug.cutmix": 0.0,
         "aug.label_smoothing": 0.0, "reg.drop_path": 0.0, "reg.ema": False,
     },
     "modern": {
+        "opt.optimizer": "adamw",
         "opt.lr": 2e-3, "opt.lr_base_batch": None, "opt.weight_decay": 0.05, "opt.min_lr": 1e-5,
         "aug.randaugment": True, "aug.randaugment_n": 2, "aug.randaugment_m": 9, "aug.randaugment_mstd": 0.5,
         "aug.random_erasing": 0.1, "aug.mixup": 0.8, "aug.cutmix": 1.0, "aug.mixup_prob": 0.3,
         "aug.label_smoothing": 0.1, "reg.drop_path": 0.05, "reg.ema": False,
     },
 }
-# What the engine's config cannot say: the original recipe's optimizer (the engine builds AdamW).
 RECIPE_OPTIMIZER = {"original": "SGD, momentum 0.9", "modern": "AdamW, betas (0.9, 0.999)"}
-SGD_MOMENTUM = 0.9
 
 # Shared by both recipes: a crop that keeps most of a 28 px garment, bilinear resizing (bicubic overshoots
 # on upsampled 28 px images), and evaluation on the whole resized image (crop ratio 1).
@@ -156,35 +152,6 @@ def run_name(step: str, seed: int) -> str:
     return f"{step}-seed{seed}"
 
 
-class OriginalRecipeTrainer(Trainer):
-    """The engine's trainer with the ResNet recipe's optimizer: SGD with momentum instead of AdamW.
-
-    The parameter groups (no weight decay on norms and biases) and the warmup-cosine schedule are the
-    engine's own; the optimizer is swapped before any step and before a resumed state is loaded, so
-    ``train_state.pt`` holds SGD momentum buffers and resumes exactly.
-    """
-
-    def __init__(self, cfg: TrainConfig, dist_info: dist_mod.DistInfo) -> None:
-        self._sgd_installed = False
-        super().__init__(cfg, dist_info)
-        self._install_sgd()
-
-    def _install_sgd(self) -> None:
-        if self._sgd_installed:
-            return
-        groups = param_groups(self.model, self.cfg.opt.weight_decay)
-        for g in groups:
-            g["lr"] = self.lr * g["lr_scale"]
-        self.optimizer = torch.optim.SGD(groups, lr=self.lr, momentum=SGD_MOMENTUM)
-        warmup = int(round(self.cfg.opt.warmup_epochs * self.steps_per_epoch))
-        self.scheduler = build_scheduler(self.optimizer, self.lr, self.cfg.opt.min_lr, warmup, self.total_steps)
-        self._sgd_installed = True
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        self._install_sgd()
-        super()._restore(state)
-
-
-def train_step(cfg: TrainConfig, recipe: str) -> dict[str, Any]:
-    """Train one (step, seed) run to completion with the recipe's trainer; the engine's summary."""
-    return train(cfg, trainer_cls=OriginalRecipeTrainer if recipe == "original" else Trainer)
+def train_step(cfg: TrainConfig) -> dict[str, Any]:
+    """Train one (step, seed) run to completion; the engine's summary."""
+    return train(cfg)

@@ -20,6 +20,7 @@ import yaml
 from ..errors import UsageError, check_choice
 
 AMP_MODES = ("none", "bf16", "fp16")
+OPTIMIZERS = ("adamw", "sgd")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 GRAYSCALE_MODES = ("repeat", "in_chans")
 DATASETS = ("folder", "fashion_mnist", "synthetic")
@@ -81,6 +82,8 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
+    # adamw (the paper); sgd (with `momentum`: ResNet-50's original recipe, used by the roadmap study)
+    optimizer: str = "adamw"
     lr: float = 4e-3
     # Linear scaling: effective lr = lr * (batch_size * update_freq * world_size) / lr_base_batch; None = lr as is.
     lr_base_batch: int | None = 4096
@@ -90,6 +93,7 @@ class OptimConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    momentum: float = 0.9  # sgd only
     update_freq: int = 1  # gradient accumulation: optimizer step every N micro-batches
     clip_grad: float | None = None  # max global grad norm; None = no clipping (paper)
     layer_decay: float = 1.0  # layer-wise lr decay for fine-tuning (< 1); 1 = off
@@ -426,6 +430,8 @@ def _validate(c: TrainConfig) -> None:
     _check(o.update_freq >= 1, f"opt.update_freq={o.update_freq} must be >= 1")
     _check(o.clip_grad is None or o.clip_grad > 0, f"opt.clip_grad={o.clip_grad} must be > 0 or null")
     _check(0 < o.layer_decay <= 1, f"opt.layer_decay={o.layer_decay} must be in (0, 1]")
+    check_choice("opt.optimizer", o.optimizer, OPTIMIZERS)
+    _check(0 <= o.momentum < 1, f"opt.momentum={o.momentum} must be in [0, 1)")
     r = c.reg
     _check(r.drop_path is None or 0 <= r.drop_path < 1, f"reg.drop_path={r.drop_path} must be in [0, 1) or null")
     _check(0 < r.ema_decay < 1, f"reg.ema_decay={r.ema_decay} must be in (0, 1)")

@@ -277,7 +277,8 @@ class Trainer:
         self.total_steps = o.epochs * self.steps_per_epoch
         warmup = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.lr = o.lr * (b * k * world) / o.lr_base_batch if o.lr_base_batch else o.lr
-        self.optimizer = build_optimizer(self.model, self.lr, o.weight_decay, o.betas, o.eps, o.layer_decay)
+        self.optimizer = build_optimizer(self.model, self.lr, o.weight_decay, o.betas, o.eps, o.layer_decay,
+                                         o.optimizer, o.momentum)
         self.scheduler = build_scheduler(self.optimizer, self.lr, o.min_lr, warmup, self.total_steps)
         self.ema = make_ema(self.model, cfg.reg.ema_decay, cfg.reg.ema_warmup) if cfg.reg.ema else None
         self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
@@ -589,15 +590,14 @@ class Trainer:
             return []
 
 
-def train(cfg: TrainConfig, trainer_cls: type[Trainer] | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run a training job to completion (resuming if ``cfg.runtime.resume`` says so); returns a summary
-    with best/final val top-1, epochs, steps, wall time and the run directory. ``trainer_cls`` swaps
-    in a Trainer subclass (the roadmap study's ResNet-recipe trainer)."""
+    with best/final val top-1, epochs, steps, wall time and the run directory."""
     cfg.validate()
     created = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = dist_mod.setup(cfg.runtime.device)
     try:
-        return (trainer_cls or Trainer)(cfg, info).run()
+        return Trainer(cfg, info).run()
     finally:
         if created:
             dist_mod.cleanup()
