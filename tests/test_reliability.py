@@ -495,6 +495,26 @@ def test_bad_image_files_are_skipped_warned_and_counted_in_the_run_log(tmp_path,
     assert epochs[0]["step"] == 4 and epochs[0]["val_count"] == 4
 
 
+def test_eval_warns_one_plain_line_per_bad_image_and_reports_the_count(tmp_path, capsys):
+    root = tmp_path / "data"
+    _folder_dataset(root)
+    (root / "train").rename(tmp_path / "unused")  # eval reads root/val
+    half = root / "val" / "a" / "half.png"
+    model = create_model("convnext_atto", num_classes=2)
+    save_model(model, tmp_path / "m.safetensors", ModelInfo(model.cfg, "convnext_atto", class_names=["a", "b"]))
+    rc, out, err = run_cli(["eval", str(tmp_path / "m.safetensors"), "--dataset", "folder", "--data-root", str(root)],
+                           capsys)
+    assert rc == 0, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: skipping {half}: cannot be decoded")
+    assert out.splitlines()[0].startswith("4 images (1 unreadable file(s) skipped): top-1")
+    rc, out, _ = run_cli(["eval", str(tmp_path / "m.safetensors"), "--dataset", "folder", "--data-root", str(root),
+                          "--json"], capsys)
+    report = json.loads(out)
+    assert report["bad_images"] == 1 and report["count"] == 4
+    assert [b["path"] for b in report["bad_files"]] == [str(half)] and "truncated" in report["bad_files"][0]["reason"]
+
+
 def test_strict_data_fails_fast_and_writes_nothing(tmp_path, capsys):
     root = tmp_path / "data"
     _folder_dataset(root)

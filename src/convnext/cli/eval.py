@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -60,7 +62,12 @@ def evaluate_checkpoint(args) -> dict:
         raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     model, info = load_model(args.checkpoint, map_location=device, model_name=args.model)
     pre = info.preprocess
-    ds = _dataset(args, pre.channels)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", data_mod.BadImageWarning)
+        ds = _dataset(args, pre.channels)
+    for w in caught:  # one plain line per unreadable file, as `train` prints them
+        print(f"warning: {w.message}", file=sys.stderr)
+    bad_files = [{"path": str(b.path), "reason": b.reason} for b in getattr(ds, "bad_files", [])]
     classes = list(ds.classes)
     if model.cfg.num_classes != len(classes):
         raise UsageError(f"the model has {model.cfg.num_classes} classes but the dataset has {len(classes)}; "
@@ -86,7 +93,8 @@ def evaluate_checkpoint(args) -> dict:
         total = int(matrix[i].sum())
         per_class.append({"class": name, "count": total,
                           "top1": 100.0 * int(matrix[i, i]) / total if total else None})
-    result.update(per_class=per_class, confusion_matrix=matrix.tolist(), classes=classes)
+    result.update(per_class=per_class, confusion_matrix=matrix.tolist(), classes=classes, bad_images=len(bad_files),
+                  bad_files=bad_files)
     if args.confusion:
         from ..plots import plot_confusion_matrix
 
@@ -100,8 +108,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    print(f"{r['count']} images: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
-    width = max(len(c["class"]) for c in r["per_class"])
+    skipped = f" ({r['bad_images']} unreadable file(s) skipped)" if r["bad_images"] else ""
+    print(f"{r['count']} images{skipped}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
+    width = max(len("class"), *(len(c["class"]) for c in r["per_class"]))
     print(f"{'class':<{width}}  {'count':>6}  {'top-1':>7}")
     for c in r["per_class"]:
         acc = f"{c['top1']:.2f}" if c["top1"] is not None else "-"
