@@ -61,3 +61,20 @@ def test_two_process_gloo_run_matches_single_process(tmp_path):
     # only rank 0 wrote the run directory's files, once
     lines = (run_dir(tmp_path / "ddp") / "metrics.jsonl").read_text().splitlines()
     assert sum('"type": "epoch"' in line for line in lines) == 1
+
+
+def test_two_process_run_with_stochastic_depth_that_skips_dropped_samples(tmp_path):
+    # Blocks run their branch only on the samples they keep; with drop path 0.9 and 2 samples per rank
+    # the last blocks often keep none on a rank. The branch still runs (on an empty batch), so every
+    # parameter is in every rank's graph and DDP's gradient all-reduce completes.
+    cfg = tmp_path / "ddp.yaml"
+    tiny_config(tmp_path / "ddp", **NO_AUG, **{"data.synthetic_samples": 12, "data.batch_size": 2, "opt.epochs": 1,
+                                               "opt.warmup_epochs": 0.0, "reg.drop_path": 0.9}).save(cfg)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "convnext", "train", "--config", str(cfg), "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["steps"] == 3 and summary["skipped_steps"] == 0
+    assert all(torch.isfinite(v).all() for v in weights(run_dir(tmp_path / "ddp") / "last.safetensors").values())
