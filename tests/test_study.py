@@ -269,7 +269,8 @@ def test_cli_runs_a_micro_study_on_fashion_mnist(tmp_path, capsys):
     (["--seeds", "0"], "at least one seed"),
     (["--width-mult", "0.3"], "whole number"),
     (["--image-size", "16"], "total stride"),
-    (["--data", "fashion-mnist", "--data-root", "/nonexistent/fmnist"], "/nonexistent/fmnist: Fashion-MNIST directory not found; install it (apt-get install dataset-fashion-mnist) or pass --data-root DIR"),
+    (["--data", "fashion-mnist", "--data-root", "/nonexistent/fmnist"], "/nonexistent/fmnist: Fashion-MNIST directory not found; install it (apt-get install dataset-fashion-mnist) "
+     "or point the data root at the directory holding it (--data.root for train, --data-root for eval and study)"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, extra, message):
     args = ["study", "roadmap", "--budget", "micro", "--data", "synthetic", "--out", str(tmp_path / "o"),

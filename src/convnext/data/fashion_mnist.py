@@ -39,7 +39,8 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     except (OSError, EOFError) as e:
         raise UsageError(f"{path}: cannot read IDX file ({e}); re-install the dataset") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise UsageError(f"{path}: not an IDX file (bad magic number); point --data.root at the Fashion-MNIST files")
+        raise UsageError(f"{path}: not an IDX file (bad magic number); point the data root at the Fashion-MNIST "
+                         f"files ({ROOT_FLAGS})")
     dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
     header = 4 + 4 * ndim
     shape = struct.unpack(f">{ndim}I", data[4:header])
@@ -52,13 +53,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header, count=count).reshape(shape)
 
 
+# The loader serves several commands whose flag for the data root differs; name each.
+ROOT_FLAGS = "--data.root for train, --data-root for eval and study"
+
+
 def _find(root: Path, stem: str) -> Path:
     for name in (stem + ".gz", stem):
         if (root / name).is_file():
             return root / name
     raise FileNotFoundError(
         f"{root}: no {stem}[.gz]; install Fashion-MNIST (apt-get install dataset-fashion-mnist) "
-        "or pass --data.root DIR holding the four IDX files"
+        f"or point the data root at a directory holding the four IDX files ({ROOT_FLAGS})"
     )
 
 
@@ -78,7 +83,7 @@ class FashionMNIST(Dataset):
         if not root.is_dir():
             raise FileNotFoundError(
                 f"{root}: Fashion-MNIST directory not found; install it (apt-get install dataset-fashion-mnist) "
-                "or pass --data.root DIR"
+                f"or point the data root at the directory holding it ({ROOT_FLAGS})"
             )
         images = read_idx(_find(root, _FILES[split][0]))
         labels = read_idx(_find(root, _FILES[split][1]))

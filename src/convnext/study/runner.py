@@ -140,15 +140,12 @@ def run_study(plan: StudyPlan, threads: int = 0, jobs: int = 1,
         raise UsageError("a study needs at least one seed; pass --seeds N with N >= 1")
     if jobs < 1:
         raise UsageError(f"jobs={jobs}: a study runs at least one training at a time; use --jobs 1 or more")
-    try:
-        # build every config up front so a bad budget or step fails before anything is written
-        configs = {(s.name, seed): train_config(s, seed, plan.budget, plan.data, plan.work_dir, plan.data_root,
-                                                plan.device).validate()
-                   for seed in plan.seeds for s in plan.steps}
-        # and open the data once, so a wrong --data-root fails here too instead of after the first write
-        load_dataset(DATASETS[plan.data], "train", root=plan.data_root)
-    except (UsageError, FileNotFoundError) as e:  # the engine names `train`'s flag; the study's is --data-root
-        raise type(e)(str(e).replace("--data.root", "--data-root")) from None
+    # build every config up front so a bad budget or step fails before anything is written
+    configs = {(s.name, seed): train_config(s, seed, plan.budget, plan.data, plan.work_dir, plan.data_root,
+                                            plan.device).validate()
+               for seed in plan.seeds for s in plan.steps}
+    # and open the data once, so a wrong --data-root fails here too instead of after the first write
+    load_dataset(DATASETS[plan.data], "train", root=plan.data_root)
     plan.out.mkdir(parents=True, exist_ok=True)
     _check_settings(plan.out, study_settings(plan.budget, plan.data))
     _log(plan.out, {"event": "study_start", "command": plan.command, "steps": [s.name for s in plan.steps],
