@@ -28,7 +28,6 @@ from typing import Any
 from ..errors import UsageError
 from ..models.roadmap import RoadmapStep
 from ..train import TrainConfig
-from ..train.loop import train
 from .scaling import scale_config
 
 DATASETS = {"fashion-mnist": "fashion_mnist", "synthetic": "synthetic"}
@@ -111,7 +110,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "aug.label_smoothing": 0.1, "reg.drop_path": 0.05, "reg.ema": False,
     },
 }
-RECIPE_OPTIMIZER = {"original": "SGD, momentum 0.9", "modern": "AdamW, betas (0.9, 0.999)"}
 
 # Shared by both recipes: a crop that keeps most of a 28 px garment, bilinear resizing (bicubic overshoots
 # on upsampled 28 px images), and evaluation on the whole resized image (crop ratio 1).
@@ -151,7 +149,3 @@ def train_config(step: RoadmapStep, seed: int, budget: StudyBudget, data: str, w
 def run_name(step: str, seed: int) -> str:
     return f"{step}-seed{seed}"
 
-
-def train_step(cfg: TrainConfig) -> dict[str, Any]:
-    """Train one (step, seed) run to completion; the engine's summary."""
-    return train(cfg)

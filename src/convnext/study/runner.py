@@ -29,9 +29,9 @@ import torch
 from ..checkpoint import atomic_write
 from ..errors import UsageError
 from ..models.roadmap import ROADMAP, RoadmapStep
-from ..train import TrainConfig
+from ..train import TrainConfig, train
 from ..data import load_dataset
-from .recipe import COMMON, DATASETS, RECIPE_OPTIMIZER, RECIPES, StudyBudget, run_name, train_config, train_step
+from .recipe import COMMON, DATASETS, RECIPES, StudyBudget, run_name, train_config
 from .report import write_outputs
 
 SETTINGS_NAME = "study.json"
@@ -69,8 +69,7 @@ def study_settings(budget: StudyBudget, data: str) -> dict[str, Any]:
     settings must never share records."""
     return {
         "budget": budget.to_dict(), "steps_per_run": budget.steps, "data": data,
-        "recipes": {name: {"optimizer": RECIPE_OPTIMIZER[name], **COMMON, **RECIPES[name]}
-                    for name in RECIPES},
+        "recipes": {name: {**COMMON, **RECIPES[name]} for name in RECIPES},
     }
 
 
@@ -109,7 +108,7 @@ def _train_run(cfg: TrainConfig, step: RoadmapStep, seed: int, out: Path, thread
     if threads > 0:
         torch.set_num_threads(threads)
     try:
-        summary = train_step(cfg)
+        summary = train(cfg)
     finally:  # in the caller's process the thread count must not leak into what runs next
         torch.set_num_threads(before)
     if summary["stopped_early"] or summary["final_val_top1"] is None:
