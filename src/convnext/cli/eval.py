@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -62,11 +60,8 @@ def evaluate_checkpoint(args) -> dict:
         raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     model, info = load_model(args.checkpoint, map_location=device, model_name=args.model)
     pre = info.preprocess
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", data_mod.BadImageWarning)
+    with data_mod.print_warnings_as_lines():
         ds = _dataset(args, pre.channels)
-    for w in caught:  # one plain line per unreadable file, as `train` prints them
-        print(f"warning: {w.message}", file=sys.stderr)
     bad_files = [{"path": str(b.path), "reason": b.reason} for b in getattr(ds, "bad_files", [])]
     classes = list(ds.classes)
     if model.cfg.num_classes != len(classes):

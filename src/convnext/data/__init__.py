@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from .fashion_mnist import FashionMNIST, read_idx
-from .folders import BadImageWarning, ImageFolder, scan_folder
+from .folders import BadImageWarning, ImageFolder, print_warnings_as_lines, scan_folder
 from .synthetic import SyntheticImages
 from .transforms import BatchMixer, SeededTransform, build_eval_transform, build_train_transform
 
@@ -57,5 +57,5 @@ def check_same_classes(train, val) -> None:
 __all__ = [
     "BadImageWarning", "BatchMixer", "DATASETS", "FASHION_MNIST_ROOT", "FashionMNIST", "ImageFolder",
     "SeededTransform", "SyntheticImages", "build_eval_transform", "build_train_transform", "check_same_classes",
-    "load_dataset", "read_idx", "scan_folder",
+    "load_dataset", "print_warnings_as_lines", "read_idx", "scan_folder",
 ]

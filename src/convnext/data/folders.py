@@ -8,7 +8,9 @@ modes (palette, RGBA, CMYK, 16-bit, grayscale) are converted to the channels the
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,17 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 class BadImageWarning(UserWarning):
     """A file in an image folder could not be used and was skipped."""
+
+
+@contextlib.contextmanager
+def print_warnings_as_lines():
+    """Collect the warnings raised inside (every BadImageWarning, not just the first of each), then
+    print each as one plain ``warning: ...`` line on stderr instead of Python's two-line format."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BadImageWarning)
+        yield
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
 
 
 @dataclass

@@ -9,7 +9,6 @@ import math
 import shutil
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,12 +180,9 @@ def build_data(cfg: TrainConfig) -> DataBundle:
         in_chans = 3
     kw = dict(root=d.root, channels=in_chans, strict=d.strict, verify=d.verify, synthetic_samples=d.synthetic_samples,
               synthetic_classes=d.synthetic_classes, image_size=d.image_size, seed=cfg.runtime.seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", data_mod.BadImageWarning)
+    with data_mod.print_warnings_as_lines():
         train = data_mod.load_dataset(d.dataset, "train", **kw)
         val = data_mod.load_dataset(d.dataset, "val", **kw)
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
     data_mod.check_same_classes(train, val)
     if len(train) == 0 or len(val) == 0:
         raise UsageError(f"data.dataset={d.dataset}: the {'train' if not len(train) else 'val'} split is empty")
