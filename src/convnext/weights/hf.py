@@ -81,14 +81,20 @@ def preprocessor_config(preprocess) -> dict[str, Any]:
     }
 
 
-def write_folder_files(folder: Path, model: nn.Module, info=None) -> None:
-    """Write config.json and preprocessor_config.json into ``folder`` (atomically, each)."""
-    from ..checkpoint import Preprocess, atomic_write
+def folder_files(model: nn.Module, info=None) -> dict[str, dict[str, Any]]:
+    """The folder's JSON files besides the weights; raises CheckpointError for a model transformers lacks."""
+    from ..checkpoint import Preprocess
 
     preprocess = info.preprocess if info is not None else Preprocess()
     class_names = info.class_names if info is not None else None
-    files = {CONFIG_NAME: model_config(model, class_names, preprocess.input_size),
-             PREPROCESSOR_NAME: preprocessor_config(preprocess)}
+    return {CONFIG_NAME: model_config(model, class_names, preprocess.input_size),
+            PREPROCESSOR_NAME: preprocessor_config(preprocess)}
+
+
+def write_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
+    """Write each file of ``folder_files`` into ``folder``, atomically."""
+    from ..checkpoint import atomic_write
+
     for name, content in files.items():
         text = json.dumps(content, indent=2) + "\n"
         atomic_write(folder / name, lambda tmp, text=text: Path(tmp).write_text(text))

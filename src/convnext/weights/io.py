@@ -375,9 +375,9 @@ def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "our
         # a from_pretrained-ready folder: weights, config.json and preprocessor_config.json
         if p.exists() and not p.is_dir():
             raise CheckpointError(f"{p} exists and is not a directory; choose a folder for the hf model")
-        hf.model_config(model)  # refuse before writing anything if transformers has no such model
+        files = hf.folder_files(model, info)  # refuses, before anything is written, a model transformers lacks
         weights = export_weights(model, p / hf.WEIGHTS_NAME, layout="hf", info=info)
-        hf.write_folder_files(p, model, info)
+        hf.write_files(p, files)
         return weights
     if p.suffix not in WEIGHT_SUFFIXES:
         raise CheckpointError(f"{p}: unknown weights file type {p.suffix!r}; name it with one of {', '.join(WEIGHT_SUFFIXES)}")
