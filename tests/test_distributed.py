@@ -35,18 +35,23 @@ def test_train_shards_are_equal_padded_permutations_and_resume_skips():
     assert list(ShardedSampler(size, 1, world, shuffle=True, seed=5, epoch=2, start=2)) == shards[1][2:]
 
 
+def torchrun_train(cfg_path) -> dict:
+    """`convnext train --config CFG --json` in 2 gloo processes under torchrun; its summary."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "convnext", "train", "--config", str(cfg_path), "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout[r.stdout.index("{"):])
+
+
 def test_two_process_gloo_run_matches_single_process(tmp_path):
     # 60 train samples: 2 ranks x 3 steps x 8 = 1 process x 3 steps x 16 (the same samples per step);
     # 15 val samples: shards of 8 and 7.
     common = {**NO_AUG, "data.synthetic_samples": 60, "opt.epochs": 1, "opt.warmup_epochs": 0.0}
     ddp_cfg = tmp_path / "ddp.yaml"
     tiny_config(tmp_path / "ddp", **common, **{"data.batch_size": 8}).save(ddp_cfg)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "convnext", "train", "--config", str(ddp_cfg), "--json"],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    ddp = json.loads(r.stdout[r.stdout.index("{"):])
+    ddp = torchrun_train(ddp_cfg)
     single = train(tiny_config(tmp_path / "single", **common, **{"data.batch_size": 16}))
     assert ddp["val_count"] == single["val_count"] == 15
     assert ddp["steps"] == single["steps"] == 3
@@ -70,11 +75,6 @@ def test_two_process_run_with_stochastic_depth_that_skips_dropped_samples(tmp_pa
     cfg = tmp_path / "ddp.yaml"
     tiny_config(tmp_path / "ddp", **NO_AUG, **{"data.synthetic_samples": 12, "data.batch_size": 2, "opt.epochs": 1,
                                                "opt.warmup_epochs": 0.0, "reg.drop_path": 0.9}).save(cfg)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "convnext", "train", "--config", str(cfg), "--json"],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    summary = torchrun_train(cfg)
     assert summary["steps"] == 3 and summary["skipped_steps"] == 0
     assert all(torch.isfinite(v).all() for v in weights(run_dir(tmp_path / "ddp") / "last.safetensors").values())
