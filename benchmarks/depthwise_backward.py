@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from convnext.models.layers import depthwise_weight_grad
+from convnext.train.accelerate import depthwise_weight_grad
 
 STAGES = [(96, 56), (192, 28), (384, 14), (768, 7)]  # ConvNeXt-T (channels, feature-map side) at 224 px
 DEPTHS = [3, 3, 9, 3]

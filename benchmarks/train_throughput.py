@@ -12,7 +12,7 @@ Loops, timed in alternating rounds so machine noise hits all alike:
                                     the same loop with each speed setting a timm user could turn on;
                                     "timm_best" in the result is the fastest of the four
   --ablation adds ours_stock_dwconv: the engine with PyTorch's own depthwise-conv backward, to show
-  what our depthwise weight gradient (models/layers.py) is worth.
+  what our depthwise weight gradient (train/accelerate.py) is worth.
 
 The machine is shared and noisy (single steps move by +-15 %), so the default is many short rounds
 (15 rounds of 1 step per loop) and the ratios are of medians; the ratios of the fastest step of each
@@ -54,7 +54,7 @@ def ours_step_fn(batch: int, amp: str, channels_last: bool, out: str, drop_path:
     trainer = Trainer(cfg, DistInfo())
     trainer.train_net.train()
     if stock_dwconv:
-        from convnext.models.layers import DepthwiseConv2d
+        from convnext.train.accelerate import DepthwiseConv2d
 
         for m in trainer.model.modules():
             if isinstance(m, DepthwiseConv2d):

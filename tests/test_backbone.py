@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import convnext
-from convnext.weights import export_weights, load_weights, read_weights
+from convnext.checkpoint import export_weights
+from convnext.weights import load_weights, read_weights
 from convnext.weights.layouts import from_ours
 
 SMALL = dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128))
@@ -172,3 +173,38 @@ def test_backbone_checkpoint_in_our_layout_round_trips(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert all(torch.equal(a, b) for a, b in zip(model(x), backbone(x)))
+
+
+@pytest.mark.parametrize("out_indices", [(0, 1, 2), (3,), (1, 2, 3)])
+def test_partial_out_indices_load_and_write_the_official_backbone_layout(tmp_path, out_indices):
+    # The official detection/segmentation backbone always carries norm0..norm3 and every stage.
+    full = randomize(convnext.create_model("convnext_atto", features_only=True, **SMALL))
+    official = from_ours(full.state_dict(), "official")
+    assert {f"norm{i}.weight" for i in range(4)} <= set(official)
+    path = tmp_path / "mmseg.pth"
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in official.items()}}, path)
+    part = convnext.create_model("convnext_atto", features_only=True, out_indices=out_indices, **SMALL)
+    report = load_weights(part, path)  # strict: the norms it does not use are reported, not a mismatch
+    unused = {f"feature_norms.{i}.{t}" for i in range(4) if i not in out_indices for t in ("weight", "bias")}
+    assert unused <= set(report.ignored) and not report.missing and not report.unexpected
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = [f for i, f in enumerate(full(x)) if i in out_indices]
+        assert all(torch.equal(a, b) for a, b in zip(part(x), expected))
+    # written back in the official layout, it has a norm for every stage it builds (fresh where unused),
+    # so a backbone built with every stage (what the official code builds for out_indices=[1, 2, 3])
+    # loads it strictly
+    out = export_weights(part, tmp_path / "part.pth", layout="official")
+    sd = torch.load(out, weights_only=True)["model"]
+    assert {f"norm{i}.weight" for i in range(len(part.stages))} <= set(sd)
+    for i in range(len(part.stages)):
+        if i not in out_indices:
+            assert torch.equal(sd[f"norm{i}.weight"], torch.ones(SMALL["dims"][i]))
+            assert torch.equal(sd[f"norm{i}.bias"], torch.zeros(SMALL["dims"][i]))
+    if len(part.stages) == 4:
+        strict = convnext.create_model("convnext_atto", features_only=True, **SMALL)
+        report = load_weights(strict, out, strict=True)
+        assert not report.missing and not report.unexpected and not report.ignored
+        with torch.no_grad():
+            feats = strict(x)
+            assert all(torch.equal(feats[i], f) for i, f in zip(out_indices, part(x)))

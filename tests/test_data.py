@@ -5,14 +5,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torchvision.transforms import v2
 from PIL import Image
 
 from convnext.data import (
     FASHION_MNIST_ROOT, BadImageWarning, BatchMixer, FashionMNIST, ImageFolder, SeededTransform,
-    SyntheticImages, build_eval_transform, build_train_transform, check_same_classes, load_dataset, read_idx,
+    SyntheticImages, build_train_transform, check_same_classes, eval_transform, load_dataset, read_idx,
 )
 from convnext.data.transforms import RandAugmentMstd
 from convnext.errors import UsageError
+from convnext.preprocess import Preprocess
 from convnext.train.config import AugmentConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::convnext.data.folders.BadImageWarning")
@@ -172,12 +174,15 @@ def test_train_and_eval_pipelines_shapes_and_channels():
     x = torch.randint(0, 256, (1, 28, 28), dtype=torch.uint8)
     y = tf(x)
     assert y.shape == (3, 32, 32) and y.dtype == torch.float32
-    ev = build_eval_transform(32, 1.0, "bilinear", (0.5,) * 3, (0.5,) * 3, channels=3, src_channels=1)
+    ev = eval_transform(Preprocess(input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3, crop_ratio=1.0,
+                                   interpolation="bilinear", channels=3), src_channels=1)
     z = ev(x)
     assert torch.equal(z[0], z[1]) and torch.equal(z[1], z[2])  # grayscale repeated
     # eval resize is size / crop_ratio: 224 / 0.875 = 256, then center crop 224
-    ev224 = build_eval_transform(224, 0.875, "bicubic", (0.5,), (0.5,), channels=1, src_channels=1)
-    assert ev224.transforms[1].size == [256] and ev224.transforms[2].size == (224, 224)
+    ev224 = eval_transform(Preprocess(input_size=224, mean=(0.5,), std=(0.5,), crop_ratio=0.875,
+                                      interpolation="bicubic", channels=1), src_channels=1)
+    resize, crop = (next(t for t in ev224.transforms if isinstance(t, kind)) for kind in (v2.Resize, v2.CenterCrop))
+    assert resize.size == [256] and crop.size == (224, 224)
     assert ev224(torch.zeros(1, 300, 400, dtype=torch.uint8)).shape == (1, 224, 224)
 
 

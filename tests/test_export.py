@@ -12,7 +12,7 @@ from convnext.infer.export import (
     export_checkpoint,
     read_export_metadata,
 )
-from convnext.infer.images import load_batch
+from convnext.data.images import load_batch
 
 from infer_fixtures import CLASSES, checkpoint, fashion  # noqa: F401
 

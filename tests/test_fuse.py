@@ -156,7 +156,9 @@ def _expected_counts(cfg: ArchConfig) -> dict:
         counts["norm_affine_into_conv" if not bn else "bn_into_conv"] += len(cfg.dims) - 1
     if cfg.layer_scale_init:
         counts["gamma_into_conv"] = blocks
-    if cfg.layout == "dwconv_first" and cfg.norms == "single" and cfg.activations == "single":
+    # FastBlock: dwconv first, one activation, and no norm left after the 1x1 convs (a single norm, or
+    # per-conv BatchNorms, which fold away entirely)
+    if cfg.layout == "dwconv_first" and cfg.activations == "single" and (cfg.norms == "single" or bn):
         counts["fast_blocks"] = blocks - projections
     return counts
 

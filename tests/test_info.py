@@ -90,7 +90,7 @@ def test_info_and_predict_on_foreign_timm_file_with_model_flag(tmp_path, capsys)
     from PIL import Image
     from skimage import data
 
-    from convnext.weights import export_weights
+    from convnext.checkpoint import export_weights
 
     model = convnext.create_model("convnext_atto", num_classes=7).eval()
     path = export_weights(model, tmp_path / "atto_timm.pth", layout="timm")

@@ -17,7 +17,8 @@ from convnext.checkpoint import load_model, save_model, ModelInfo
 from convnext.cli import main as cli_main
 from convnext.errors import CheckpointError
 from convnext.models import get_config, list_models
-from convnext.weights import LAYOUTS, detect_layout, export_weights, load_weights, read_weights
+from convnext.checkpoint import export_weights
+from convnext.weights import LAYOUTS, detect_layout, load_weights, read_weights
 from convnext.weights.layouts import from_ours, to_ours
 
 timm = pytest.importorskip("timm")

@@ -8,7 +8,8 @@ from PIL import Image
 from convnext.checkpoint import load_model
 from convnext.cli import main
 from convnext.errors import UsageError
-from convnext.infer.images import ImageError, collect_images, eval_transform, load_image
+from convnext.data.images import ImageError, collect_images, load_image
+from convnext.data.transforms import eval_transform
 from convnext.infer.predict import Predictor, predict
 from convnext.checkpoint import Preprocess
 

@@ -32,7 +32,8 @@ from convnext.errors import CheckpointError, UsageError
 from convnext.models import ConvNeXt, create_model
 from convnext.train.logging import read_metrics
 from convnext.train.state import PREV_NAME, STATE_NAME, find_resume_state, load_train_state
-from convnext.weights import export_weights, load_weights
+from convnext.checkpoint import export_weights
+from convnext.weights import load_weights
 from reliability_helpers import (STEPS_PER_EPOCH, popen_convnext, run_convnext, snapshot, train_argv,
                                  write_hostile_legacy, write_hostile_zip)
 
@@ -354,6 +355,8 @@ def _disk_full_after(n_bytes: int):
 def test_full_disk_keeps_the_previous_checkpoint_and_says_so(where, reference, tmp_path, capsys, monkeypatch):
     import safetensors.torch
 
+    from convnext import checkpoint
+
     run = tmp_path / "run"
     kept: dict[str, bytes] = {}
     calls = {"n": 0}
@@ -370,7 +373,8 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(where, reference, t
         return save
 
     monkeypatch.setattr(torch, "save", fill_up_on_the_third_save(real_torch_save))
-    monkeypatch.setattr(safetensors.torch, "save_file", fill_up_on_the_third_save(real_save_file))
+    # checkpoint.py binds safetensors' save_file at import: patch the name save_model calls
+    monkeypatch.setattr(checkpoint, "save_file", fill_up_on_the_third_save(real_save_file))
     rc, _, err = run_cli(train_argv(tmp_path, *FULL_AUG), capsys)
     assert rc == 1
     line = one_line(err)

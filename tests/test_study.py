@@ -2,25 +2,32 @@
 
 Training runs use the micro budget (4 optimizer steps per run, 1/16 widths, 32 px)."""
 
+import ast
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import convnext.study
 from convnext.cli import main
+from convnext.data.datasets import DATASETS
 from convnext.errors import UsageError
 from convnext.models.roadmap import RESNET50, ROADMAP
-from convnext.study import (BUDGETS, StudyPlan, config_diff, get_budget, parent_step, read_records, run_study,
-                            scale_config, select_steps, train_config)
+from convnext.study import (BUDGETS, STUDY_DATASETS, StudyPlan, config_diff, get_budget, parent_step, read_records,
+                            run_study, scale_config, select_steps, study_data, study_settings, train_config)
+from convnext.study.recipe import data_channels
+from convnext.study.runner import _check_settings
 from convnext.study.scaling import WIDTH_FIELDS
 from convnext.train.loop import Trainer
 from convnext.train.state import load_train_state
 
 TWO_STEPS = ("resnet50", "roadmap_modern_recipe")
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+COMMITTED_STUDY = Path(__file__).resolve().parents[1] / "results" / "roadmap"
 
 
 # ---- scaling ------------------------------------------------------------------------------------
@@ -63,20 +70,65 @@ def test_scaling_refuses_multipliers_that_round_widths(mult):
 
 def test_parent_steps_follow_the_paper():
     parents = {s.name: (parent_step(i).name if i else None) for i, s in enumerate(ROADMAP)}
+    assert parents == {s.name: s.parent for s in ROADMAP}  # the roadmap's own word, not a guess
+    assert parents["resnet50"] is None
     assert parents["roadmap_modern_recipe"] == "resnet50"
-    assert parents["roadmap_kernel5"] == "roadmap_move_up"
-    assert parents["roadmap_kernel7"] == "roadmap_kernel5"
-    assert parents["roadmap_kernel11"] == "roadmap_kernel9"
+    # every kernel size is tried from the kernel-3 move-up step; GELU continues from kernel 7, the one kept
+    for k in (5, 7, 9, 11):
+        assert parents[f"roadmap_kernel{k}"] == "roadmap_move_up"
     assert parents["roadmap_gelu"] == "roadmap_kernel7"
     assert parents["roadmap_separate_downsampling"] == "roadmap_layernorm"
+
+
+# the ArchConfig fields each step's change touches, read off its `change` text
+CHANGED_FIELDS = {
+    "roadmap_modern_recipe": {"layer_scale_init"}, "roadmap_stage_ratio": {"depths"}, "roadmap_patchify": {"stem"},
+    "roadmap_depthwise": {"depthwise"}, "roadmap_width96": {"dims", "stem_dim"},
+    "roadmap_inverted": {"dims", "mlp_ratio", "stem_dim"}, "roadmap_move_up": {"layout"},
+    "roadmap_kernel5": {"kernel_size"}, "roadmap_kernel7": {"kernel_size"}, "roadmap_kernel9": {"kernel_size"},
+    "roadmap_kernel11": {"kernel_size"}, "roadmap_gelu": {"activation"}, "roadmap_fewer_activations": {"activations"},
+    "roadmap_fewer_norms": {"norms"}, "roadmap_layernorm": {"norm", "conv_bias"},
+    "roadmap_separate_downsampling": {"downsample", "head_norm"},
+}
+
+
+def test_every_step_is_its_parent_plus_exactly_its_change():
+    index = {s.name: i for i, s in enumerate(ROADMAP)}
+    assert set(CHANGED_FIELDS) == set(index) - {"resnet50"}
+    for i, step in enumerate(ROADMAP[1:], start=1):
+        assert step.parent in index and index[step.parent] < i, step.name  # the parent comes first
+        parent = ROADMAP[index[step.parent]]
+        diff = config_diff(parent.config, step.config)
+        assert diff and set(diff) == CHANGED_FIELDS[step.name], (step.name, sorted(diff))
+        # nothing else moved: the parent's config with the changed fields set is the step's config
+        assert parent.config.replace(**{k: after for k, (_, after) in diff.items()}) == step.config
+
+
+def test_study_modules_import_each_other_one_way():
+    # every import counts, including those under TYPE_CHECKING and inside functions
+    folder = Path(convnext.study.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {a.name for a in node.names}
+        graph[path.stem] = deps & {p.stem for p in folder.glob("*.py")}
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in graph[start])
+
+    cyclic = sorted(m for m in graph if reaches(m, m))
+    assert not cyclic, {m: graph[m] for m in cyclic}
+    assert "report" in graph["runner"] and "runner" not in graph["report"]
 
 
 # ---- recipes --------------------------------------------------------------------------------------
 
 def test_recipes_differ_as_the_paper_says(tmp_path):
     budget = get_budget("cpu")
-    original = train_config(ROADMAP[0], 0, budget, "fashion-mnist", tmp_path)
-    modern = train_config(ROADMAP[1], 0, budget, "fashion-mnist", tmp_path)
+    original = train_config(ROADMAP[0], 0, budget, "fashion_mnist", tmp_path)
+    modern = train_config(ROADMAP[1], 0, budget, "fashion_mnist", tmp_path)
     assert original.model.overrides == {"dims": [32, 64, 128, 256], "stem_dim": 8}
     for cfg in (original, modern):  # same data, resolution, steps and seed handling
         assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.limit_train, cfg.opt.epochs) == (64, 32, 5120, 1)
@@ -93,7 +145,7 @@ def test_recipes_differ_as_the_paper_says(tmp_path):
 def test_every_budget_gives_every_step_a_valid_engine_config(tmp_path, budget):
     b = get_budget(budget)
     for step in ROADMAP:
-        cfg = train_config(step, 1, b, "fashion-mnist", tmp_path).validate()
+        cfg = train_config(step, 1, b, "fashion_mnist", tmp_path).validate()
         assert cfg.runtime.run_name == f"{step.name}-seed1" and cfg.runtime.seed == 1
         assert cfg.model.overrides["dims"] == [d * b.width_mult for d in step.config.dims]
 
@@ -106,6 +158,44 @@ def test_bad_budget_and_steps_are_refused():
     with pytest.raises(UsageError, match="unknown roadmap step"):
         select_steps(["resnet50", "roadmap_kernel13"])
     assert [s.name for s in select_steps(["roadmap_modern_recipe", "resnet50"])] == list(TWO_STEPS)
+
+
+def test_study_data_are_registry_datasets(tmp_path):
+    assert set(STUDY_DATASETS) <= set(DATASETS)
+    assert data_channels("fashion_mnist") == DATASETS["fashion_mnist"].channels == 1
+    assert data_channels("synthetic") == 3  # drawn in whatever count the model takes: RGB here
+    for name in STUDY_DATASETS:
+        assert train_config(ROADMAP[0], 0, get_budget("micro"), name, tmp_path).data.dataset == name
+    # the hyphenated spelling of earlier versions still names Fashion-MNIST, and only that
+    assert study_data("fashion-mnist") == "fashion_mnist" and data_channels("fashion-mnist") == 1
+    assert train_config(ROADMAP[0], 0, get_budget("micro"), "fashion-mnist", tmp_path).data.dataset == "fashion_mnist"
+    for bad in ("folder", "mnist", "fashion mnist"):
+        with pytest.raises(UsageError, match="not supported by the study"):
+            study_data(bad)
+
+
+@pytest.mark.skipif(not (COMMITTED_STUDY / "study.json").exists(), reason="no committed study")
+def test_the_committed_study_still_resumes_under_its_recorded_settings(tmp_path):
+    # results/roadmap/study.json was written before the registry names (data "fashion-mnist") and before
+    # the optimizer became engine config; it is still the study `--budget cpu --data fashion_mnist` makes
+    today = study_settings(get_budget("cpu"), "fashion_mnist")
+    old_form = {**today, "data": "fashion-mnist", "recipes": {
+        "original": {"optimizer": "SGD, momentum 0.9",
+                     **{k: v for k, v in today["recipes"]["original"].items() if k != "opt.optimizer"}},
+        "modern": {"optimizer": "AdamW, betas (0.9, 0.999)",
+                   **{k: v for k, v in today["recipes"]["modern"].items() if k != "opt.optimizer"}}}}
+    for name, write in (("committed", lambda p: shutil.copy(COMMITTED_STUDY / "study.json", p)),
+                        ("old_form", lambda p: p.write_text(json.dumps(old_form)))):
+        out = tmp_path / name
+        out.mkdir()
+        write(out / "study.json")
+        recorded = (out / "study.json").read_text()
+        for data in ("fashion_mnist", "fashion-mnist"):
+            _check_settings(out, study_settings(get_budget("cpu"), data))
+        assert (out / "study.json").read_text() == recorded  # read in today's form, never rewritten
+        for budget, data in ((get_budget("cpu").replace(epochs=2), "fashion_mnist"), (get_budget("cpu"), "synthetic")):
+            with pytest.raises(UsageError, match="different settings"):
+                _check_settings(out, study_settings(budget, data))
 
 
 # ---- the study: resume, skip, outputs -------------------------------------------------------------
@@ -246,7 +336,7 @@ def test_parallel_jobs_train_every_run_once(tmp_path):
 @pytest.mark.skipif(not FASHION_MNIST.exists(), reason="Fashion-MNIST is not installed")
 def test_cli_runs_a_micro_study_on_fashion_mnist(tmp_path, capsys):
     out, work = tmp_path / "study", tmp_path / "work"
-    args = ["study", "roadmap", "--data", "fashion-mnist", "--budget", "micro", "--seeds", "1",
+    args = ["study", "roadmap", "--data", "fashion_mnist", "--budget", "micro", "--seeds", "1",
             "--steps", "roadmap_separate_downsampling", "--out", str(out), "--work-dir", str(work), "--threads", "1"]
     threads = torch.get_num_threads()
     assert main(args) == 0
@@ -255,10 +345,11 @@ def test_cli_runs_a_micro_study_on_fashion_mnist(tmp_path, capsys):
     assert "study complete: 1/1 runs" in printed and str(out / "results.md") in printed
     results = json.loads((out / "results.json").read_text())
     (row,) = results["steps"]
-    assert results["command"] == ("convnext study roadmap --data fashion-mnist --budget micro --seeds 1 "
+    assert results["command"] == ("convnext study roadmap --data fashion_mnist --budget micro --seeds 1 "
                                   "--steps roadmap_separate_downsampling")
     assert row["name"] == "roadmap_separate_downsampling" and row["paper_top1"] == 82.0
     assert 0 <= row["top1"][0] <= 100 and results["in_chans"] == 1
+    assert results["settings"]["data"] == json.loads((out / "study.json").read_text())["data"] == "fashion_mnist"
     assert read_records(out)[0]["val_count"] == get_budget("micro").val_images
     assert sorted(os.listdir(out)) == ["log.jsonl", "records", "results.json", "results.md", "roadmap.png",
                                        "study.json"]

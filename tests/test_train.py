@@ -12,7 +12,9 @@ from convnext.models.layers import LayerNorm2d
 from convnext.train import TrainConfig, TrainingDiverged, load_config, lr_at, param_groups, preset, train
 from convnext.train.config import read_config_file
 from convnext.train.logging import read_metrics
-from convnext.train.loop import Trainer, build_model, make_ema
+from convnext.train.ema import make_ema
+from convnext.train.loop import Trainer
+from convnext.train.model import build_model
 from convnext.train.optim import build_optimizer, build_scheduler
 from convnext.train.state import find_resume_state, load_train_state
 from train_helpers import NO_AUG, comparable, run_dir, tiny_config, weights
@@ -244,7 +246,7 @@ def test_ema_warmup_equals_hand_computed_average():
         torch.testing.assert_close(ema.module.state_dict()[key], hand, rtol=0, atol=1e-6)
     assert int(ema.module[1].num_batches_tracked) == 4  # integer buffers follow the model
     # later updates settle on the configured decay
-    from convnext.train.loop import ema_warmup_decay
+    from convnext.train.ema import ema_warmup_decay
     assert ema_warmup_decay(0.9, 1000) == 0.9 and ema_warmup_decay(0.9999, 0) == pytest.approx(0.1)
 
 
@@ -360,7 +362,7 @@ def test_init_from_rgb_checkpoint_fine_tunes_grayscale_model_with_new_head(tmp_p
     # model.init goes through load_weights: a 3-channel, 10-class checkpoint initialises a 1-channel,
     # 4-class model (stem kernels summed over RGB, fresh head), each adaptation announced.
     from convnext.checkpoint import save_model
-    from convnext.train.loop import _load_init_weights
+    from convnext.train.model import load_init_weights
     from train_helpers import TINY_ARCH
 
     src = create_model("convnext_atto", num_classes=10, **{k: tuple(v) for k, v in TINY_ARCH.items()})
@@ -368,7 +370,7 @@ def test_init_from_rgb_checkpoint_fine_tunes_grayscale_model_with_new_head(tmp_p
     cfg = tiny_config(tmp_path / "out")
     model = build_model(cfg, 4, 1)
     with pytest.warns(UserWarning) as caught:
-        _load_init_weights(model, str(tmp_path / "rgb.safetensors"))
+        load_init_weights(model, str(tmp_path / "rgb.safetensors"))
     text = " ".join(str(w.message) for w in caught)
     assert "stem kernel adapted from 3 to 1" in text and "head.fc keeps its fresh initialisation" in text
     torch.testing.assert_close(model.stem.conv.weight, src.stem.conv.weight.sum(1, keepdim=True))

@@ -129,7 +129,8 @@ def test_disk_full_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypat
     if target == "state":
         monkeypatch.setattr("convnext.train.state.torch.save", full_disk)
     else:
-        monkeypatch.setattr("safetensors.torch.save_file", lambda tensors, path, metadata=None: full_disk(0, path))
+        # checkpoint.py binds safetensors' save_file at import: patch the name save_model calls
+        monkeypatch.setattr("convnext.checkpoint.save_file", lambda tensors, path, metadata=None: full_disk(0, path))
     with pytest.raises(CheckpointWriteError, match=r"No space left on device.*previous checkpoint is intact.*"
                                                    r"--resume auto"):
         train(cfg.replace({"runtime.resume": "auto"}))

@@ -3,6 +3,7 @@ nothing written."""
 
 from __future__ import annotations
 
+import collections
 import io
 import pickle
 import re
@@ -13,10 +14,10 @@ import pytest
 import torch
 
 import convnext
-from convnext.checkpoint import load_model, save_model
+from convnext.checkpoint import export_weights, load_model, save_model
 from convnext.cli import main as cli_main
 from convnext.errors import CheckpointError
-from convnext.weights import export_weights, load_weights
+from convnext.weights import load_weights
 
 SMALL = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128))
 SRC = Path(convnext.__file__).parent
@@ -180,3 +181,54 @@ def test_weights_only_still_reads_ordinary_checkpoints(tmp_path):
     again = convnext.create_model("convnext_atto", **SMALL)
     assert load_weights(again, path).layout == "ours"
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
+def test_refused_or_damaged_is_decided_from_the_file_not_from_torchs_wording(tmp_path, monkeypatch, good_files):
+    # torch rewords its weights-only errors between releases; the verdict must not move with it
+    model, pth, _ = good_files
+    (zipped, raw), marker = _hostile_files(tmp_path)
+    legacy = tmp_path / "hostile_legacy.pt"  # the pre-zip torch.save format: five pickles, then storages
+    torch.save({"stem.conv.weight": torch.zeros(1), "evil": _CreatesFile(marker)}, legacy,
+               _use_new_zipfile_serialization=False)
+    memoized = tmp_path / "protocol4.pkl"  # STACK_GLOBAL; the second "collections" is a memo read
+    memoized.write_bytes(pickle.dumps([collections.OrderedDict(), collections.Counter(), _CreatesFile(marker)],
+                                      protocol=4))
+    half = tmp_path / "half.pth"
+    half.write_bytes(pth.read_bytes()[: pth.stat().st_size // 2])
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    cut = tmp_path / "cut_hostile.bin"  # a hostile stream cut short is damage: it is no pickle at all
+    cut.write_bytes(raw.read_bytes()[:-3])
+
+    def reworded(*args, **kwargs):
+        assert kwargs.get("weights_only") is True
+        raise pickle.UnpicklingError("something reworded")
+
+    monkeypatch.setattr(torch, "load", reworded)
+    # each named by the first global the weights-only unpickler would not build; a tensor pickled with
+    # plain pickle (the bare file) goes through torch.storage._load_from_bytes, itself an unsafe load
+    for path, name in ((zipped, "io.open"), (raw, "torch.storage._load_from_bytes"), (legacy, "io.open"),
+                       (memoized, "io.open")):
+        with pytest.raises(CheckpointError) as e:
+            load_weights(model, path)
+        _one_clear_line(path, str(e.value), f"{path}: refused: unpickling this file would import and call {name};",
+                        "weights_only=True")
+    for path in (half, garbage, cut):
+        with pytest.raises(CheckpointError) as e:
+            load_weights(model, path)
+        _one_clear_line(path, str(e.value), "not a readable PyTorch checkpoint", "truncated or corrupt")
+        assert "reworded" not in str(e.value)
+    # a sound pickle of tensors that the weights-only unpickler still rejects is not called damaged
+    with pytest.raises(CheckpointError) as e:
+        load_weights(model, pth)
+    _one_clear_line(pth, str(e.value), "refused: unpickling this file would use pickle instructions beyond")
+    # other failures over a sound pickle are damage elsewhere (a tensor record); torch's advice to turn
+    # weights_only off is never passed on
+    for text, shown in (("record data/0 is cut short", "record data/0 is cut short"),
+                        ("reload with weights_only=False", "RuntimeError")):
+        monkeypatch.setattr(torch, "load", lambda *a, _t=text, **k: (_ for _ in ()).throw(RuntimeError(_t)))
+        with pytest.raises(CheckpointError) as e:
+            load_weights(model, pth)
+        _one_clear_line(pth, str(e.value), f"not a readable PyTorch checkpoint ({shown})", "re-download")
+        assert "weights_only=False" not in str(e.value)
+    assert not marker.exists()

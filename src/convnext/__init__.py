@@ -1,35 +1,54 @@
-"""ConvNeXt ("A ConvNet for the 2020s") and every network of the paper's modernization roadmap."""
+"""ConvNeXt ("A ConvNet for the 2020s") and every network of the paper's modernization roadmap.
 
-from .models import (
-    ROADMAP,
-    ArchConfig,
-    ConvNeXt,
-    count_flops,
-    count_params,
-    create_model,
-    get_config,
-    list_models,
-)
+The public API, loaded lazily: ``import convnext`` (or ``convnext.models``) does not pull in PIL,
+ONNX export, the training engine or the checkpoint code until one of their names is used.
+"""
 
-from .infer.export import export_checkpoint
-from .infer.fuse import optimize_for_inference
-from .infer.predict import predict
-from .weights import export_weights, load_weights
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ROADMAP",
-    "ArchConfig",
-    "ConvNeXt",
-    "count_flops",
-    "count_params",
-    "create_model",
-    "export_checkpoint",
-    "export_weights",
-    "get_config",
-    "list_models",
-    "load_weights",
-    "optimize_for_inference",
-    "predict",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "ROADMAP": "convnext.models",
+    "ArchConfig": "convnext.models",
+    "ConvNeXt": "convnext.models",
+    "count_flops": "convnext.models",
+    "count_params": "convnext.models",
+    "get_config": "convnext.models",
+    "list_models": "convnext.models",
+    "create_model": "convnext.checkpoint",
+    "export_weights": "convnext.checkpoint",
+    "load_model": "convnext.checkpoint",
+    "save_model": "convnext.checkpoint",
+    "load_weights": "convnext.weights",
+    "export_checkpoint": "convnext.infer.export",
+    "optimize_for_inference": "convnext.infer.fuse",
+    "predict": "convnext.infer.predict",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'convnext' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads these on first use
+    from .checkpoint import create_model, export_weights, load_model, save_model
+    from .infer.export import export_checkpoint
+    from .infer.fuse import optimize_for_inference
+    from .infer.predict import predict
+    from .models import ROADMAP, ArchConfig, ConvNeXt, count_flops, count_params, get_config, list_models
+    from .weights import load_weights

@@ -15,45 +15,26 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from .errors import CheckpointError
+from .files import atomic_write
 from .models import ArchConfig, ConvNeXt
+from .models import create_model as build_model
+from .preprocess import Preprocess, default_preprocess
+from .weights import hf
+from .weights.io import (Weights, describe_architecture, guess_model_name, load_weights, plain_state_dict, read_weights,
+                         resolve_weights_path, timm_conv_mlp, write_weights)
 
 METADATA_KEY = "convnext"
 FORMAT_VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class Preprocess:
-    """How images must be prepared for this model (what predict/eval/export apply)."""
-
-    input_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    # Eval resize: shorter side to input_size / crop_ratio, then center crop input_size (256 -> 224).
-    crop_ratio: float = 0.875
-    interpolation: str = "bicubic"
-    channels: int = 3
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
-        d = dict(d)
-        d["mean"], d["std"] = tuple(d.get("mean", IMAGENET_MEAN)), tuple(d.get("std", IMAGENET_STD))
-        return cls(**d)
 
 
 @dataclass
@@ -89,71 +70,17 @@ class ModelInfo:
         )
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``.
-
-    A crash (or a full disk) at any point leaves either the old file or the new one, never a torn file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp (and some writers) create 0600; a checkpoint gets what any new file would (umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
-
-
-def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    # safetensors wants contiguous, non-shared CPU tensors
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-
-
 def save_model(model: ConvNeXt, path: str | os.PathLike, info: ModelInfo | None = None) -> Path:
     """Write ``model`` (weights + metadata) to a ``.safetensors`` file, atomically."""
-    from safetensors.torch import save_file
-
     if info is None:
         info = ModelInfo(config=model.cfg)
     metadata = {METADATA_KEY: info.to_json(), "format": "pt"}
-    state = _plain_state_dict(model)
+    state = plain_state_dict(model)
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
-
-
-def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        for candidate in ("model.safetensors", "best.safetensors", "last.safetensors"):
-            if (p / candidate).is_file():
-                return p / candidate
-        raise CheckpointError(f"{p}: directory holds no model.safetensors; pass the checkpoint file itself")
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such checkpoint file; check the path")
-    return p
 
 
 def _read_convnext_metadata(p: Path) -> ModelInfo | None:
     """The convnext metadata of a safetensors file, or None when it has none (or is not safetensors)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
@@ -169,7 +96,7 @@ def _read_convnext_metadata(p: Path) -> ModelInfo | None:
 
 def read_info(path: str | os.PathLike) -> ModelInfo:
     """Read only the metadata of a checkpoint written by ``save_model``."""
-    p = resolve_checkpoint_path(path)
+    p = resolve_weights_path(path)
     info = _read_convnext_metadata(p)
     if info is None:
         raise CheckpointError(
@@ -193,9 +120,6 @@ def load_model(
     ``in_chans`` defaulting to the file's. ``overrides`` (ArchConfig fields, ``features_only``,
     ``out_indices``) also apply to our own checkpoints, e.g. ``num_classes=N`` to fine-tune.
     """
-    from .models import create_model
-    from .weights.io import guess_model_name, read_weights, resolve_weights_path
-
     p = resolve_weights_path(path)
     weights = read_weights(p)  # first: it gives the clearest message for empty or damaged files
     info = _read_convnext_metadata(p) if p.suffix == ".safetensors" else None
@@ -208,22 +132,87 @@ def load_model(
                 f"unknown; pass --model NAME (in Python: load_model(path, model_name=NAME)){hint}"
             )
         model = create_model(model_name, pretrained=weights, **overrides)
-        info = ModelInfo(config=model.cfg, name=model_name, preprocess=_default_preprocess(model.cfg.in_chans))
+        info = ModelInfo(config=model.cfg, name=model_name, preprocess=default_preprocess(model.cfg.in_chans))
     else:
         model = create_model(info.config, pretrained=weights, **overrides)
         if model.cfg != info.config:
             if model.cfg.in_chans != info.config.in_chans:
-                info.preprocess = _default_preprocess(model.cfg.in_chans)
+                info.preprocess = default_preprocess(model.cfg.in_chans)
             if info.class_names is not None and len(info.class_names) != model.cfg.num_classes:
                 info.class_names = None
             info.config = model.cfg
     return model.to(map_location).eval(), info
 
 
-def _default_preprocess(channels: int) -> Preprocess:
-    # ImageNet statistics; for other channel counts their channel average (the stem was adapted
-    # from RGB kernels, see convnext.weights.io).
-    if channels == 3:
-        return Preprocess()
-    mean, std = sum(IMAGENET_MEAN) / 3, sum(IMAGENET_STD) / 3
-    return Preprocess(mean=(mean,) * channels, std=(std,) * channels, channels=channels)
+def create_model(
+    name: str | ArchConfig,
+    pretrained: str | os.PathLike | Weights | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] | None = None,
+    **overrides: Any,
+) -> ConvNeXt:
+    """Build a model by registered name (or from an ArchConfig), with ArchConfig fields overridden.
+
+    ``pretrained``: a local weights file in any layout ``convnext.load_weights`` reads (nothing is
+    downloaded). ``num_classes`` and ``in_chans`` default to the file's; passing them fine-tunes
+    (fresh head / adapted stem, with a warning). ``features_only=True`` builds a backbone returning
+    the stage outputs in ``out_indices`` (see ``ConvNeXt.feature_info``).
+
+    >>> model = create_model("convnext_tiny", num_classes=10, drop_path_rate=0.1)
+    >>> backbone = create_model("convnext_tiny", features_only=True, out_indices=(1, 2, 3))
+    """
+    weights = None
+    if pretrained is not None:
+        weights = read_weights(pretrained)
+        found = describe_architecture(weights.state)
+        for key in ("num_classes", "in_chans"):
+            if key in found and key not in overrides:
+                overrides[key] = found[key]
+    model = build_model(name, features_only=features_only, out_indices=out_indices, **overrides)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "ours", info: ModelInfo | None = None,
+                   conv_mlp: bool | None = None) -> Path:
+    """Write ``model``'s weights in ``layout`` to ``path`` (atomically).
+
+    The suffix picks the file format: ``.safetensors`` (the default for our own layout, which then
+    carries convnext metadata so ``load_model`` needs nothing else; ``info`` is that metadata), or
+    ``.pth``/``.pt``/``.bin`` via ``torch.save`` (official layout wrapped as ``{"model": ...}`` as
+    released). With ``layout="hf"`` a directory (or a path without suffix) becomes a Hugging Face model
+    folder: ``model.safetensors`` plus the ``config.json`` and ``preprocessor_config.json`` that
+    ``transformers``' ``from_pretrained`` reads. ``conv_mlp`` (timm only) keeps 1x1 convs as timm's
+    atto..nano have them; by default it follows timm's choice for the model's depths and dims.
+    """
+    p = Path(path)
+    if layout == "hf" and hf.is_folder_target(p):
+        # a from_pretrained-ready folder: weights, config.json and preprocessor_config.json
+        if p.exists() and not p.is_dir():
+            raise CheckpointError(f"{p} exists and is not a directory; choose a folder for the hf model")
+        files = hf.folder_files(model, info)  # refuses, before anything is written, a model transformers lacks
+        weights = export_weights(model, p / hf.WEIGHTS_NAME, layout="hf", info=info)
+        hf.write_files(p, files)
+        return weights
+    if layout == "ours" and p.suffix == ".safetensors" and not getattr(model, "features_only", False):
+        return save_model(model, p, info)
+    if layout == "timm" and conv_mlp is None:
+        conv_mlp = timm_conv_mlp(model.cfg)
+    state = plain_state_dict(model)
+    if layout == "official" and getattr(model, "features_only", False):
+        state = _with_every_feature_norm(model, state)
+    return write_weights(state, p, layout, conv_mlp=bool(conv_mlp))
+
+
+def _with_every_feature_norm(backbone: ConvNeXt, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official detection/segmentation backbone builds norm{i} for every stage whatever its out_indices:
+    give the stages our backbone does not output the fresh norm (weight 1, bias 0) that code would start from."""
+    if backbone.cfg.norm != "layernorm":
+        return state
+    state = dict(state)
+    for i in range(len(backbone.stages)):
+        if f"feature_norms.{i}.weight" not in state:
+            state[f"feature_norms.{i}.weight"] = torch.ones(backbone.cfg.dims[i])
+            state[f"feature_norms.{i}.bias"] = torch.zeros(backbone.cfg.dims[i])
+    return state

@@ -13,3 +13,9 @@ def check_choice(where: str, value: object, allowed: tuple[str, ...]) -> None:
     """Raise UsageError("<where>=<value> is not valid; use one of ...") unless value is allowed."""
     if value not in allowed:
         raise UsageError(f"{where}={value!r} is not valid; use one of {', '.join(allowed)}")
+
+
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's text on one line, cut to ``limit`` characters (its type name when it has no text)."""
+    text = " ".join(str(e).split())
+    return (text[:limit] + "...") if len(text) > limit else (text or type(e).__name__)

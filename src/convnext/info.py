@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import ModelInfo, read_info
+from .checkpoint import ModelInfo, load_model, read_info
 from .errors import CheckpointError, UsageError
 from .models import ArchConfig, ConvNeXt, count_flops, count_params, get_entry
 
@@ -94,8 +94,6 @@ def _resolve(source: str | os.PathLike, model_name: str | None) -> tuple[ArchCon
             pass
         # Not our checkpoint: load_model knows the foreign layouts (the weights tell num_classes / in_chans)
         # and, without model_name, says which --model the file needs.
-        from .checkpoint import load_model
-
         _, info = load_model(text, model_name=model_name)
         return info.config, info.name or model_name, info
     if text.endswith((".safetensors", ".pth", ".pt", ".bin")) or os.sep in text:

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 from .errors import UsageError
 
 METRICS_FILE = "metrics.jsonl"

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..infer.benchmark import PEERS, format_table, run_benchmark
 
 

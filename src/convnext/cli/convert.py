@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model
+from ..checkpoint import export_weights, load_model
 from ..errors import UsageError
-from ..weights import LAYOUTS, export_weights, hf, read_weights
+from ..weights import LAYOUTS, hf, read_weights
 from ..weights.io import resolve_weights_path
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
+from ..models.summary import roadmap_rows
 from ..plots import plot_roadmap, plot_run
 
 
@@ -39,8 +40,6 @@ def _read_study(path: Path):
 
 def run(args) -> int:
     if args.roadmap:
-        from ..models.summary import roadmap_rows
-
         if args.size < 32:
             raise UsageError(f"--size {args.size} is smaller than the networks' total stride 32; use 32 or more")
         study = None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from ..study.recipe import BUDGETS, DATASETS, get_budget
-from ..study.runner import StudyPlan, run_study, select_steps
+from ..study.plan import StudyPlan, select_steps
+from ..study.recipe import BUDGETS, DATA_ALIASES, STUDY_DATASETS, get_budget
+from ..study.runner import run_study
 
 
 def register(sub, formatter) -> None:
@@ -21,7 +22,8 @@ def register(sub, formatter) -> None:
     r = studies.add_parser("roadmap", help="the modernization roadmap", formatter_class=formatter,
                            description="Every (step, seed) is one training run of the engine. A finished run is "
                                        "never redone; an interrupted one resumes from its last checkpoint.")
-    r.add_argument("--data", choices=list(DATASETS), default="fashion-mnist", help="training data")
+    r.add_argument("--data", type=_data_name, choices=STUDY_DATASETS, default="fashion_mnist",
+                   help="training data (the old spelling fashion-mnist is read as fashion_mnist)")
     r.add_argument("--data-root", default=None, help="directory of the Fashion-MNIST IDX files (default: system copy)")
     r.add_argument("--budget", choices=list(BUDGETS), default="cpu",
                    help="named budget: cpu (the committed study), gpu (unscaled widths), micro (seconds)")
@@ -40,6 +42,12 @@ def register(sub, formatter) -> None:
                            ("--val-images", int, "evaluation subset size")]:
         g.add_argument(flag, type=tp, default=None, help=what)
     r.set_defaults(func=run)
+
+
+def _data_name(name: str) -> str:
+    # the registry's names; the hyphenated spelling of earlier versions (the committed study's command)
+    # still works, and argparse then checks the registry name against the choices
+    return DATA_ALIASES.get(name, name)
 
 
 def _command(args) -> str:

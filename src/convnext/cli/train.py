@@ -13,7 +13,9 @@ import json
 import os
 import typing
 
-from ..train.config import PRESETS, TrainConfig, load_config
+import yaml
+
+from ..train import PRESETS, TrainConfig, load_config, train
 
 
 def _config_flags(p: argparse.ArgumentParser) -> None:
@@ -59,12 +61,8 @@ def resolve_config(args) -> TrainConfig:
 def run(args) -> int:
     cfg = resolve_config(args)
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    from ..train import train
-
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

@@ -19,9 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import UsageError
-from ..infer.images import load_image
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+from .images import IMAGE_EXTENSIONS, load_image
 
 
 class BadImageWarning(UserWarning):

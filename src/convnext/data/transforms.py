@@ -14,8 +14,14 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-                  "nearest": InterpolationMode.NEAREST}
+from ..errors import UsageError
+from ..preprocess import INTERPOLATIONS, Preprocess
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    if name not in INTERPOLATIONS:
+        raise UsageError(f"interpolation {name!r} is not supported; use one of {', '.join(INTERPOLATIONS)}")
+    return InterpolationMode(name)
 
 
 class RandAugmentMstd(v2.RandAugment):
@@ -47,7 +53,7 @@ def _channel_fix(src_channels: int | None, channels: int) -> list:
 
 def build_train_transform(aug, input_size: int, mean, std, channels: int, src_channels: int | None = None):
     """``aug`` is a ``train.config.AugmentConfig``; images come in as PIL or uint8 CHW tensors."""
-    interp = INTERPOLATIONS[aug.interpolation]
+    interp = interpolation_mode(aug.interpolation)
     t: list = [v2.ToImage(), *_channel_fix(src_channels, channels)]
     if aug.random_resized_crop:
         t.append(v2.RandomResizedCrop(input_size, scale=(aug.crop_scale_min, 1.0), interpolation=interp, antialias=True))
@@ -66,14 +72,22 @@ def build_train_transform(aug, input_size: int, mean, std, channels: int, src_ch
     return v2.Compose(t)
 
 
-def build_eval_transform(input_size: int, crop_ratio: float, interpolation: str, mean, std, channels: int,
-                         src_channels: int | None = None):
-    interp = INTERPOLATIONS[interpolation]
-    resize = int(round(input_size / crop_ratio))
+def eval_transform(pre: Preprocess, src_channels: int | None = None):
+    """The one eval pipeline (validation in training, ``convnext eval``, ``convnext predict``): resize the
+    shorter side to ``pre.resize_size``, center crop ``pre.input_size``, scale to [0, 1], normalise.
+
+    Takes PIL images or uint8 CHW tensors; ``src_channels`` converts 1 <-> 3 channel data to ``pre.channels``.
+    """
+    if len(pre.mean) != pre.channels or len(pre.std) != pre.channels:
+        raise UsageError(f"preprocess mean {pre.mean} / std {pre.std} need one value per channel ({pre.channels}); "
+                         "fix the checkpoint metadata")
+    # Resize and crop before ToImage: a PIL image is resampled by PIL, as timm's eval transform and
+    # transformers' image processor do (uint8 tensors, e.g. Fashion-MNIST, are resized as tensors).
     return v2.Compose([
-        v2.ToImage(), *_channel_fix(src_channels, channels),
-        v2.Resize(resize, interpolation=interp, antialias=True), v2.CenterCrop(input_size),
-        v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std)),
+        *_channel_fix(src_channels, pre.channels),
+        v2.Resize(pre.resize_size, interpolation=interpolation_mode(pre.interpolation), antialias=True),
+        v2.CenterCrop(pre.input_size),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std)),
     ])
 
 

@@ -9,7 +9,6 @@ the forward (CUDA: the allocator's peak; CPU: the profiler's allocation events).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime
 import importlib.util
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from ..models import create_model
+from ..runtime import autocast
 from .fuse import cpu_bf16_slowdown, optimize_for_inference, resolve_precision
 
 PEERS = ("timm_convnext_tiny", "tv_convnext_tiny", "tv_resnet50", "tv_swin_t")
@@ -60,8 +60,8 @@ class Candidate:
     name: str
     build: Callable[[], nn.Module]
     channels_last: bool = False
-    # autocast dtype for models that are not an InferenceModel (which handles precision itself)
-    autocast: torch.dtype | None = None
+    # autocast precision ("fp32": none) for models that are not an InferenceModel (which handles precision itself)
+    precision: str = "fp32"
     group: str = "ours"  # "ours" | "ablation" | "peer"
     note: str = ""
     module: nn.Module | None = field(default=None, repr=False)
@@ -71,7 +71,7 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def peer_candidates(peers: tuple[str, ...], device: torch.device, amp: torch.dtype | None) -> tuple[list[Candidate], list[str]]:
+def peer_candidates(peers: tuple[str, ...], device: torch.device, precision: str) -> tuple[list[Candidate], list[str]]:
     """timm/torchvision models to compare with (skipped with a note when the package is missing).
 
     CNNs run channels_last, their best eager setting on CPU and GPU; timm's ConvNeXt also runs NCHW so that
@@ -86,19 +86,18 @@ def peer_candidates(peers: tuple[str, ...], device: torch.device, amp: torch.dty
             skipped.append(f"{peer}: {package} is not installed")
             continue
         if peer == "timm_convnext_tiny":
-            out.append(Candidate("timm_convnext_tiny (channels_last)", build, True, amp, "peer"))
-            out.append(Candidate("timm_convnext_tiny (NCHW)", build, False, amp, "peer"))
+            out.append(Candidate("timm_convnext_tiny (channels_last)", build, True, precision, "peer"))
+            out.append(Candidate("timm_convnext_tiny (NCHW)", build, False, precision, "peer"))
         else:
             # Swin is a transformer: its tensors are (N, H, W, C) already, memory format does not apply.
             swin = peer == "tv_swin_t"
-            out.append(Candidate(f"{peer} ({'NCHW' if swin else 'channels_last'})", build, not swin, amp, "peer"))
+            out.append(Candidate(f"{peer} ({'NCHW' if swin else 'channels_last'})", build, not swin, precision, "peer"))
     return out, skipped
 
 
 def our_candidates(model_name: str, device: torch.device, precision: str, *, ablation: bool, compile: bool,
                    num_classes: int = 1000) -> list[Candidate]:
     """Our model eager (the reference) and fast; with ablation, one row per optimisation added."""
-    amp = None if precision == "fp32" else {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     def base() -> nn.Module:
         torch.manual_seed(0)  # timing does not depend on the values; a fixed seed keeps runs reproducible
@@ -107,10 +106,10 @@ def our_candidates(model_name: str, device: torch.device, precision: str, *, abl
     def fast(**kw) -> Callable[[], nn.Module]:
         return lambda: optimize_for_inference(base(), precision=precision, device=device, **kw)
 
-    rows = [Candidate(f"{model_name} eager (channels_last)", base, True, amp, "ours", "unmodified model")]
+    rows = [Candidate(f"{model_name} eager (channels_last)", base, True, precision, "ours", "unmodified model")]
     if ablation:
         rows = [
-            Candidate(f"{model_name} eager (NCHW)", base, False, amp, "ablation", "unmodified model, NCHW input"),
+            Candidate(f"{model_name} eager (NCHW)", base, False, precision, "ablation", "unmodified model, NCHW input"),
             rows[0],
             Candidate(f"{model_name} +fold", fast(fast_blocks=False), True, group="ablation",
                       note="LN affine/gamma/BN/head LN folded into convs, channels_last"),
@@ -136,8 +135,7 @@ def _prepare(c: Candidate, x: torch.Tensor) -> torch.Tensor:
 
 
 def _call(c: Candidate, x: torch.Tensor, device: torch.device) -> None:
-    ctx = torch.autocast(device.type, dtype=c.autocast) if c.autocast is not None else contextlib.nullcontext()
-    with ctx:
+    with autocast(device, c.precision):
         c.module(x)
 
 
@@ -261,8 +259,7 @@ def run_benchmark(model: str = "convnext_tiny", *, batch_sizes: tuple[int, ...] 
     if threads is not None:
         torch.set_num_threads(threads)
     precision = resolve_precision(precision, dev)
-    amp = None if precision == "fp32" else {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    peer_rows, skipped = peer_candidates(tuple(peers), dev, amp)
+    peer_rows, skipped = peer_candidates(tuple(peers), dev, precision)
     candidates = our_candidates(model, dev, precision, ablation=ablation, compile=compile,
                                 num_classes=num_classes) + peer_rows
     load_before = os.getloadavg()

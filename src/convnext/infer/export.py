@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import ModelInfo, atomic_write
+from ..checkpoint import ModelInfo, load_model
 from ..errors import UsageError
+from ..files import atomic_write
+from .fuse import optimize_for_inference
 
 FORMATS = ("onnx", "torchscript", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "torch-export": ".pt2"}
@@ -250,16 +252,12 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None, fmt: str = "onnx", *,
                       fast: bool = False, model_name: str | None = None, **kw: Any) -> ExportResult:
     """Load a checkpoint (CPU, fp32), optionally fuse it for inference, export and verify it."""
-    from ..checkpoint import load_model
-
     if fmt not in FORMATS:
         raise UsageError(f"export format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
     kwargs = {"model_name": model_name} if model_name else {}
     model, info = load_model(checkpoint, map_location="cpu", **kwargs)
     reference = None
     if fast:
-        from .fuse import optimize_for_inference
-
         reference = model
         with _quiet():
             fused = optimize_for_inference(model, precision="fp32", channels_last=False, device="cpu")

@@ -34,10 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.convnext import Block, ConvNeXt, Downsample, Head, Stem
-from ..models.layers import LayerNorm2d
+from ..runtime import DTYPES, autocast
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ----------------------------------------------------------------------------------------- folding helpers
@@ -157,32 +156,35 @@ def _fold_downsample(ds: Downsample, report: FoldReport) -> None:
         report.norm_affine_into_conv += isinstance(ds.norm, ChannelNorm)
 
 
+def _convs_and_norms(block: Block) -> list[tuple[str, str]]:
+    """(conv, norm after it) attribute names of a block, in forward order."""
+    first, second = ("dwconv", "pwconv1") if block.dwconv_first else ("pwconv1", "dwconv")
+    return [(first, "norm" if block.single_norm else "norm1"), (second, "norm2"), ("pwconv2", "norm3")]
+
+
 def _fold_block(block: Block, report: FoldReport) -> None:
-    order = block.order
-    for name in order:  # BN after a conv: into that conv
-        attr = block.norm_after.get(name)
-        if attr and isinstance(getattr(block, attr), nn.BatchNorm2d):
-            fold_norm_into_previous(getattr(block, name), getattr(block, attr))
-            setattr(block, attr, Folded())
+    pairs = _convs_and_norms(block)
+    for conv, norm in pairs:  # BN after a conv: into that conv
+        if isinstance(getattr(block, norm), nn.BatchNorm2d):
+            fold_norm_into_previous(getattr(block, conv), getattr(block, norm))
+            setattr(block, norm, Folded())
             report.bn_into_conv += 1
-    for name, nxt in zip(order, order[1:]):  # LN -> (no activation) -> padding-free conv: affine into the conv
-        attr = block.norm_after.get(name)
-        if not attr or name in block.act_after or not _padding_free(getattr(block, nxt)):
-            continue
-        affine = _norm_affine(getattr(block, attr))
-        if affine is not None:
-            fold_affine_into_next(*affine, getattr(block, nxt))
-            setattr(block, attr, _norm_without_affine(getattr(block, attr)))
-            report.norm_affine_into_conv += 1
+    # LN -> (no activation) -> padding-free conv: the LN's affine into that conv. Only the first norm can
+    # qualify: an activation always follows the second conv.
+    (_, first_norm), (second_conv, _) = pairs[0], pairs[1]
+    affine = _norm_affine(getattr(block, first_norm))
+    if affine is not None and isinstance(block.act1, nn.Identity) and _padding_free(getattr(block, second_conv)):
+        fold_affine_into_next(*affine, getattr(block, second_conv))
+        setattr(block, first_norm, _norm_without_affine(getattr(block, first_norm)))
+        report.norm_affine_into_conv += 1
     if block.gamma is not None:
-        gamma, last = block.gamma.detach(), order[-1]
-        norm = getattr(block, block.norm_after[last]) if last in block.norm_after else None
-        if isinstance(norm, nn.LayerNorm) and norm.weight is not None:
-            norm.weight = nn.Parameter(norm.weight.detach() * gamma, requires_grad=False)
-            norm.bias = nn.Parameter(norm.bias.detach() * gamma, requires_grad=False)
+        gamma = block.gamma.detach()
+        if isinstance(block.norm3, nn.LayerNorm) and block.norm3.weight is not None:
+            block.norm3.weight = nn.Parameter(block.norm3.weight.detach() * gamma, requires_grad=False)
+            block.norm3.bias = nn.Parameter(block.norm3.bias.detach() * gamma, requires_grad=False)
             report.gamma_into_norm += 1
         else:  # no norm after the last conv, or a BN already folded into it
-            conv = getattr(block, last)
+            conv = block.pwconv2
             _set_weight_bias(conv, conv.weight * gamma.view(-1, 1, 1, 1), None if conv.bias is None else conv.bias * gamma)
             report.gamma_into_conv += 1
         block.gamma = None
@@ -239,10 +241,10 @@ class FastBlock(nn.Module):
         super().__init__()
         self.onednn = onednn  # False: plain GEMM + separate GELU/add (to measure what the fused epilogues give)
         self.dwconv = block.dwconv
-        norm = getattr(block, block.norm_after["dwconv"]) if "dwconv" in block.norm_after else None
+        norm = block.first_norm
         self.eps = norm.eps if isinstance(norm, ChannelNorm) else None  # None: BN already inside dwconv
         self.dim = block.pwconv1.in_channels
-        self.act = "gelu" if isinstance(block.act, nn.GELU) else "relu"
+        self.act = "gelu" if isinstance(block.act2, nn.GELU) else "relu"
         self.fc1 = nn.Linear(block.pwconv1.in_channels, block.pwconv1.out_channels, bias=block.pwconv1.bias is not None)
         self.fc2 = nn.Linear(block.pwconv2.in_channels, block.pwconv2.out_channels, bias=block.pwconv2.bias is not None)
         for fc, conv in ((self.fc1, block.pwconv1), (self.fc2, block.pwconv2)):
@@ -252,13 +254,11 @@ class FastBlock(nn.Module):
     def matches(block: Block) -> bool:
         """ConvNeXt-shaped: dwconv first, at most one norm (right after it), one activation between the 1x1
         convs, identity shortcut, and every norm already folded into its affine-free form."""
-        norms = [getattr(block, a) for a in block.norm_after.values()]
         return (
-            block.order == ("dwconv", "pwconv1", "pwconv2")
-            and set(block.norm_after) <= {"dwconv"}
-            and all(isinstance(n, (ChannelNorm, Folded)) for n in norms)
-            and tuple(block.act_after) == ("pwconv1",)
-            and not block.act_after_residual
+            block.dwconv_first
+            and isinstance(block.first_norm, (ChannelNorm, Folded))
+            and isinstance(block.norm2, nn.Identity) and isinstance(block.norm3, nn.Identity)
+            and isinstance(block.act1, nn.Identity) and isinstance(block.act3, nn.Identity)
             and block.gamma is None
             and isinstance(block.shortcut, nn.Identity)
             and block.pwconv1.kernel_size == (1, 1) and block.pwconv2.kernel_size == (1, 1)
@@ -359,7 +359,7 @@ class InferenceModel(nn.Module):
         self.model = model
         self.precision, self.autocast, self.channels_last = precision, autocast, channels_last
         self.report, self.device = report, device
-        self.dtype = _DTYPES[precision]
+        self.dtype = DTYPES[precision]
         self._compiled = None
         self.compiled = False
         if compile:
@@ -388,9 +388,7 @@ class InferenceModel(nn.Module):
             return getattr(inner, name)
 
     def _amp(self):
-        if self.precision == "fp32" or not self.autocast:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device, self.precision) if self.autocast else contextlib.nullcontext()
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
@@ -494,7 +492,7 @@ def optimize_for_inference(
         p.requires_grad_(False)
     fused = fused.to(device)
     if not autocast and precision != "fp32":
-        fused = fused.to(_DTYPES[precision])
+        fused = fused.to(DTYPES[precision])
     if channels_last:
         fused = fused.to(memory_format=torch.channels_last)
     return InferenceModel(fused, precision=precision, autocast=autocast, channels_last=channels_last,

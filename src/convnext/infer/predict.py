@@ -18,9 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import ModelInfo, Preprocess, load_model
+from ..checkpoint import ModelInfo, load_model
+from ..data.images import ImageError, collect_images, load_tensor
+from ..data.transforms import eval_transform
 from ..errors import UsageError
-from .images import ImageError, collect_images, eval_transform, load_tensor
+from ..preprocess import Preprocess
+from ..runtime import resolve_device
+from .fuse import optimize_for_inference
 
 
 @dataclass
@@ -46,15 +50,6 @@ class Prediction:
         return d
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but no CUDA device is available; use --device cpu")
-    return device
-
-
 def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
                        model_name: str | None = None) -> tuple[nn.Module, ModelInfo]:
     """``checkpoint.load_model`` on ``device``; ``model_name`` for foreign layouts without our metadata."""
@@ -66,8 +61,6 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
 
 def make_fast(model: nn.Module) -> nn.Module:
     """The inference engineer's fused eval model (folded norms/layer scale, channels_last), fp32."""
-    from .fuse import optimize_for_inference
-
     return optimize_for_inference(model, precision="fp32")
 
 
@@ -212,4 +205,4 @@ def results_json(results: Sequence[Prediction], checkpoint: str | os.PathLike, i
 
 
 __all__ = ["Prediction", "Predictor", "check_inputs", "class_names_for", "load_for_inference", "make_fast", "predict",
-           "resolve_device", "results_json"]
+           "results_json"]

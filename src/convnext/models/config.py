@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from ..errors import check_choice
@@ -113,6 +114,34 @@ class ArchConfig:
     def total_stride(self) -> int:
         """Input pixels per output feature-map pixel."""
         return self.stem_stride * 2 ** (len(self.dims) - 1)
+
+    def scale_width(self, width_mult: float) -> "ArchConfig":
+        """This config with every width (stage dims and the stem) multiplied by ``width_mult``; nothing else
+        changes, so ratios between stages, the hidden width (dim * mlp_ratio), kernels, norms and depths stay.
+
+        The multiplier must give whole channel counts everywhere: a rounded width would change different
+        networks (e.g. the roadmap's width-96 and inverted steps) by different relative amounts.
+        """
+        mult = Fraction(width_mult).limit_denominator(1024)
+        if mult <= 0:
+            raise ValueError(f"width multiplier {width_mult} must be > 0")
+
+        def scaled(width: int, what: str) -> int:
+            w = width * mult
+            if w.denominator != 1 or w < 1:
+                raise ValueError(f"width multiplier {float(mult):g} turns {what}={width} into {float(w):g}, not a "
+                                 "whole number of channels; use a multiplier that divides every width, e.g. 1/2, "
+                                 "1/4, 1/8 or 1/16")
+            return int(w)
+
+        dims = tuple(scaled(d, "dims") for d in self.dims)
+        for d, full in zip(dims, self.dims):
+            if (Fraction(d) * Fraction(self.mlp_ratio).limit_denominator(1024)).denominator != 1:
+                raise ValueError(f"width multiplier {width_mult:g} gives stage width {d} (from {full}), whose hidden "
+                                 f"width {d} x mlp_ratio {self.mlp_ratio} is not whole; pick a multiplier that keeps "
+                                 "it whole")
+        stem_dim = None if self.stem_dim is None else scaled(self.stem_dim, "stem_dim")
+        return self.replace(dims=dims, stem_dim=stem_dim)
 
     def replace(self, **changes: Any) -> "ArchConfig":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})

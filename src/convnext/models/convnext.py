@@ -12,56 +12,61 @@ import torch
 from torch import nn
 
 from .config import ArchConfig
-from .layers import DepthwiseConv2d, DropPath, PointwiseConv2d, make_activation, make_norm, to_device
+from .layers import DropPath, make_activation, make_norm
 
 
 class Block(nn.Module):
-    """One residual block; the config decides conv order, widths, norms and activations.
+    """One residual block: three convs, each followed by an optional norm and activation.
 
-    Stride (in-block downsampling) goes on the spatial conv, as in torchvision's ResNet-50 (v1.5).
+    The config places them; the two ends of the roadmap (paper Fig. 4) are
+
+    - ConvNeXt (``layout="dwconv_first"``, one norm, one activation)::
+
+        x -> dwconv 7x7 -> norm -> pwconv1 1x1 (4x wider) -> GELU -> pwconv2 1x1 -> x gamma -> + x
+
+    - ResNet-50 (``layout="bottleneck"``, a norm after every conv, activations after the first two convs
+      and after the add; the inverted bottleneck is the same with a wider hidden width)::
+
+        x -> pwconv1 1x1 -> norm1 -> ReLU -> dwconv 3x3 -> norm2 -> ReLU -> pwconv2 1x1 -> norm3 -> + shortcut(x) -> ReLU
+
+    Module names follow the official ConvNeXt (``dwconv``, ``norm``, ``pwconv1``, ``pwconv2``, ``gamma``);
+    ResNet's bn1..bn3 become ``norm1``..``norm3``. Modules register in forward order, so ``parameters()``
+    lists them as torchvision's ResNet-50 and timm's ConvNeXt do. Stride (in-block downsampling) goes on the
+    spatial conv, as in torchvision's ResNet-50 (v1.5).
     """
 
     def __init__(self, cfg: ArchConfig, in_dim: int, dim: int, stride: int, drop_path: float) -> None:
         super().__init__()
         hidden = int(round(dim * cfg.mlp_ratio))
+        self.dwconv_first = cfg.layout == "dwconv_first"
+        self.single_norm = cfg.norms == "single"
+        per_conv_acts = cfg.activations == "per_conv"
+        spatial = in_dim if self.dwconv_first else hidden  # width the k x k conv runs at
         k, bias = cfg.kernel_size, cfg.conv_bias
-        if cfg.layout == "bottleneck":
-            # 1x1 in->hidden, k x k on hidden, 1x1 hidden->dim (ResNet; inverted when mlp_ratio > 1)
-            self.order = ("pwconv1", "dwconv", "pwconv2")
-            spatial = hidden
+        dwconv = nn.Conv2d(spatial, spatial, k, stride=stride, padding=k // 2, bias=bias,
+                           groups=spatial if cfg.depthwise else 1)
+        pwconv1 = nn.Conv2d(in_dim, hidden, 1, bias=bias)
+        first_norm = make_norm(cfg.norm, spatial if self.dwconv_first else hidden)
+        if self.dwconv_first:
+            self.dwconv = dwconv
         else:
-            # "move up depthwise conv": k x k on the narrow input, then 1x1 expand and 1x1 reduce
-            self.order = ("dwconv", "pwconv1", "pwconv2")
-            spatial = in_dim
-        convs = {
-            "dwconv": (DepthwiseConv2d(spatial, k, stride=stride, padding=k // 2, bias=bias) if cfg.depthwise
-                       else nn.Conv2d(spatial, spatial, k, stride=stride, padding=k // 2, bias=bias)),
-            "pwconv1": PointwiseConv2d(in_dim, hidden, bias=bias),
-            "pwconv2": PointwiseConv2d(hidden, dim, bias=bias),
-        }
-        # Norms: ResNet's bn1/bn2/bn3 become norm1/norm2/norm3 (one after each conv, in order);
-        # ConvNeXt's single norm after the first conv is just `norm`. Modules are registered in
-        # forward order so parameters() lists them as the reference implementations do.
-        self.norm_after: dict[str, str] = {}
-        for i, name in enumerate(self.order):
-            setattr(self, name, convs[name])
-            if cfg.norms == "per_conv" or i == 0:
-                attr = f"norm{i + 1}" if cfg.norms == "per_conv" else "norm"
-                self.norm_after[name] = attr
-                setattr(self, attr, make_norm(cfg.norm, convs[name].out_channels))
-        # ResNet: activation after every conv but the last, and after the residual add.
-        # ConvNeXt ("fewer activations"): one, right before the last (1x1 reduce) conv.
-        self.act_after = self.order[:2] if cfg.activations == "per_conv" else self.order[1:2]
-        self.act_after_residual = cfg.activations == "per_conv"
-        self.act = make_activation(cfg.activation)
-
-        self.gamma = (
-            nn.Parameter(torch.full((dim,), float(cfg.layer_scale_init)))
-            if cfg.layer_scale_init is not None and cfg.layer_scale_init > 0
-            else None
-        )
+            self.pwconv1 = pwconv1
+        if self.single_norm:
+            self.norm = first_norm
+        else:
+            self.norm1 = first_norm
+        self.act1 = make_activation(cfg.activation) if per_conv_acts else nn.Identity()
+        if self.dwconv_first:
+            self.pwconv1 = pwconv1
+        else:
+            self.dwconv = dwconv
+        self.norm2 = nn.Identity() if self.single_norm else make_norm(cfg.norm, hidden)
+        self.act2 = make_activation(cfg.activation)
+        self.pwconv2 = nn.Conv2d(hidden, dim, 1, bias=bias)
+        self.norm3 = nn.Identity() if self.single_norm else make_norm(cfg.norm, dim)
+        self.gamma = (nn.Parameter(torch.full((dim,), float(cfg.layer_scale_init)))
+                      if cfg.layer_scale_init is not None and cfg.layer_scale_init > 0 else None)
         self.drop_path = DropPath(drop_path)
-        self.samples_independent = cfg.norm != "batchnorm"  # no batch statistics inside the block
         if in_dim != dim or stride != 1:
             # projection shortcut (ResNet "downsample"): 1x1 conv with the block's stride, then a norm
             self.shortcut = nn.Sequential()
@@ -69,46 +74,29 @@ class Block(nn.Module):
             self.shortcut.add_module("norm", make_norm(cfg.norm, dim))
         else:
             self.shortcut = nn.Identity()
+        self.act3 = make_activation(cfg.activation) if per_conv_acts else nn.Identity()
+
+    @property
+    def first_norm(self) -> nn.Module:
+        """The norm after the first conv: ConvNeXt's only norm (``norm``) or ResNet's bn1 (``norm1``)."""
+        return self.norm if self.single_norm else self.norm1
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """The residual branch (everything but the shortcut and stochastic depth)."""
-        # pwconv2 is always last; layer scale folds into its weights unless a norm comes in between
-        scale_after_norm = self.gamma is not None and "pwconv2" in self.norm_after
-        for name in self.order:
-            if name == "pwconv2" and self.gamma is not None and not scale_after_norm:
-                x = self.pwconv2(x, scale=self.gamma)
-            else:
-                x = getattr(self, name)(x)
-            if name in self.norm_after:
-                x = getattr(self, self.norm_after[name])(x)
-            if name in self.act_after:
-                x = self.act(x)
-        return x * self.gamma.view(1, -1, 1, 1) if scale_after_norm else x
+        """The residual branch: everything but the shortcut and stochastic depth."""
+        if self.dwconv_first:
+            x = self.act1(self.first_norm(self.dwconv(x)))
+            x = self.act2(self.norm2(self.pwconv1(x)))
+        else:
+            x = self.act1(self.first_norm(self.pwconv1(x)))
+            x = self.act2(self.norm2(self.dwconv(x)))
+        x = self.norm3(self.pwconv2(x))
+        if self.gamma is not None:  # layer scale
+            x = x * self.gamma.view(1, -1, 1, 1)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = self.shortcut(x)
-        p = self.drop_path.drop_prob
-        if not (self.training and p > 0):
-            x = shortcut + self.residual(x)
-        elif self.samples_independent and not torch.compiler.is_compiling():
-            # Stochastic depth that skips the work: the branch runs only on the samples it keeps.
-            # Same draw and same result as multiplying the dropped samples' branch by zero; saves
-            # drop_prob of the block's compute on average (the rate grows to drop_path_rate by the last block).
-            keep = self.drop_path.keep_mask(len(x))
-            if keep.all():
-                x = torch.add(shortcut, self.residual(x), alpha=1 / (1 - p))
-            else:
-                kept = to_device(keep.nonzero().flatten(), x.device)
-                channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-                subset = x.index_select(0, kept)  # may be empty: the branch still runs, so DDP sees every parameter used
-                if channels_last:
-                    subset = subset.contiguous(memory_format=torch.channels_last)
-                branch = self.residual(subset)
-                x = shortcut.index_add(0, kept, branch.to(shortcut.dtype), alpha=1 / (1 - p))
-        else:
-            # BatchNorm in the branch: its batch statistics need every sample, dropped or not
-            x = shortcut + self.drop_path(self.residual(x))
-        return self.act(x) if self.act_after_residual else x
+        x = self.shortcut(x) + self.drop_path(self.residual(x))
+        return self.act3(x)
 
 
 class Stem(nn.Sequential):

@@ -1,4 +1,4 @@
-"""Small layers the network is built from: channel LayerNorm, depthwise conv, stochastic depth, factories."""
+"""Small layers the network is built from: channel LayerNorm, stochastic depth, norm/activation factories."""
 
 from __future__ import annotations
 
@@ -20,102 +20,6 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
-
-
-def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size: tuple[int, int],
-                          stride: tuple[int, int], padding: tuple[int, int],
-                          dilation: tuple[int, int]) -> torch.Tensor:
-    """Weight gradient of a depthwise conv, as one grouped conv over the (sample, channel) planes.
-
-    For every channel, dW is the correlation of the padded input with the output gradient, summed
-    over the batch. Putting each (sample, channel) plane in its own group makes that a single
-    conv2d whose "weights" are the output gradients (swap stride and dilation for strided convs),
-    followed by a sum over samples. On CPU, for ConvNeXt-T's 7x7 depthwise convs, this is 2.7x
-    (channels_last, as in training) to 9x (NCHW) faster than the generic convolution_backward
-    (benchmarks/depthwise_backward.py).
-    """
-    n, c = x.shape[:2]
-    if n == 0:  # stochastic depth dropped every sample: the branch ran on an empty batch
-        return x.new_zeros(c, 1, *kernel_size)
-    planes = x.contiguous()  # NCHW: each sample's channel planes are adjacent, so (n, c) -> n * c is a view
-    kernels = grad.contiguous()
-    out = F.conv2d(planes.view(1, n * c, *planes.shape[-2:]), kernels.view(n * c, 1, *kernels.shape[-2:]),
-                   stride=dilation, padding=padding, dilation=stride, groups=n * c)
-    kh, kw = kernel_size
-    return out.view(n, c, *out.shape[-2:])[:, :, :kh, :kw].sum(0).unsqueeze(1)
-
-
-class _DepthwiseConvFunction(torch.autograd.Function):
-    """conv2d(groups=channels) with the weight gradient from `depthwise_weight_grad`."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.geometry = (stride, padding, dilation)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, stride, padding, dilation, x.shape[1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation = ctx.geometry
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, stride, padding, dilation, False, [0, 0], x.shape[1],
-                [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            grad_w = depthwise_weight_grad(x, grad, weight.shape[-2:], stride, padding, dilation)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b, None, None, None
-
-
-class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise nn.Conv2d (groups == channels) that trains faster on CPU.
-
-    Same parameters, state dict and forward values as nn.Conv2d; only the backward differs, and
-    only where it pays: on CPU with gradients on, where oneDNN's depthwise weight gradient is the
-    largest non-GEMM cost of a ConvNeXt training step; see `depthwise_weight_grad`. GPUs and
-    torch.compile keep the stock kernels.
-    """
-
-    def __init__(self, channels: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True) -> None:
-        super().__init__(channels, channels, kernel_size, stride=stride, padding=padding, groups=channels, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_compiling()
-                or not (x.requires_grad or self.weight.requires_grad)):
-            return super().forward(x)
-        weight, bias = self.weight, self.bias
-        if torch.is_autocast_enabled("cpu"):
-            # Cast the way autocast casts conv2d, then run without it so backward sees the same dtypes.
-            dtype = torch.get_autocast_dtype("cpu")
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
-            with torch.autocast("cpu", enabled=False):
-                return _DepthwiseConvFunction.apply(x, weight, bias, self.stride, self.padding, self.dilation)
-        return _DepthwiseConvFunction.apply(x, weight, bias, self.stride, self.padding, self.dilation)
-
-
-class PointwiseConv2d(nn.Conv2d):
-    """A 1x1 conv run as a GEMM over the pixels of the channels-last view, as timm's Linear MLP does.
-
-    Same parameters and state dict as nn.Conv2d(kernel_size=1). ``scale`` multiplies the output
-    channels (layer scale) by folding into the (small) weights instead of a pass over the output.
-    The GEMM is faster than oneDNN's 1x1 convolution forward and backward, and its output is a
-    channels_last tensor, which keeps the LayerNorm/GELU around it on contiguous memory.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
-        super().__init__(in_channels, out_channels, 1, bias=bias)
-
-    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        weight, bias = self.weight.flatten(1), self.bias
-        if scale is not None:
-            weight = weight * scale[:, None]
-            bias = bias * scale if bias is not None else None
-        return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:

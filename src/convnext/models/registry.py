@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,34 +84,16 @@ def get_config(name: str, **overrides: Any) -> ArchConfig:
 
 def create_model(
     name: str | ArchConfig,
-    pretrained: str | os.PathLike | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] | None = None,
     **overrides: Any,
 ) -> ConvNeXt:
-    """Build a model by registered name (or from an ArchConfig), with ArchConfig fields overridden.
-
-    ``pretrained``: a local weights file in any layout ``convnext.load_weights`` reads (nothing is
-    downloaded). ``num_classes`` and ``in_chans`` default to the file's; passing them fine-tunes
-    (fresh head / adapted stem, with a warning). ``features_only=True`` builds a backbone returning
-    the stage outputs in ``out_indices`` (see ``ConvNeXt.feature_info``).
+    """Build a freshly initialised model by registered name (or from an ArchConfig), with ArchConfig fields
+    overridden. ``features_only=True`` builds a backbone returning the stage outputs in ``out_indices``.
+    To start from a weights file, use ``convnext.create_model(name, pretrained=PATH)``.
 
     >>> model = create_model("convnext_tiny", num_classes=10, drop_path_rate=0.1)
     >>> backbone = create_model("convnext_tiny", features_only=True, out_indices=(1, 2, 3))
     """
-    weights = None
-    if pretrained is not None:
-        from ..weights.io import describe_architecture, read_weights
-
-        weights = read_weights(pretrained)
-        found = describe_architecture(weights.state)
-        for key in ("num_classes", "in_chans"):
-            if key in found and key not in overrides:
-                overrides[key] = found[key]
     cfg = name.replace(**overrides) if isinstance(name, ArchConfig) else get_config(name, **overrides)
-    model = ConvNeXt(cfg, features_only=features_only, out_indices=out_indices)
-    if weights is not None:
-        from ..weights.io import load_weights
-
-        load_weights(model, weights)
-    return model
+    return ConvNeXt(cfg, features_only=features_only, out_indices=out_indices)

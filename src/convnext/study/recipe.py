@@ -25,12 +25,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.datasets import DATASETS
 from ..errors import UsageError
 from ..models.roadmap import RoadmapStep
 from ..train import TrainConfig
 from .scaling import scale_config
 
-DATASETS = {"fashion-mnist": "fashion_mnist", "synthetic": "synthetic"}
+# Registry datasets (convnext.data.datasets) the study trains on: labelled 10-class data that needs no
+# folder layout.
+STUDY_DATASETS = ("fashion_mnist", "synthetic")
+# The hyphenated spelling earlier versions used on the command line and recorded in study.json.
+DATA_ALIASES = {"fashion-mnist": "fashion_mnist"}
+
+
+def study_data(name: str) -> str:
+    """The registry name of the study dataset ``name`` (an alias allowed); UsageError for any other data."""
+    data = DATA_ALIASES.get(name, name)
+    if data not in STUDY_DATASETS:
+        raise UsageError(f"--data {name!r} is not supported by the study; use one of {', '.join(STUDY_DATASETS)}")
+    return data
+
+
+def data_channels(data: str) -> int:
+    """Input channels of the study's networks on ``data``: the stored images' count (1 for Fashion-MNIST);
+    data decoded to any count (synthetic) is drawn as RGB, the paper's input."""
+    return DATASETS[study_data(data)].channels or 3
 
 
 @dataclass(frozen=True)
@@ -117,22 +136,17 @@ COMMON = {"aug.random_resized_crop": True, "aug.crop_scale_min": 0.35, "aug.hfli
           "aug.interpolation": "bilinear", "aug.crop_ratio": 1.0}
 
 
-def data_channels(data: str) -> int:
-    return 1 if data == "fashion-mnist" else 3
-
-
 def train_config(step: RoadmapStep, seed: int, budget: StudyBudget, data: str, work_dir: str | Path,
                  data_root: str | None = None, device: str = "auto") -> TrainConfig:
     """The engine config for one (step, seed) run of the study."""
-    if data not in DATASETS:
-        raise UsageError(f"--data {data!r} is not supported; use one of {', '.join(DATASETS)}")
+    data = study_data(data)
     scaled = scale_config(step.config, budget.width_mult)
     overrides: dict[str, Any] = {"dims": list(scaled.dims)}
     if scaled.stem_dim is not None:
         overrides["stem_dim"] = scaled.stem_dim
     values: dict[str, Any] = {
         "model.name": step.name, "model.overrides": overrides, "model.width_mult": 1.0,
-        "data.dataset": DATASETS[data], "data.root": data_root, "data.image_size": budget.image_size,
+        "data.dataset": data, "data.root": data_root, "data.image_size": budget.image_size,
         "data.grayscale": "in_chans", "data.batch_size": budget.batch_size, "data.workers": 0,
         "data.limit_train": budget.train_images, "data.limit_val": budget.val_images,
         "data.synthetic_samples": budget.train_images, "data.synthetic_classes": 10,

@@ -8,32 +8,27 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..models.convnext import ConvNeXt
 from ..models.flops import count_flops, count_params
-from ..models.roadmap import ROADMAP, RoadmapStep
+from ..models.roadmap import ROADMAP, RoadmapStep, roadmap_step
+from .plan import StudyPlan, study_settings
 from .recipe import data_channels
-from .scaling import config_diff, scale_config
-
-if TYPE_CHECKING:
-    from .runner import StudyPlan
+from .scaling import scale_config
 
 RESULTS_JSON, RESULTS_MD, FIGURE = "results.json", "results.md", "roadmap.png"
 
 
 def parent_step(index: int) -> RoadmapStep | None:
-    """The step a roadmap step changes: the nearest earlier step whose config differs in the fewest fields
-    (kernel 5 branches off the kernel-3 move-up step, 9 and 11 follow the next smaller kernel, and GELU
-    continues from kernel 7, the one the paper keeps)."""
-    if index == 0:
-        return None
-    here = ROADMAP[index].config
-    best = min(range(index), key=lambda j: (len(config_diff(ROADMAP[j].config, here)), -j))
-    return ROADMAP[best]
+    """The step ``ROADMAP[index]`` changes, as the roadmap names it (``RoadmapStep.parent``): every kernel
+    size branches off the kernel-3 move-up step, and GELU continues from kernel 7, the one the paper
+    keeps. None for ResNet-50."""
+    parent = ROADMAP[index].parent
+    return None if parent is None else roadmap_step(parent)
 
 
 @functools.lru_cache(maxsize=None)
@@ -61,16 +56,14 @@ def _summary(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def build_results(plan: "StudyPlan", records: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
-    from .runner import study_settings
-
+def build_results(plan: StudyPlan, records: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
     in_chans, size = data_channels(plan.data), plan.budget.image_size
     by_step: dict[str, list[dict]] = {}
     for r in records:
         by_step.setdefault(r["step"], []).append(r)
     wanted = {s.name for s in plan.steps} | set(by_step)
     steps, summaries = [], {}
-    for i, step in enumerate(ROADMAP):
+    for step in ROADMAP:
         if step.name not in wanted:
             continue
         scaled = scale_config(step.config, plan.budget.width_mult).replace(num_classes=10)
@@ -81,7 +74,7 @@ def build_results(plan: "StudyPlan", records: list[dict[str, Any]], events: list
         top1 = [r["top1"] for r in runs]
         mean, std = _summary(top1)
         summaries[step.name] = (mean, std, len(top1))
-        parent = parent_step(i)
+        parent = None if step.parent is None else roadmap_step(step.parent)
         row = {
             "name": step.name, "change": step.change, "recipe": step.recipe,
             "params": params, "gmacs": round(gmacs, 5), "gmacs_224": round(gmacs_224, 4),
@@ -147,14 +140,16 @@ def format_markdown(results: dict[str, Any]) -> str:
         "",
         f"Fashion-MNIST test-split top-1 (%) after the budget; {done}; study wall time "
         f"{results['wall_time_s'] / 60:.1f} min. std is the sample std over seeds; the ± after Δ is the "
-        "standard error of the difference of the two means, and \"within noise\" marks |Δ| < 2 standard errors. Parent = the step this one changes (kernel 5 branches "
-        "off the kernel-3 step, 9 and 11 follow the next smaller kernel, GELU continues from kernel 7). Params and GMACs are the scaled networks "
+        "standard error of the difference of the two means, and \"within noise\" marks |Δ| < 2 standard errors. Parent = the step this one changes (kernels 5, 7, 9 "
+        "and 11 each branch off the kernel-3 move-up step, GELU continues from kernel 7). Params and GMACs are the scaled networks "
         f"({results['in_chans']}-channel input, {results['num_classes']} classes); paper top-1 is ImageNet-1K.",
     ]
     return "\n".join(lines + notes) + "\n"
 
 
-def write_outputs(plan: "StudyPlan", records: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
+def write_outputs(plan: StudyPlan, records: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
+    # imported here for speed, not to break a cycle (plots imports nothing of the study): matplotlib
+    # takes about a second to load, and only writing the figure needs it
     from ..plots import plot_roadmap
 
     results = build_results(plan, records, events)

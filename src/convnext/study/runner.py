@@ -18,59 +18,25 @@ import json
 import multiprocessing
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..errors import UsageError
-from ..models.roadmap import ROADMAP, RoadmapStep
+from ..models.roadmap import RoadmapStep
 from ..train import TrainConfig, train
 from ..data import load_dataset
-from .recipe import COMMON, DATASETS, RECIPES, StudyBudget, run_name, train_config
+from .plan import StudyPlan, study_settings, upgrade_settings
+from .recipe import run_name, train_config
 from .report import write_outputs
 
 SETTINGS_NAME = "study.json"
 LOG_NAME = "log.jsonl"
 RECORDS_DIR = "records"
-
-
-@dataclass
-class StudyPlan:
-    out: Path
-    work_dir: Path
-    budget: StudyBudget
-    data: str
-    steps: tuple[RoadmapStep, ...]
-    seeds: tuple[int, ...]
-    data_root: str | None = None
-    device: str = "auto"
-    command: str | None = None
-
-
-def select_steps(names: Sequence[str] | None) -> tuple[RoadmapStep, ...]:
-    """Roadmap steps by name, in roadmap order; all of them for None."""
-    if not names:
-        return ROADMAP
-    known = {s.name: s for s in ROADMAP}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UsageError(f"unknown roadmap step(s) {unknown}; valid steps: {', '.join(known)}")
-    wanted = set(names)
-    return tuple(s for s in ROADMAP if s.name in wanted)
-
-
-def study_settings(budget: StudyBudget, data: str) -> dict[str, Any]:
-    """Everything that decides a run's result besides (step, seed): two studies with different
-    settings must never share records."""
-    return {
-        "budget": budget.to_dict(), "steps_per_run": budget.steps, "data": data,
-        "recipes": {name: {**COMMON, **RECIPES[name]} for name in RECIPES},
-    }
 
 
 def _log(out: Path, event: dict[str, Any]) -> None:
@@ -81,7 +47,9 @@ def _log(out: Path, event: dict[str, Any]) -> None:
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     path = out / SETTINGS_NAME
     if path.exists():
-        old = json.loads(path.read_text())
+        # read in today's form: a study recorded by an earlier version (the committed one in
+        # results/roadmap spells its data fashion-mnist) is still the same study
+        old = upgrade_settings(json.loads(path.read_text()))
         if old != settings:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise UsageError(f"{out} holds a study with different settings ({', '.join(changed)} differ); "
@@ -144,7 +112,7 @@ def run_study(plan: StudyPlan, threads: int = 0, jobs: int = 1,
                                             plan.device).validate()
                for seed in plan.seeds for s in plan.steps}
     # and open the data once, so a wrong --data-root fails here too instead of after the first write
-    load_dataset(DATASETS[plan.data], "train", root=plan.data_root)
+    load_dataset(plan.data, "train", root=plan.data_root)
     plan.out.mkdir(parents=True, exist_ok=True)
     _check_settings(plan.out, study_settings(plan.budget, plan.data))
     _log(plan.out, {"event": "study_start", "command": plan.command, "steps": [s.name for s in plan.steps],
@@ -198,4 +166,4 @@ def _log_events(out: Path) -> list[dict[str, Any]]:
     return events
 
 
-__all__ = ["StudyPlan", "read_records", "record_path", "run_study", "select_steps", "study_settings"]
+__all__ = ["read_records", "record_path", "run_study"]

@@ -17,13 +17,15 @@ from typing import Any
 
 import yaml
 
+from ..data import DATASETS
 from ..errors import UsageError, check_choice
+from ..files import atomic_write_text
+from ..models import ArchConfig, get_entry
+from ..preprocess import INTERPOLATIONS
 
 AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 GRAYSCALE_MODES = ("repeat", "in_chans")
-DATASETS = ("folder", "fashion_mnist", "synthetic")
 
 
 @dataclass
@@ -31,7 +33,7 @@ class ModelConfig:
     name: str = "convnext_tiny"
     # ArchConfig fields to override (e.g. {"kernel_size": 9}); num_classes and in_chans come from the data.
     overrides: dict = field(default_factory=dict)
-    # Scale every stage width (and the stem) by this factor, rounded to a multiple of 8.
+    # Scale every stage width (and the stem) by this factor; it must give whole widths (ArchConfig.scale_width).
     width_mult: float = 1.0
     # Start from these weights (fine-tuning); any checkpoint convnext can load. The classifier is
     # re-initialised when the class count differs.
@@ -161,10 +163,7 @@ class TrainConfig:
         return _build(cls, d, "").validate()
 
     def save(self, path: str | Path) -> None:
-        from ..checkpoint import atomic_write
-
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 # ---- presets -------------------------------------------------------------------------------------
@@ -378,8 +377,6 @@ def _check(ok: bool, msg: str) -> None:
 
 
 def _validate(c: TrainConfig) -> None:
-    from ..models import ArchConfig, get_entry
-
     try:
         entry = get_entry(c.model.name)
     except ValueError as e:
@@ -389,7 +386,11 @@ def _validate(c: TrainConfig) -> None:
     except (ValueError, TypeError) as e:
         raise UsageError(f"model.overrides: {e}") from None
     _check(c.model.width_mult > 0, f"model.width_mult={c.model.width_mult} must be > 0")
-    check_choice("data.dataset", c.data.dataset, DATASETS)
+    try:
+        entry.config.replace(**c.model.overrides).scale_width(c.model.width_mult)
+    except ValueError as e:
+        raise UsageError(f"model.width_mult: {e}") from None
+    check_choice("data.dataset", c.data.dataset, tuple(DATASETS))
     check_choice("data.grayscale", c.data.grayscale, GRAYSCALE_MODES)
     _check(c.data.batch_size >= 1, f"data.batch_size={c.data.batch_size} must be >= 1")
     _check(c.data.workers >= 0, f"data.workers={c.data.workers} must be >= 0")

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from ..runtime import resolve_device
 
 
 @dataclass
@@ -28,16 +31,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"runtime.device={name} but CUDA is not available; use runtime.device=cpu")
-        return torch.device(name) if ":" in name else torch.device("cuda", local_rank)
-    return torch.device(name)
 
 
 def setup(device: str = "auto") -> DistInfo:
@@ -75,6 +68,23 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def all_gather_object(obj, info: DistInfo) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` for one process)."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
+    """``model`` under DistributedDataParallel when several processes train it; ``model`` itself otherwise."""
+    if not info.enabled:
+        return model
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
 
 def barrier(info: DistInfo) -> None:

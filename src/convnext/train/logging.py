@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
+
 
 def _json_safe(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -48,10 +50,7 @@ class RunLogger:
             # Records written after the checkpoint we resume from will be produced again: drop them,
             # so the log reads as if the run had never stopped.
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            from ..checkpoint import atomic_write
-
-            text = "".join(json.dumps(r) + "\n" for r in kept)
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from ..errors import CheckpointError
 
 STATE_NAME = "train_state.pt"

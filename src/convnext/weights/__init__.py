@@ -1,7 +1,10 @@
-"""Weight interop: the official, timm, torchvision and Hugging Face layouts <-> ours."""
+"""Weight interop: the official, timm, torchvision and Hugging Face layouts <-> ours, and weight files.
 
-from .io import LoadReport, describe_architecture, export_weights, guess_model_name, load_weights, read_weights
+Writing a whole model (with its metadata, or as a Hugging Face folder) is ``convnext.checkpoint.export_weights``.
+"""
+
+from .io import LoadReport, describe_architecture, guess_model_name, load_weights, read_weights, write_weights
 from .layouts import LAYOUTS, detect_layout
 
-__all__ = ["LAYOUTS", "LoadReport", "describe_architecture", "detect_layout", "export_weights",
-           "guess_model_name", "load_weights", "read_weights"]
+__all__ = ["LAYOUTS", "LoadReport", "describe_architecture", "detect_layout", "guess_model_name", "load_weights",
+           "read_weights", "write_weights"]

@@ -13,12 +13,14 @@ from typing import Any
 from torch import nn
 
 from ..errors import CheckpointError
+from ..files import atomic_write_text
+from ..preprocess import Preprocess
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 PREPROCESSOR_NAME = "preprocessor_config.json"
 # PIL resampling filters as transformers' image processors store them
-_PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
+_PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
 
 
 def is_folder_target(path: Path) -> bool:
@@ -83,8 +85,6 @@ def preprocessor_config(preprocess) -> dict[str, Any]:
 
 def folder_files(model: nn.Module, info=None) -> dict[str, dict[str, Any]]:
     """The folder's JSON files besides the weights; raises CheckpointError for a model transformers lacks."""
-    from ..checkpoint import Preprocess
-
     preprocess = info.preprocess if info is not None else Preprocess()
     class_names = info.class_names if info is not None else None
     return {CONFIG_NAME: model_config(model, class_names, preprocess.input_size),
@@ -93,8 +93,5 @@ def folder_files(model: nn.Module, info=None) -> dict[str, dict[str, Any]]:
 
 def write_files(folder: Path, files: dict[str, dict[str, Any]]) -> None:
     """Write each file of ``folder_files`` into ``folder``, atomically."""
-    from ..checkpoint import atomic_write
-
     for name, content in files.items():
-        text = json.dumps(content, indent=2) + "\n"
-        atomic_write(folder / name, lambda tmp, text=text: Path(tmp).write_text(text))
+        atomic_write_text(folder / name, json.dumps(content, indent=2) + "\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -19,9 +18,13 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from . import hf
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError, one_line
+from ..files import atomic_write
+from ..models import get_config, list_models
 from .layouts import LAYOUTS, LayoutError, detect_layout, from_ours, to_ours
+from .pickles import read_pickle
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +61,6 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return (text[:200] + "...") if len(text) > 200 else (text or type(e).__name__)
-
-
 def _is_safetensors(path: Path) -> bool:
     if path.suffix == ".safetensors":
         return True
@@ -73,68 +71,28 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def resolve_weights_path(path: str | os.PathLike) -> Path:
-    from ..checkpoint import resolve_checkpoint_path
-
+    """The weights file ``path`` names: the file itself, or the model file inside a run/model directory."""
     p = Path(path)
     if p.is_dir():
-        for name in ("pytorch_model.bin", "model.pth", "model.pt"):
-            if (p / name).is_file() and not (p / "model.safetensors").is_file():
+        # ours (a model folder or a run's best/last); a foreign model folder's single weights file
+        for name in ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt", "best.safetensors",
+                     "last.safetensors"):
+            if (p / name).is_file():
                 return p / name
-    return resolve_checkpoint_path(p)
+        raise CheckpointError(f"{p}: directory holds no model.safetensors; pass the checkpoint file itself")
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such checkpoint file; check the path")
+    return p
 
 
 def _read_safetensors(p: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(p), device="cpu")
     except Exception as e:  # noqa: BLE001 - every parse failure means the same to the user
         raise CheckpointError(
-            f"{p}: not a readable safetensors file ({_one_line(e)}); it is truncated or corrupt, "
+            f"{p}: not a readable safetensors file ({one_line(e)}); it is truncated or corrupt, "
             "re-download or re-export it"
         ) from None
-
-
-def _read_pickle(p: Path) -> Any:
-    try:
-        # weights_only=True: the unpickler only builds tensors and plain containers, so a hostile
-        # file cannot import or call anything. There is deliberately no fallback.
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = str(e)
-        wanted = re.search(r"GLOBAL ([\w.]+)", text)
-        if "Weights only load failed" in text and (wanted or _looks_like_pickle(p)):
-            what = f"import and call {wanted.group(1)}" if wanted else \
-                f"use pickle instructions beyond plain tensors ({_unsupported(text)})"
-            raise CheckpointError(
-                f"{p}: refused: unpickling this file would {what}; convnext only loads tensors "
-                "(torch.load weights_only=True). Use a .safetensors copy from a source you trust, "
-                "or discard the file"
-            ) from None
-        # torch's own text advises switching weights_only off: never repeat that, name the failing opcode
-        reason = _unsupported(text) if "Weights only load failed" in text else _one_line(e)
-        raise CheckpointError(
-            f"{p}: not a readable PyTorch checkpoint ({reason}); it is truncated or corrupt, "
-            "re-download or re-export it"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - zip errors, EOF, bad magic: all a damaged file
-        raise CheckpointError(
-            f"{p}: not a readable PyTorch checkpoint ({_one_line(e)}); it is truncated or corrupt, "
-            "re-download or re-export it"
-        ) from None
-
-
-def _looks_like_pickle(p: Path) -> bool:
-    # a torch zip container, or a bare pickle (PROTO opcode 0x80 + protocol 2..5); anything else the
-    # safe unpickler trips over is damage, not a hostile payload
-    with open(p, "rb") as f:
-        head = f.read(4)
-    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
-
-
-def _unsupported(text: str) -> str:
-    m = re.search(r"Unsupported [^.\n]*", text)
-    return m.group(0).strip() if m else "not allowed by the weights-only unpickler"
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -187,7 +145,7 @@ def read_weights(src: str | os.PathLike | Mapping[str, torch.Tensor]) -> Weights
             raise CheckpointError(
                 f"{p}: file is empty (0 bytes), probably an interrupted download or copy; re-download or re-export it"
             )
-        raw = _unwrap(_read_safetensors(p) if _is_safetensors(p) else _read_pickle(p), source)
+        raw = _unwrap(_read_safetensors(p) if _is_safetensors(p) else read_pickle(p), source)
     layout = detect_layout(raw)
     if layout is None:
         raise CheckpointError(
@@ -221,8 +179,6 @@ def describe_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
 
 def guess_model_name(state: Mapping[str, torch.Tensor]) -> str | None:
     """The first registered model whose depths and dims match the weights, if any."""
-    from ..models import get_config, list_models
-
     arch = describe_architecture(state)
     for name in list_models():
         cfg = get_config(name)
@@ -259,11 +215,13 @@ def _load(model: nn.Module, weights: Weights, strict: bool) -> LoadReport:
     state = dict(weights.state)
     own = model.state_dict()
     if getattr(model, "features_only", False):
-        # a backbone keeps no head and no stages after its last output
+        # A backbone keeps no head, no stages after its last output and no norm for a stage it does not
+        # output; detection/segmentation checkpoints carry all of them (official: norm0..norm3 always).
         built = len(model.stages)
         for k in list(state):
             m = re.match(r"stages\.(\d+)\.", k)
-            if k.startswith("head.") or (m and int(m.group(1)) >= built):
+            if (k.startswith("head.") or (m and int(m.group(1)) >= built)
+                    or (k.startswith("feature_norms.") and k not in own)):
                 report.ignored.append(k)
                 del state[k]
     elif "head.fc.weight" not in own:
@@ -348,56 +306,38 @@ def load_weights(model: nn.Module, src: str | os.PathLike | Mapping[str, torch.T
     return _load(model, read_weights(src), strict)
 
 
-def _timm_conv_mlp(cfg) -> bool:
-    from ..models import get_config
-
+def timm_conv_mlp(cfg) -> bool:
+    """Whether timm builds a model of these depths and dims with 1x1-conv MLPs (atto..nano)."""
     return any(get_config(n).depths == cfg.depths and get_config(n).dims == cfg.dims for n in _TIMM_CONV_MLP_MODELS)
 
 
-def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "ours", info=None,
-                   conv_mlp: bool | None = None) -> Path:
-    """Write ``model``'s weights in ``layout`` to ``path`` (atomically).
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as contiguous, unshared CPU tensors (what safetensors and torch.save need)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
-    The suffix picks the file format: ``.safetensors`` (the default for our own layout, which then
-    carries convnext metadata so ``load_model`` needs nothing else; ``info`` is that metadata), or
-    ``.pth``/``.pt``/``.bin`` via ``torch.save`` (official layout wrapped as ``{"model": ...}`` as
-    released). With ``layout="hf"`` a directory (or a path without suffix) becomes a Hugging Face model
-    folder: ``model.safetensors`` plus the ``config.json`` and ``preprocessor_config.json`` that
-    ``transformers``' ``from_pretrained`` reads. ``conv_mlp`` (timm only) keeps 1x1 convs as timm's atto..nano have them; by default it
-    follows timm's choice for the model's depths and dims.
+
+def write_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, layout: str = "ours",
+                  conv_mlp: bool = False, metadata: dict[str, str] | None = None) -> Path:
+    """Write a state dict in our layout to ``path`` in ``layout``, atomically.
+
+    The suffix picks the format: ``.safetensors`` (with ``metadata``), or ``.pth``/``.pt``/``.bin`` via
+    ``torch.save`` (the official layout wrapped as ``{"model": ...}``, as released). ``conv_mlp`` (timm
+    only) keeps the 1x1 convs as 4-d tensors, as timm's atto..nano have them.
     """
-    from ..checkpoint import atomic_write, save_model
-
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     p = Path(path)
-    if layout == "hf" and hf.is_folder_target(p):
-        # a from_pretrained-ready folder: weights, config.json and preprocessor_config.json
-        if p.exists() and not p.is_dir():
-            raise CheckpointError(f"{p} exists and is not a directory; choose a folder for the hf model")
-        files = hf.folder_files(model, info)  # refuses, before anything is written, a model transformers lacks
-        weights = export_weights(model, p / hf.WEIGHTS_NAME, layout="hf", info=info)
-        hf.write_files(p, files)
-        return weights
     if p.suffix not in WEIGHT_SUFFIXES:
         raise CheckpointError(f"{p}: unknown weights file type {p.suffix!r}; name it with one of {', '.join(WEIGHT_SUFFIXES)}")
-    backbone = getattr(model, "features_only", False)
-    if layout == "ours" and p.suffix == ".safetensors" and not backbone:
-        return save_model(model, p, info)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    if layout == "timm" and conv_mlp is None:
-        conv_mlp = _timm_conv_mlp(model.cfg)
     try:
-        out = from_ours(state, layout, conv_mlp=bool(conv_mlp))
+        out = from_ours(state, layout, conv_mlp=conv_mlp)
     except LayoutError as e:
         raise CheckpointError(f"{p}: {e}") from None
     if p.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        return atomic_write(p, lambda tmp: save_file(out, tmp, metadata={"format": "pt"}))
+        return atomic_write(p, lambda tmp: save_file(out, tmp, metadata={**(metadata or {}), "format": "pt"}))
     obj = {"model": out} if layout == "official" else out
     return atomic_write(p, lambda tmp: torch.save(obj, tmp))
 
 
-__all__ = ["LoadReport", "Weights", "describe_architecture", "export_weights", "guess_model_name",
-           "load_weights", "read_weights"]
+__all__ = ["WEIGHT_SUFFIXES", "LoadReport", "Weights", "describe_architecture", "guess_model_name", "load_weights",
+           "plain_state_dict", "read_weights", "resolve_weights_path", "timm_conv_mlp", "write_weights"]

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..checkpoint import Preprocess
 from ..errors import UsageError
+from ..preprocess import Preprocess
+from .transforms import eval_transform
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 # Transparent pixels often carry arbitrary colour; composite on white, as a viewer shows them.
 BACKGROUND = (255, 255, 255)
 
@@ -124,40 +124,6 @@ def collect_images(inputs: Iterable[str | os.PathLike], recursive: bool = True) 
     return paths, problems
 
 
-def _interpolation(name: str):
-    from torchvision.transforms import InterpolationMode
-
-    if name not in INTERPOLATIONS:
-        raise UsageError(f"interpolation {name!r} is not supported; use one of {', '.join(INTERPOLATIONS)}")
-    return InterpolationMode(name)
-
-
-def resize_size(pre: Preprocess) -> int:
-    """Shorter side before the center crop: input_size / crop_ratio (224 / 0.875 = 256), as timm's eval."""
-    if not 0.0 < pre.crop_ratio <= 1.0:
-        raise UsageError(f"preprocess crop_ratio={pre.crop_ratio} must be in (0, 1]; 1.0 means no crop margin")
-    return int(pre.input_size / pre.crop_ratio + 1e-6)
-
-
-def eval_transform(pre: Preprocess) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL image -> normalised float tensor (C, input_size, input_size): resize shorter side, center crop."""
-    from torchvision.transforms import v2
-
-    if len(pre.mean) != pre.channels or len(pre.std) != pre.channels:
-        raise UsageError(
-            f"preprocess mean {pre.mean} / std {pre.std} need one value per channel ({pre.channels}); fix the checkpoint metadata"
-        )
-    return v2.Compose(
-        [
-            v2.Resize(resize_size(pre), interpolation=_interpolation(pre.interpolation), antialias=True),
-            v2.CenterCrop(pre.input_size),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(pre.mean), list(pre.std)),
-        ]
-    )
-
-
 # Resizing the shorter side of a 1 x 100,000 strip to 256 px would allocate gigabytes; refuse such shapes.
 MAX_ASPECT_RATIO = 50
 
@@ -193,6 +159,5 @@ def load_batch(paths: Sequence[str | os.PathLike], pre: Preprocess) -> tuple[tor
 
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MAX_ASPECT_RATIO", "ImageError", "collect_images", "eval_transform", "load_batch", "load_image",
-    "load_tensor", "resize_size",
+    "IMAGE_EXTENSIONS", "MAX_ASPECT_RATIO", "ImageError", "collect_images", "load_batch", "load_image", "load_tensor",
 ]

@@ -1,0 +1,126 @@
+"""Evaluation, one implementation for training's validation and ``convnext eval``.
+
+``evaluate`` is the metric loop (loss, top-1, top-5, optional confusion matrix, summed over ranks);
+``validate`` is training's per-epoch use of it; ``evaluate_checkpoint`` scores a saved model on a dataset
+with the checkpoint's own preprocessing (``convnext eval``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import load_model
+from ..data.assembly import eval_dataset, load_eval_split, make_loader
+from ..data.folders import print_warnings_as_lines
+from ..errors import UsageError
+from ..infer.fuse import optimize_for_inference
+from ..runtime import autocast, resolve_device
+from . import distributed as dist_mod
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", num_classes: int | None = None,
+             dist_info: dist_mod.DistInfo | None = None, channels_last: bool = False,
+             confusion: bool = False) -> dict[str, Any]:
+    """Loss, top-1 and top-5 (percent) over every sample of ``loader``, summed over ranks.
+
+    With ``confusion=True`` also a (num_classes x num_classes) count matrix, rows = true class.
+    """
+    dist_info = dist_info or dist_mod.DistInfo(device=device)
+    was_training = model.training
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0.0
+    k = num_classes or 0
+    matrix = torch.zeros(k, k, dtype=torch.float64) if confusion else None
+    for images, labels in loader:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(images)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == labels[:, None]
+        correct1 += hits[:, 0].sum().item()
+        correct5 += hits.any(dim=1).sum().item()
+        count += labels.numel()
+        if matrix is not None:
+            idx = labels.cpu() * k + top[:, 0].cpu()
+            matrix += torch.bincount(idx, minlength=k * k).reshape(k, k).double()
+    totals = dist_mod.all_reduce_sum([loss_sum, correct1, correct5, count], dist_info).tolist()
+    if matrix is not None and dist_info.enabled:
+        matrix = dist_mod.all_reduce_sum(matrix, dist_info)
+    model.train(was_training)
+    n = max(totals[3], 1.0)
+    out = {"loss": totals[0] / n, "top1": 100 * totals[1] / n, "top5": 100 * totals[2] / n, "count": int(totals[3])}
+    if matrix is not None:
+        out["confusion"] = matrix.long()
+    return out
+
+
+def validate(model: nn.Module, ema_model: nn.Module | None, loader, device: torch.device, amp: str,
+             dist_info: dist_mod.DistInfo, channels_last: bool = False) -> dict[str, Any]:
+    """Training's end-of-epoch validation of ``model`` and, if given, its EMA: the val_* and ema_* fields
+    of the epoch record."""
+    raw = evaluate(model, loader, device, amp, dist_info=dist_info, channels_last=channels_last)
+    ema = (evaluate(ema_model, loader, device, amp, dist_info=dist_info, channels_last=channels_last)
+           if ema_model is not None else None)
+    return {"val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"],
+            "ema_top1": ema["top1"] if ema else None, "ema_val_loss": ema["loss"] if ema else None,
+            "val_count": raw["count"]}
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None = None, dataset: str = "folder",
+                        data_root: str | os.PathLike | None = None, split: str = "val", batch_size: int = 64,
+                        workers: int = 2, limit: int = 0, device: str = "auto", amp: str = "none",
+                        fast: bool = False, confusion_png: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Score ``checkpoint`` on one split of ``dataset`` (the first ``limit`` samples, 0 = all).
+
+    Returns loss, top-1, top-5, count, per-class accuracy, the confusion matrix (rows = true class),
+    the class names and the unreadable files skipped; with ``confusion_png`` also draws the matrix there.
+    ``fast`` evaluates the inference-optimised copy (``optimize_for_inference``) instead of the model.
+    """
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} must be >= 1")
+    dev = resolve_device(device)
+    if amp == "fp16" and dev.type != "cuda":
+        raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    model, info = load_model(checkpoint, map_location=dev, model_name=model_name)
+    pre = info.preprocess
+    with print_warnings_as_lines():
+        ds = load_eval_split(dataset, split, data_root, pre.channels)
+    bad_files = [{"path": str(b.path), "reason": b.reason} for b in getattr(ds, "bad_files", [])]
+    classes = list(ds.classes)
+    if model.cfg.num_classes != len(classes):
+        raise UsageError(f"the model has {model.cfg.num_classes} classes but the dataset has {len(classes)}; "
+                         "evaluate on the dataset it was trained for")
+    if info.class_names is not None and list(info.class_names) != classes:
+        raise UsageError(f"the checkpoint's classes {info.class_names[:4]}... differ from the dataset's "
+                         f"{classes[:4]}...; evaluate on the dataset it was trained for")
+    ds = eval_dataset(ds, pre, limit)
+    loader = make_loader(ds, dist_mod.ShardedSampler(len(ds), shuffle=False), batch_size, workers, dev, False)
+    net = optimize_for_inference(model, device=dev) if fast else model
+    result = evaluate(net, loader, dev, amp, num_classes=len(classes), dist_info=dist_mod.DistInfo(device=dev),
+                      confusion=True)
+    matrix = result.pop("confusion")
+    per_class = []
+    for i, name in enumerate(classes):
+        total = int(matrix[i].sum())
+        per_class.append({"class": name, "count": total,
+                          "top1": 100.0 * int(matrix[i, i]) / total if total else None})
+    result.update(per_class=per_class, confusion_matrix=matrix.tolist(), classes=classes, bad_images=len(bad_files),
+                  bad_files=bad_files)
+    if confusion_png:
+        from ..plots import plot_confusion_matrix  # matplotlib, only when a figure is asked for
+
+        result["confusion_png"] = str(plot_confusion_matrix(matrix.numpy(), classes, confusion_png))
+    return result
+
+
+__all__ = ["evaluate", "evaluate_checkpoint", "validate"]
