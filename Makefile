@@ -46,10 +46,11 @@ demo: install data
 		--data.limit_train 20000 --opt.epochs 2 --data.workers 1 --runtime.threads 1 \
 		--runtime.out runs --runtime.run_name demo-fashion-mnist --runtime.overwrite true
 
-test: install
+# The tests that read real data (Fashion-MNIST) run, not skip: install it as `make demo` does.
+test: install data
 	$(PY) -m pytest -q -m "not slow"
 
-test-all: install
+test-all: install data
 	$(PY) -m pytest -q
 
 clean:

@@ -41,25 +41,24 @@ class Block(nn.Module):
         self.dwconv_first = cfg.layout == "dwconv_first"
         self.single_norm = cfg.norms == "single"
         per_conv_acts = cfg.activations == "per_conv"
-        spatial = in_dim if self.dwconv_first else hidden  # width the k x k conv runs at
         k, bias = cfg.kernel_size, cfg.conv_bias
-        dwconv = nn.Conv2d(spatial, spatial, k, stride=stride, padding=k // 2, bias=bias,
-                           groups=spatial if cfg.depthwise else 1)
-        pwconv1 = nn.Conv2d(in_dim, hidden, 1, bias=bias)
-        first_norm = make_norm(cfg.norm, spatial if self.dwconv_first else hidden)
+
+        def spatial_conv(width: int) -> nn.Conv2d:  # the k x k conv; depthwise from the roadmap's "depthwise" step on
+            return nn.Conv2d(width, width, k, stride=stride, padding=k // 2, bias=bias,
+                             groups=width if cfg.depthwise else 1)
+
+        first_norm = "norm" if self.single_norm else "norm1"  # ConvNeXt's one norm, or ResNet's bn1
+        # registered in forward order, each branch as its block computes
         if self.dwconv_first:
-            self.dwconv = dwconv
+            self.dwconv = spatial_conv(in_dim)
+            self.add_module(first_norm, make_norm(cfg.norm, in_dim))
+            self.act1 = make_activation(cfg.activation) if per_conv_acts else nn.Identity()
+            self.pwconv1 = nn.Conv2d(in_dim, hidden, 1, bias=bias)
         else:
-            self.pwconv1 = pwconv1
-        if self.single_norm:
-            self.norm = first_norm
-        else:
-            self.norm1 = first_norm
-        self.act1 = make_activation(cfg.activation) if per_conv_acts else nn.Identity()
-        if self.dwconv_first:
-            self.pwconv1 = pwconv1
-        else:
-            self.dwconv = dwconv
+            self.pwconv1 = nn.Conv2d(in_dim, hidden, 1, bias=bias)
+            self.add_module(first_norm, make_norm(cfg.norm, hidden))
+            self.act1 = make_activation(cfg.activation) if per_conv_acts else nn.Identity()
+            self.dwconv = spatial_conv(hidden)
         self.norm2 = nn.Identity() if self.single_norm else make_norm(cfg.norm, hidden)
         self.act2 = make_activation(cfg.activation)
         self.pwconv2 = nn.Conv2d(hidden, dim, 1, bias=bias)
@@ -89,10 +88,12 @@ class Block(nn.Module):
         else:
             x = self.act1(self.first_norm(self.pwconv1(x)))
             x = self.act2(self.norm2(self.dwconv(x)))
+        return self.project(x)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The last 1x1 conv back to the block's width, its norm (ResNet) and the layer scale (ConvNeXt)."""
         x = self.norm3(self.pwconv2(x))
-        if self.gamma is not None:  # layer scale
-            x = x * self.gamma.view(1, -1, 1, 1)
-        return x
+        return x if self.gamma is None else x * self.gamma.view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.shortcut(x) + self.drop_path(self.residual(x))

@@ -122,16 +122,10 @@ class TrainingBlock(Block):
     is folded into ``pwconv2``'s weights. Only for blocks without BatchNorm: batch statistics need every
     sample, dropped or not."""
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor) -> torch.Tensor:
         if self.gamma is None or not isinstance(self.pwconv2, PointwiseConv2d) or not isinstance(self.norm3, nn.Identity):
-            return super().residual(x)
-        # Block.residual with `* gamma` folded into pwconv2's (small) weights: one pass less over the output
-        if self.dwconv_first:
-            x = self.act1(self.first_norm(self.dwconv(x)))
-            x = self.act2(self.norm2(self.pwconv1(x)))
-        else:
-            x = self.act1(self.first_norm(self.pwconv1(x)))
-            x = self.act2(self.norm2(self.dwconv(x)))
+            return super().project(x)
+        # `* gamma` folded into pwconv2's (small) weights: one pass less over the block's output
         return self.pwconv2(x, scale=self.gamma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
