@@ -1,4 +1,5 @@
 import json
+import shlex
 import subprocess
 import sys
 
@@ -41,3 +42,31 @@ def test_python_dash_m_entry_point():
     assert out.returncode == 0 and out.stdout.startswith("convnext_tiny")
     bad = subprocess.run([sys.executable, "-m", "convnext", "list", "nothing*"], capture_output=True, text=True)
     assert bad.returncode == 2 and "no model matches" in bad.stderr
+
+
+def _piped_into_head(args: list[str], cwd) -> subprocess.CompletedProcess:
+    """`python -m convnext ARGS 2>&1 | head -1` with the pipeline's exit status taken from convnext."""
+    cmd = shlex.join([sys.executable, "-m", "convnext", *args]) + " 2>&1 | head -1"
+    return subprocess.run(["bash", "-c", f"set -o pipefail; {cmd}"], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_listing_into_a_closed_pipe_exits_0(tmp_path):
+    done = _piped_into_head(["list"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("convnext_atto") and done.stdout.count("\n") == 1 and not done.stderr
+
+
+def test_a_closed_pipe_never_stops_training(tmp_path):
+    # the reader of the run's output leaves after the first line; the run must finish and save
+    args = ["train", "--preset", "small", "--model.name", "convnext_atto",
+            "--set", "model.overrides.depths=[1,1,1,1]", "--set", "model.overrides.dims=[8,16,32,64]",
+            "--data.dataset", "synthetic", "--data.synthetic_samples", "64", "--data.image_size", "32",
+            "--data.batch_size", "8", "--data.workers", "0", "--opt.epochs", "2", "--runtime.out", str(tmp_path),
+            "--runtime.run_name", "run", "--runtime.tensorboard", "false", "--runtime.plots", "false",
+            "--runtime.log_every", "1"]
+    done = _piped_into_head(args, tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "run" / "last.safetensors").is_file() and (tmp_path / "run" / "best.safetensors").is_file()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]

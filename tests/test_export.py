@@ -101,7 +101,9 @@ def test_failed_verification_writes_nothing_and_keeps_old_file(checkpoint, tmp_p
     assert not list(tmp_path.glob(".*.tmp"))
     old_ts = tmp_path / "m.pt"
     old_ts.write_bytes(b"previous torchscript")
-    assert main(["export", str(checkpoint), "-f", "torchscript", "-o", str(old_ts), "--fast", "--tolerance", "1e-12"]) == 1
+    # overwriting is asked for (--force), yet a failed verification still keeps the old file
+    assert main(["export", str(checkpoint), "-f", "torchscript", "-o", str(old_ts), "--fast", "--tolerance", "1e-12",
+                 "--force"]) == 1
     assert old_ts.read_bytes() == b"previous torchscript"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ExportVerificationError" in err

@@ -425,7 +425,9 @@ def test_a_really_full_disk_is_reported_and_keeps_the_previous_checkpoint(size_k
     assert rc == 1
     line = one_line(err)
     assert line.startswith("convnext train: failed: CheckpointWriteError: could not write a checkpoint"), line
-    assert "MB free" in line and "previous checkpoint is intact" in line and "--resume auto" in line
+    # it says a checkpoint is kept only where one is (the 200 KiB disk never held one)
+    kept = "previous checkpoint is intact" if kept_step else "no checkpoint of this run existed yet"
+    assert "MB free" in line and kept in line and "--resume auto" in line
     run = disk / "run"
     assert not list(run.glob(".*.tmp"))
     _check_every_named_checkpoint_is_readable(run)
@@ -648,6 +650,14 @@ def inputs(tmp_path_factory):
     save_model(create_model("convnext_atto", num_classes=4, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),
                d / "other_arch.safetensors")
     (d / "broken.yaml").write_text("opt:\n  lr: [0.1, 0.2\n  epochs: 3\n")
+    (d / "exists.onnx").write_bytes(b"keep me")
+    # metadata of one architecture over the tensors of another (a file altered after saving)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(d / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+    save_file(load_file(str(d / "other_arch.safetensors")), str(d / "tampered.safetensors"), metadata=metadata)
     return d
 
 
@@ -670,6 +680,9 @@ BAD_INPUTS = {
     "train: missing resume path": (T + ["--resume", "IN/nope"], "IN/nope: no training state to resume from"),
     "train: unknown key": (T + ["--set", "opt.lrr=1"], "did you mean 'lr'?"),
     "train: broken config file": (T + ["--config", "IN/broken.yaml"], "IN/broken.yaml: cannot parse config"),
+    "train: infinite lr": (T + ["--opt.lr", "inf"], "opt.lr is NaN or infinite"),
+    "train: NaN in the normalisation": (T + ["--data.mean", "[0.5,nan,0.5]", "--data.std", "[1,1,1]"],
+                                        "data.mean is NaN or infinite"),
     "train: init weights for another architecture": (T + ["--model.init", "IN/other_arch.safetensors"],
                                                      "IN/other_arch.safetensors: parameter stem.conv.weight has shape"),
     # eval
@@ -692,11 +705,21 @@ BAD_INPUTS = {
                                                  "pass --model NAME"),
     "predict: unknown model": (["predict", "IN/timm.safetensors", "IN/x.png", "--model", "convnext_tny"],
                                "did you mean convnext_tiny"),
+    "predict: unknown device": (["predict", "IN/model.safetensors", "IN/x.png", "--device", "banana"],
+                                "device 'banana' is not valid; use auto, cpu, cuda or cuda:N"),
     # export
     "export: missing checkpoint": (["export", "IN/nope.safetensors", "-o", "OUT/m.onnx"], "IN/nope.safetensors: no such"),
     "export: tolerance 0": (["export", "IN/model.safetensors", "--tolerance", "0", "-o", "OUT/m.onnx"],
                             "--tolerance 0.0 must be > 0"),
     "export: wrong suffix": (["export", "IN/model.safetensors", "-o", "OUT/m.pt"], "should end in .onnx"),
+    "export: opset beyond ONNX": (["export", "IN/model.safetensors", "--opset", "99", "-o", "OUT/m.onnx"],
+                                  "--opset 99 is not an ONNX opset this installation knows"),
+    "export: opset the exporter cannot write": (["export", "IN/model.safetensors", "--opset", "1", "-o", "OUT/m.onnx"],
+                                                "--opset 1: torch's ONNX exporter"),
+    "export: opset for torchscript": (["export", "IN/model.safetensors", "-f", "torchscript", "--opset", "18",
+                                       "-o", "OUT/m.pt"], "--opset applies to --format onnx only"),
+    "export: would overwrite": (["export", "IN/model.safetensors", "-o", "IN/exists.onnx"],
+                                "IN/exists.onnx exists; pass --force"),
     # convert
     "convert: missing source": (["convert", "IN/nope.pth", "OUT/x.safetensors", "--to", "ours"], "IN/nope.pth: no such"),
     "convert: would overwrite": (["convert", "IN/model.safetensors", "IN/exists.pth", "--to", "official"],
@@ -713,6 +736,8 @@ BAD_INPUTS = {
     "info: unknown model": (["info", "convnext_tny"], "did you mean convnext_tiny"),
     "info: missing checkpoint": (["info", "IN/nope.safetensors"], "IN/nope.safetensors: no such checkpoint file"),
     "info: size below stride": (["info", "convnext_atto", "--size", "16"], "smaller than the network's total stride 32"),
+    "info: tensors that do not fit the metadata": (["info", "IN/tampered.safetensors"],
+                                                   "its metadata describes one architecture but the file holds"),
     "plot: missing run dir": (["plot", "IN/nope"], "IN/nope: no such metrics file"),
     "plot: nothing to plot": (["plot"], "pass a run directory"),
     "plot: size below stride": (["plot", "--roadmap", "--size", "16"], "smaller than the networks' total stride 32"),

@@ -106,6 +106,22 @@ def read_info(path: str | os.PathLike) -> ModelInfo:
     return info
 
 
+def check_weights_fit(path: str | os.PathLike, info: ModelInfo) -> None:
+    """Raise CheckpointError unless the tensors of our checkpoint at ``path`` have the names and shapes of the
+    architecture its metadata describes. Reads the file's header only, not the weights."""
+    p = resolve_weights_path(path)
+    with torch.device("meta"):  # shapes only: no memory, no init
+        expected = {k: tuple(v.shape) for k, v in ConvNeXt(info.config).state_dict().items()}
+    with safe_open(str(p), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    for key in expected.keys() | found.keys():
+        if expected.get(key) != found.get(key):
+            what = (f"has no tensor {key}" if key not in found else f"holds {key} it should not" if key not in expected
+                    else f"holds {key} with shape {found[key]}, not {expected[key]}")
+            raise CheckpointError(f"{p}: its metadata describes one architecture but the file {what}; the file "
+                                  "was altered after saving: re-save or re-export the checkpoint")
+
+
 def load_model(
     path: str | os.PathLike,
     map_location: str | torch.device = "cpu",

@@ -14,6 +14,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     A crash (or a full disk) at any point leaves either the old file or the new one, never a torn file.
     """
     path = Path(path)
+    # the folders this write creates, removed again if it fails: a failed write leaves nothing behind
+    created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -29,6 +31,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        for d in created:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:  # not empty (something else wrote there meanwhile): keep it
+                break
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import ModelInfo, load_model, read_info
+from .checkpoint import ModelInfo, check_weights_fit, load_model, read_info
 from .errors import CheckpointError, UsageError
 from .models import ArchConfig, ConvNeXt, count_flops, count_params, get_entry
 
@@ -84,26 +84,30 @@ def _category(name: str, module: nn.Module) -> str | None:
     return None
 
 
-def _resolve(source: str | os.PathLike, model_name: str | None) -> tuple[ArchConfig, str | None, ModelInfo | None]:
+def _resolve(source: str | os.PathLike, model_name: str | None,
+             arch: dict | None = None) -> tuple[ArchConfig, str | None, ModelInfo | None]:
     text = os.fspath(source)
     if Path(text).exists():
         try:
             info = read_info(text)  # metadata only: no weights read
-            return info.config, info.name, info
         except CheckpointError:
             pass
+        else:
+            check_weights_fit(text, info)  # the header's shapes: a summary of a model the file cannot load is wrong
+            return info.config, info.name, info
         # Not our checkpoint: load_model knows the foreign layouts (the weights tell num_classes / in_chans)
         # and, without model_name, says which --model the file needs.
-        _, info = load_model(text, model_name=model_name)
+        _, info = load_model(text, model_name=model_name, **(arch or {}))
         return info.config, info.name or model_name, info
     if text.endswith((".safetensors", ".pth", ".pt", ".bin")) or os.sep in text:
         raise FileNotFoundError(f"{text}: no such checkpoint file; check the path (or pass a model name)")
-    return get_entry(text).config, text, None
+    return get_entry(text).config.replace(**(arch or {})), text, None
 
 
-def describe(source: str | os.PathLike, size: int | None = None, model_name: str | None = None) -> ModelReport:
+def describe(source: str | os.PathLike, size: int | None = None, model_name: str | None = None,
+             arch: dict | None = None) -> ModelReport:
     """Summarise a registered model name or a checkpoint at ``size`` (default: its input size, else 224)."""
-    cfg, name, info = _resolve(source, model_name)
+    cfg, name, info = _resolve(source, model_name, arch)
     if size is None:
         size = info.preprocess.input_size if info is not None else 224
     if size < cfg.total_stride:

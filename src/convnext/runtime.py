@@ -26,7 +26,10 @@ def resolve_device(device: str | torch.device | None = "auto", local_rank: int =
     CPU; "cuda" without an index means ``cuda:local_rank``. Asking for CUDA where there is none is a UsageError."""
     if device is None or str(device) == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UsageError(f"device {device} requested but no CUDA device is available; use device cpu")

@@ -11,6 +11,7 @@ from ..checkpoint import export_weights, load_model
 from ..errors import UsageError
 from ..weights import LAYOUTS, hf, read_weights
 from ..weights.io import resolve_weights_path
+from .options import add_model_options, arch_overrides
 
 
 def register(sub, formatter) -> None:
@@ -28,8 +29,7 @@ def register(sub, formatter) -> None:
     p.add_argument("src", help="weights file (or a directory holding one)")
     p.add_argument("dst", help="output file: .safetensors, .pth, .pt or .bin (or a folder, with --to hf)")
     p.add_argument("--to", required=True, choices=LAYOUTS, help="layout to write")
-    p.add_argument("--model", metavar="NAME",
-                   help="architecture of SRC (e.g. convnext_tiny); needed unless SRC is a convnext checkpoint")
+    add_model_options(p, "architecture of SRC (e.g. convnext_tiny); needed unless SRC is a convnext checkpoint")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists")
     p.set_defaults(func=run)
 
@@ -45,7 +45,7 @@ def run(args) -> int:
     layout_in = read_weights(src).layout
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model, info = load_model(src, model_name=args.model)
+        model, info = load_model(src, model_name=args.model, **arch_overrides(args))
     for w in caught:  # a converter must not quietly drop or invent weights
         raise UsageError(f"{src}: {w.message}; convert needs weights that fit --model exactly")
     export_weights(model, dst, layout=args.to, info=info)

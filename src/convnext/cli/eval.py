@@ -8,6 +8,7 @@ import torch
 
 from ..data import DATASETS
 from ..train.evaluate import evaluate_checkpoint
+from .options import add_model_options, arch_overrides
 
 
 def register(sub, formatter) -> None:
@@ -19,7 +20,7 @@ def register(sub, formatter) -> None:
                     "checkpoint's own preprocessing (resize to size/crop_ratio, center crop, normalize).",
     )
     p.add_argument("checkpoint", help="a .safetensors checkpoint, a run directory, or foreign weights")
-    p.add_argument("--model", default=None, help="model name for weights without convnext metadata")
+    add_model_options(p)
     p.add_argument("--dataset", default="folder", choices=tuple(DATASETS))
     p.add_argument("--data-root", default=None,
                    help="folder: ROOT with <split>/CLASS/* (or ROOT/CLASS/*); fashion_mnist: IDX directory")
@@ -37,7 +38,7 @@ def register(sub, formatter) -> None:
 
 def run(args) -> int:
     with torch.inference_mode(False):
-        r = evaluate_checkpoint(args.checkpoint, model_name=args.model, dataset=args.dataset, data_root=args.data_root,
+        r = evaluate_checkpoint(args.checkpoint, model_name=args.model, arch=arch_overrides(args), dataset=args.dataset, data_root=args.data_root,
                                 split=args.split, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                                 device=args.device, amp=args.amp, fast=args.fast, confusion_png=args.confusion)
     if args.json:

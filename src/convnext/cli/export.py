@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from ..infer.export import FORMATS, FP32_TOLERANCE, export_checkpoint
+from ..errors import UsageError
+from ..infer.export import FORMATS, FP32_TOLERANCE, default_output, export_checkpoint
+from .options import add_model_options, arch_overrides
 
 
 def register(sub, formatter) -> None:
@@ -27,8 +30,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.add_argument("--tolerance", type=float, default=FP32_TOLERANCE, help="max abs logit difference allowed")
     p.add_argument("--fast", action="store_true", help="export the fused inference model (convnext.infer.fuse)")
-    p.add_argument("--model", default=None, metavar="NAME",
-                   help="architecture for checkpoints without convnext metadata (official/timm/torchvision/HF files)")
+    add_model_options(p)
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     p.set_defaults(func=run)
 
@@ -36,7 +39,10 @@ def register(sub, formatter) -> None:
 def run(args) -> int:
     if args.tolerance <= 0:
         raise ValueError(f"--tolerance {args.tolerance} must be > 0")
-    result = export_checkpoint(args.checkpoint, args.output, args.format, fast=args.fast, model_name=args.model,
+    output = Path(args.output) if args.output is not None else default_output(args.checkpoint, args.format)
+    if output.exists() and not args.force:
+        raise UsageError(f"{output} exists; pass --force to overwrite it or choose another path with -o")
+    result = export_checkpoint(args.checkpoint, output, args.format, fast=args.fast, model_name=args.model, arch=arch_overrides(args),
                                dynamic_hw=args.dynamic_hw, opset=args.opset, tolerance=args.tolerance)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..info import describe, format_report
+from .options import add_model_options, arch_overrides
 
 
 def register(sub, formatter) -> None:
@@ -21,13 +22,12 @@ def register(sub, formatter) -> None:
     p.add_argument("source", metavar="NAME|CHECKPOINT", help="registered model name or checkpoint path")
     p.add_argument("--size", type=int, default=None,
                    help="input resolution (default: the checkpoint's input size, else 224)")
-    p.add_argument("--model", default=None, metavar="NAME",
-                   help="architecture for checkpoints without convnext metadata (official/timm/torchvision/HF files)")
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    report = describe(args.source, size=args.size, model_name=args.model)
+    report = describe(args.source, size=args.size, model_name=args.model, arch=arch_overrides(args))
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0

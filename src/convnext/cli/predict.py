@@ -6,6 +6,7 @@ import json
 import sys
 
 from ..infer.predict import Prediction, Predictor, check_inputs, results_json
+from .options import add_model_options, arch_overrides
 
 
 def register(sub, formatter) -> None:
@@ -26,8 +27,7 @@ def register(sub, formatter) -> None:
     p.add_argument("-j", "--workers", type=int, default=2, help="threads decoding images (0: decode in the main thread)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--fast", action="store_true", help="run the fused inference model (convnext.infer.fuse)")
-    p.add_argument("--model", default=None, metavar="NAME",
-                   help="architecture for checkpoints without convnext metadata (official/timm/torchvision/HF files)")
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=run)
 
@@ -46,7 +46,7 @@ def format_table(results: list[Prediction]) -> str:
 
 def run(args) -> int:
     check_inputs(args.images)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, fast=args.fast, model_name=args.model,
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, fast=args.fast, model_name=args.model, arch=arch_overrides(args),
                                           batch_size=args.batch_size, workers=args.workers)
     results = predictor.predict_inputs(args.images, args.topk)
     for r in results:

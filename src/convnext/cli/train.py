@@ -15,6 +15,7 @@ import typing
 
 import yaml
 
+from ..checkpoint import read_info
 from ..train import PRESETS, TrainConfig, load_config, train
 
 
@@ -71,7 +72,11 @@ def run(args) -> int:
         return 0
     top1, ema = summary["final_val_top1"], summary["final_ema_top1"]
     if top1 is not None:
-        line = f"val top-1 {top1:.2f}% (best {summary['best_val_top1']:.2f}% at epoch {summary['best_epoch']})"
+        # best.safetensors holds the better of the model and its EMA; its metadata says which
+        which = read_info(summary["best_checkpoint"]).train.get("weights") if summary["best_checkpoint"] else None
+        weights = {"ema": ", EMA weights", "model": ", model weights"}.get(which, "")
+        line = (f"val top-1 {top1:.2f}% (best {summary['best_val_top1']:.2f}% at epoch {summary['best_epoch']}"
+                f"{weights})")
         if ema is not None:
             line += f", EMA top-1 {ema:.2f}%"
         print(line)

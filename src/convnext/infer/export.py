@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import ModelInfo, load_model
-from ..errors import UsageError
+from ..errors import UsageError, one_line
 from ..files import atomic_write
 from .fuse import optimize_for_inference
 
@@ -110,10 +111,19 @@ def _dynamic_shapes(info: ModelInfo, dynamic_batch: bool, dynamic_hw: bool) -> d
 
 @contextlib.contextmanager
 def _quiet():
-    # The exporters print progress and deprecation chatter; the user gets our one-line summary instead.
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    # The exporters print progress and deprecation chatter, and log the fallbacks they take (e.g. a failed opset
+    # conversion, with its traceback); the user gets our one-line summary instead, or an exception.
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
@@ -130,12 +140,23 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: str, dynamic_shap
     import onnx
 
     kwargs = {"opset_version": opset} if opset else {}
-    with _quiet():
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, verbose=False, **kwargs)
+    try:
+        with _quiet():
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, verbose=False,
+                                        **kwargs)
+    except Exception as e:  # noqa: BLE001 - below its native opset the exporter runs onnx's version converter
+        if not opset:
+            raise
+        raise UsageError(f"--opset {opset}: torch's ONNX exporter cannot write this model at opset {opset} "
+                         f"({one_line(e, 120)}); use 18 or newer, or leave --opset out") from None
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program; update torch (>= 2.5) and onnxscript")
     proto = program.model_proto
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset and written != opset:  # the exporter falls back to its own opset where it cannot convert
+        raise UsageError(f"--opset {opset}: torch's ONNX exporter wrote opset {written} instead; pass an opset it "
+                         f"can write (e.g. {written}), or leave --opset out")
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_NAME, info.to_json()
     onnx.checker.check_model(proto)
@@ -202,6 +223,15 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
     """
     if fmt not in FORMATS:
         raise UsageError(f"export format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
+    if opset is not None and fmt == "onnx":
+        import onnx
+
+        newest = onnx.defs.onnx_opset_version()
+        if opset > newest:
+            raise UsageError(f"--opset {opset} is not an ONNX opset this installation knows; use 18..{newest}, or "
+                             "leave --opset out")
+    elif opset is not None:
+        raise UsageError(f"--opset applies to --format onnx only, not {fmt}")
     if not dynamic_batch and fmt != "torchscript":
         # verification runs two batch sizes, which a fixed-batch graph cannot take
         raise UsageError("a fixed batch size cannot be verified at two batch sizes; keep the dynamic batch axis")
@@ -250,12 +280,12 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None, fmt: str = "onnx", *,
-                      fast: bool = False, model_name: str | None = None, **kw: Any) -> ExportResult:
+                      fast: bool = False, model_name: str | None = None, arch: dict | None = None,
+                      **kw: Any) -> ExportResult:
     """Load a checkpoint (CPU, fp32), optionally fuse it for inference, export and verify it."""
     if fmt not in FORMATS:
         raise UsageError(f"export format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
-    kwargs = {"model_name": model_name} if model_name else {}
-    model, info = load_model(checkpoint, map_location="cpu", **kwargs)
+    model, info = load_model(checkpoint, map_location="cpu", model_name=model_name, **(arch or {}))
     reference = None
     if fast:
         reference = model

@@ -51,11 +51,10 @@ class Prediction:
 
 
 def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
-                       model_name: str | None = None) -> tuple[nn.Module, ModelInfo]:
+                       model_name: str | None = None, arch: dict | None = None) -> tuple[nn.Module, ModelInfo]:
     """``checkpoint.load_model`` on ``device``; ``model_name`` for foreign layouts without our metadata."""
     device = resolve_device(device)
-    kwargs = {"model_name": model_name} if model_name else {}
-    model, info = load_model(checkpoint, map_location=device, **kwargs)
+    model, info = load_model(checkpoint, map_location=device, model_name=model_name, **(arch or {}))
     return model.eval(), info
 
 
@@ -102,8 +101,9 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
-                        fast: bool = False, model_name: str | None = None, **kw: Any) -> "Predictor":
-        model, info = load_for_inference(checkpoint, device, model_name)
+                        fast: bool = False, model_name: str | None = None, arch: dict | None = None,
+                        **kw: Any) -> "Predictor":
+        model, info = load_for_inference(checkpoint, device, model_name, arch)
         if fast:
             model = make_fast(model)
         return cls(model, info, device=resolve_device(device), **kw)

@@ -82,6 +82,20 @@ def get_config(name: str, **overrides: Any) -> ArchConfig:
     return get_entry(name).config.replace(**overrides)
 
 
+# What create_model(name, ...) users set freely without the name ceasing to describe the network:
+# the head and input sizes and the regularisation rates.
+FREE_FIELDS = ("num_classes", "in_chans", "drop_path_rate", "head_dropout", "head_init_scale")
+
+
+def is_variant_of(cfg: ArchConfig, name: str) -> bool:
+    """Whether ``cfg`` is the registered model ``name`` with only FREE_FIELDS changed."""
+    try:
+        base = get_config(name, **{f: getattr(cfg, f) for f in FREE_FIELDS})
+    except ValueError:
+        return False
+    return base == cfg
+
+
 def create_model(
     name: str | ArchConfig,
     features_only: bool = False,

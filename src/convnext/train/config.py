@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -164,6 +165,39 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# ---- resuming ------------------------------------------------------------------------------------
+
+# What a resumed run may change: how long it runs (the schedule follows the new opt.epochs), the advice
+# after a diverged run (lr, clipping, precision), and how it runs and reports (runtime.*, loader workers).
+# Everything else decides which model is trained on which data in which order: changing it is a new run.
+RESUMABLE_KEYS = {"opt.epochs", "opt.lr", "opt.clip_grad", "data.workers", "data.verify", "model.init"}
+RESUMABLE_SECTIONS = ("runtime.",)
+FIXED_ON_RESUME = {"runtime.seed"}  # it picks the data order and the initial weights
+
+
+def resume_conflicts(saved: dict[str, Any], cfg: "TrainConfig") -> list[str]:
+    """The dotted keys whose value in ``cfg`` differs from the run's ``saved`` config (``to_dict()`` form) and
+    may not change on resume, as "key old -> new"."""
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "overrides":
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    old, new = flat(_plain(saved)), flat(cfg.to_dict())
+    conflicts = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) == new.get(key):
+            continue
+        if (key in RESUMABLE_KEYS or key.startswith(RESUMABLE_SECTIONS)) and key not in FIXED_ON_RESUME:
+            continue
+        conflicts.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
+    return conflicts
 
 
 # ---- presets -------------------------------------------------------------------------------------
@@ -376,7 +410,23 @@ def _check(ok: bool, msg: str) -> None:
         raise UsageError(msg)
 
 
+def _non_finite(d: Any, key: str = "") -> str | None:
+    """The first dotted key holding a NaN/Inf number (alone or in a list), or None."""
+    if isinstance(d, dict):
+        for name, v in d.items():
+            found = _non_finite(v, f"{key}.{name}" if key else name)
+            if found is not None:
+                return found
+        return None
+    if isinstance(d, (list, tuple)):
+        return key if any(_non_finite(v, key) is not None for v in d) else None
+    return key if isinstance(d, float) and not math.isfinite(d) else None
+
+
 def _validate(c: TrainConfig) -> None:
+    bad = _non_finite(c.to_dict())
+    if bad is not None:  # inf/nan pass every range check below (inf > 0) and then poison the weights
+        raise UsageError(f"{bad} is NaN or infinite; give it a finite value")
     try:
         entry = get_entry(c.model.name)
     except ValueError as e:

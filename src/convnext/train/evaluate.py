@@ -76,7 +76,7 @@ def validate(model: nn.Module, ema_model: nn.Module | None, loader, device: torc
             "val_count": raw["count"]}
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None = None, dataset: str = "folder",
+def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None = None, arch: dict | None = None, dataset: str = "folder",
                         data_root: str | os.PathLike | None = None, split: str = "val", batch_size: int = 64,
                         workers: int = 2, limit: int = 0, device: str = "auto", amp: str = "none",
                         fast: bool = False, confusion_png: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -91,7 +91,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
     dev = resolve_device(device)
     if amp == "fp16" and dev.type != "cuda":
         raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
-    model, info = load_model(checkpoint, map_location=dev, model_name=model_name)
+    model, info = load_model(checkpoint, map_location=dev, model_name=model_name, **(arch or {}))
     pre = info.preprocess
     with print_warnings_as_lines():
         ds = load_eval_split(dataset, split, data_root, pre.channels)

@@ -17,6 +17,7 @@ from torch import nn
 from ..data.assembly import build_data, build_mixer, make_loader, model_channels
 from ..errors import UsageError
 from ..runtime import autocast
+from ..weights.io import first_non_finite
 from . import distributed as dist_mod
 from . import snapshot
 from .accelerate import accelerate_for_training
@@ -30,10 +31,6 @@ from .run_dir import CheckpointWriteError, RunDir
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a NaN/Inf loss or gradient."""
-
-
-def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
 class Trainer:
@@ -98,6 +95,11 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, best: tuple[nn.Module, str, dict] | None = None, last_metrics: dict | None = None) -> None:
         """best/last.safetensors and train_state.pt (``RunDir.save``); every rank calls it."""
+        bad = first_non_finite(self.model.state_dict())
+        if bad is not None:  # a finite loss, but the update overflowed (e.g. a huge lr): nothing may be saved
+            raise TrainingDiverged(f"training diverged: the weights hold NaN/Inf ({bad}) at step {self.step}; nothing "
+                                   f"written, earlier checkpoints kept in {self.rundir.path}. Try a lower --opt.lr "
+                                   "or --opt.clip_grad 1.0, then --resume auto")
         state = snapshot.capture(self)  # a collective under DDP
         if not self.dist.is_main:
             return
@@ -126,7 +128,7 @@ class Trainer:
                     logits = self.train_net(images)
                 logits = logits.float()
                 if self.mixer is not None:
-                    loss = soft_target_cross_entropy(logits, targets)
+                    loss = F.cross_entropy(logits, targets)  # soft targets, mixed and smoothed by the mixer
                 else:
                     loss = F.cross_entropy(logits, labels, label_smoothing=c.aug.label_smoothing)
                 scaled = loss / k
@@ -204,7 +206,7 @@ class Trainer:
         self.train_sampler.start = self.epoch_step * k * self.cfg.data.batch_size
         self.train_net.train()
         bar = None
-        if self.dist.is_main and self.cfg.runtime.progress:
+        if self.dist.is_main and self.cfg.runtime.progress and sys.stderr.isatty():  # no \r frames in logs
             from tqdm import tqdm
 
             bar = tqdm(total=self.steps_per_epoch, initial=self.epoch_step, desc=f"epoch {self.epoch}",

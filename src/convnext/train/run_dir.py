@@ -13,7 +13,7 @@ from torch import nn
 
 from ..checkpoint import ModelInfo, save_model
 from ..errors import UsageError
-from .config import TrainConfig
+from .config import TrainConfig, resume_conflicts
 from .logging import RunLogger, read_metrics
 from .state import PREV_NAME, STATE_NAME, find_resume_state, load_train_state, save_train_state
 
@@ -44,6 +44,9 @@ class RunDir:
             found = find_resume_state(path)
             if found is not None:
                 resume_from, state = found
+                if resume_from.name == PREV_NAME and (path / STATE_NAME).exists():
+                    print(f"warning: {path / STATE_NAME} is damaged; resuming from {PREV_NAME} (step "
+                          f"{state['step']}) instead", file=sys.stderr)
             elif any((path / n).exists() for n in (STATE_NAME, PREV_NAME)):
                 # starting over here would overwrite the run's best/last checkpoints
                 raise UsageError(f"{path}: --resume auto found no readable {STATE_NAME} (damaged); pass --resume "
@@ -51,6 +54,12 @@ class RunDir:
         elif t.resume:
             resume_from = Path(t.resume)
             state = load_train_state(resume_from)
+        if state is not None and state.get("config") is not None:
+            conflicts = resume_conflicts(state["config"], cfg)
+            if conflicts:
+                raise UsageError(f"{resume_from}: cannot resume with a different config ({'; '.join(conflicts)}); "
+                                 "rerun with the run's own values (its config.yaml), or start a new run with "
+                                 "--runtime.run_name NEW")
         # --resume auto with nothing to resume (e.g. killed before the first checkpoint) starts over
         if state is None and not t.overwrite and t.resume != "auto" and (path / "metrics.jsonl").exists():
             raise UsageError(f"{path}: a run already exists there; pass --resume auto to continue it, "
@@ -80,6 +89,7 @@ class RunDir:
         train_state.pt goes last because it is what --resume trusts: a crash before it is written
         resumes from the previous state, which replays the steps and rewrites the weights files.
         """
+        had_checkpoint = (self.path / STATE_NAME).exists()
         try:
             if best is not None:
                 save_model(best[0], self.best, best[1])
@@ -94,9 +104,10 @@ class RunDir:
                 reason += f"; {shutil.disk_usage(self.path).free / 1e6:.1f} MB free there"
             except OSError:
                 pass
-            raise CheckpointWriteError(
-                f"could not write a checkpoint in {self.path} ({reason}); the previous checkpoint "
-                f"is intact: free disk space, then rerun with --resume auto") from e
+            kept = ("the previous checkpoint is intact" if had_checkpoint else
+                    "no checkpoint of this run existed yet, so the rerun starts over")
+            raise CheckpointWriteError(f"could not write a checkpoint in {self.path} ({reason}); {kept}: free disk "
+                                       "space, then rerun with --resume auto") from e
 
     def last_epoch_record(self) -> dict[str, Any]:
         """The last end-of-epoch record in metrics.jsonl ({} if none)."""

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import ModelInfo
+from ..models import is_variant_of
 from . import distributed as dist_mod
 from .state import rng_state, set_rng_state
 
@@ -40,14 +41,24 @@ def restore(tr, s: dict[str, Any]) -> None:
     """Put a captured state back into ``tr`` (built for the same config) and say where the run resumes."""
     tr.model.load_state_dict(s["model"])
     tr.optimizer.load_state_dict(s["optimizer"])
+    # The schedule is this config's: a resumed run may be longer (opt.epochs) or continue at a lower opt.lr
+    # (RESUMABLE_KEYS); with the run's own config this recomputes exactly the saved values.
+    schedule = [dict(vars(f)) for f in tr.scheduler.lr_lambdas]
+    base_lrs = list(tr.scheduler.base_lrs)
     tr.scheduler.load_state_dict(s["scheduler"])
+    tr.scheduler.base_lrs = base_lrs
+    for group, base, f, fresh in zip(tr.optimizer.param_groups, base_lrs, tr.scheduler.lr_lambdas, schedule):
+        vars(f).update(fresh)
+        group["initial_lr"], group["lr"] = base, base * f(tr.scheduler.last_epoch)
     if tr.ema is not None and s.get("ema") is not None:
         tr.ema.load_state_dict(s["ema"])
     if tr.scaler is not None and s.get("scaler") is not None:
         tr.scaler.load_state_dict(s["scaler"])
     tr.epoch, tr.epoch_step, tr.step = s["epoch"], s["epoch_step"], s["step"]
     tr.best_top1, tr.best_epoch = s.get("best_top1", -1.0), s.get("best_epoch", -1)
-    tr.bad_steps_total, tr.consecutive_bad = s.get("bad_steps_total", 0), s.get("consecutive_bad", 0)
+    # A resume is a fresh chance (e.g. with the lower lr a diverged run advises): the count of bad steps in
+    # a row starts over; the run's total is kept.
+    tr.bad_steps_total, tr.consecutive_bad = s.get("bad_steps_total", 0), 0
     tr.epoch_loss_sum, tr.epoch_loss_count = s.get("epoch_loss_sum", 0.0), s.get("epoch_loss_count", 0)
     if s.get("world_size", 1) == tr.dist.world_size:
         set_rng_state(s["rng"][tr.dist.rank])
@@ -61,7 +72,9 @@ def model_info(tr, weights: str, metrics: dict[str, Any]) -> ModelInfo:
     """Metadata for a weights file of ``tr``: architecture, class names, the validation preprocessing, and
     where in the run it was saved; ``weights`` says which ("model" or "ema")."""
     train = {"epoch": tr.epoch, "step": tr.step, "weights": weights, "dataset": tr.cfg.data.dataset, **metrics}
-    return ModelInfo(config=tr.model.cfg, name=tr.cfg.model.name, class_names=tr.data.classes,
+    # the registered name only where it describes the network (model.overrides may have changed it)
+    name = tr.cfg.model.name if is_variant_of(tr.model.cfg, tr.cfg.model.name) else None
+    return ModelInfo(config=tr.model.cfg, name=name, class_names=tr.data.classes,
                      preprocess=tr.data.preprocess, train=train)
 
 

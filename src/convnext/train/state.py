@@ -82,7 +82,7 @@ def find_resume_state(run_dir: str | os.PathLike, map_location="cpu") -> tuple[P
             continue
         try:
             found.append((p, load_train_state(p, map_location)))
-        except CheckpointError:
+        except CheckpointError:  # a torn write: the other state may still be good (RunDir says which it used)
             continue
     if not found:
         return None

@@ -153,7 +153,16 @@ def read_weights(src: str | os.PathLike | Mapping[str, torch.Tensor]) -> Weights
             f"expected weights of ConvNeXt in one of the layouts {', '.join(LAYOUTS)}"
         )
     state, unmapped = to_ours(raw, layout)
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise CheckpointError(f"{source}: weights hold NaN/Inf values (first: {bad}); they come from a diverged "
+                              "run and cannot be used: load an earlier checkpoint")
     return Weights(state, layout, source, unmapped)
+
+
+def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The first key whose floating-point tensor holds a NaN or Inf, or None."""
+    return next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
 
 
 def describe_architecture(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -312,8 +321,13 @@ def timm_conv_mlp(cfg) -> bool:
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict as contiguous, unshared CPU tensors (what safetensors and torch.save need)."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    """The model's state dict as contiguous, unshared CPU tensors (what safetensors and torch.save need).
+    Weights with NaN/Inf are refused: no weights file that cannot be used is ever written."""
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise CheckpointError(f"the model's weights hold NaN/Inf values (first: {bad}); nothing written")
+    return state
 
 
 def write_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, layout: str = "ours",
@@ -339,5 +353,5 @@ def write_weights(state: dict[str, torch.Tensor], path: str | os.PathLike, layou
     return atomic_write(p, lambda tmp: torch.save(obj, tmp))
 
 
-__all__ = ["WEIGHT_SUFFIXES", "LoadReport", "Weights", "describe_architecture", "guess_model_name", "load_weights",
-           "plain_state_dict", "read_weights", "resolve_weights_path", "timm_conv_mlp", "write_weights"]
+__all__ = ["WEIGHT_SUFFIXES", "LoadReport", "Weights", "describe_architecture", "first_non_finite", "guess_model_name",
+           "load_weights", "plain_state_dict", "read_weights", "resolve_weights_path", "timm_conv_mlp", "write_weights"]
