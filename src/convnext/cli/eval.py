@@ -38,8 +38,9 @@ def register(sub, formatter) -> None:
 
 def run(args) -> int:
     with torch.inference_mode(False):
-        r = evaluate_checkpoint(args.checkpoint, model_name=args.model, arch=arch_overrides(args), dataset=args.dataset, data_root=args.data_root,
-                                split=args.split, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
+        r = evaluate_checkpoint(args.checkpoint, model_name=args.model, arch=arch_overrides(args),
+                                dataset=args.dataset, data_root=args.data_root, split=args.split,
+                                batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                                 device=args.device, amp=args.amp, fast=args.fast, confusion_png=args.confusion)
     if args.json:
         print(json.dumps(r, indent=2))

@@ -42,8 +42,8 @@ def run(args) -> int:
     output = Path(args.output) if args.output is not None else default_output(args.checkpoint, args.format)
     if output.exists() and not args.force:
         raise UsageError(f"{output} exists; pass --force to overwrite it or choose another path with -o")
-    result = export_checkpoint(args.checkpoint, output, args.format, fast=args.fast, model_name=args.model, arch=arch_overrides(args),
-                               dynamic_hw=args.dynamic_hw, opset=args.opset, tolerance=args.tolerance)
+    result = export_checkpoint(args.checkpoint, output, args.format, fast=args.fast, model_name=args.model,
+                               arch=arch_overrides(args), dynamic_hw=args.dynamic_hw, opset=args.opset, tolerance=args.tolerance)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

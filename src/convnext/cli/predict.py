@@ -46,8 +46,8 @@ def format_table(results: list[Prediction]) -> str:
 
 def run(args) -> int:
     check_inputs(args.images)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, fast=args.fast, model_name=args.model, arch=arch_overrides(args),
-                                          batch_size=args.batch_size, workers=args.workers)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, fast=args.fast, model_name=args.model,
+                                          arch=arch_overrides(args), batch_size=args.batch_size, workers=args.workers)
     results = predictor.predict_inputs(args.images, args.topk)
     for r in results:
         if not r.ok:

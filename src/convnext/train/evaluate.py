@@ -76,9 +76,9 @@ def validate(model: nn.Module, ema_model: nn.Module | None, loader, device: torc
             "val_count": raw["count"]}
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None = None, arch: dict | None = None, dataset: str = "folder",
-                        data_root: str | os.PathLike | None = None, split: str = "val", batch_size: int = 64,
-                        workers: int = 2, limit: int = 0, device: str = "auto", amp: str = "none",
+def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None = None, arch: dict | None = None,
+                        dataset: str = "folder", data_root: str | os.PathLike | None = None, split: str = "val",
+                        batch_size: int = 64, workers: int = 2, limit: int = 0, device: str = "auto", amp: str = "none",
                         fast: bool = False, confusion_png: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score ``checkpoint`` on one split of ``dataset`` (the first ``limit`` samples, 0 = all).
 
