@@ -144,3 +144,16 @@ def test_cli_bad_input_exits_2(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "batch sizes" in err
     assert main(["benchmark", "convnext_nope", "--peers"]) == 2
+
+
+def test_cpu_benchmark_output_holds_no_native_error_lines(tmp_path):
+    # the profiler's tracer logs "ERROR: ... gpuGetDeviceCount failed" on machines without a GPU
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "convnext", "benchmark", "convnext_atto", "--batch-sizes", "1",
+                        "--size", "32", "--warmup", "1", "--iters", "1", "--peers", "--device", "cpu"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "ERROR" not in r.stderr and "ERROR" not in r.stdout
+    assert "convnext_atto" in r.stdout

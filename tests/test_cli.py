@@ -70,3 +70,16 @@ def test_a_closed_pipe_never_stops_training(tmp_path):
     assert (tmp_path / "run" / "last.safetensors").is_file() and (tmp_path / "run" / "best.safetensors").is_file()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0, 1]
+
+
+def test_top_level_help_and_an_unknown_command_do_not_load_torch():
+    # every command's module imports torch (seconds); `convnext --help` needs none of them
+    code = ("import sys\nfrom convnext.cli import main\n"
+            "for argv in (['--help'], ['trian']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        print('exit', e.code)\n"
+            "print('torch loaded:', 'torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "exit 0" in r.stdout and "exit 2" in r.stdout, r.stdout + r.stderr
+    assert "torch loaded: False" in r.stdout
+    assert "train" in r.stdout and "list model names" in r.stdout  # the help still lists every command
+    assert "invalid choice: 'trian'" in r.stderr

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
+from pathlib import Path
+
+import pytest
 
 import convnext.checkpoint
 from convnext.cli import main
@@ -51,3 +55,24 @@ def test_a_log_file_gets_no_progress_frames_and_the_summary_names_the_best_weigh
     assert "\r" not in err and "step/s" not in err
     best = convnext.checkpoint.read_info(tmp_path / "run" / "best.safetensors").train["weights"]
     assert re.search(rf"\(best [\d.]+% at epoch \d+, {'EMA' if best == 'ema' else 'model'} weights\)", out), out
+
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def test_eval_takes_the_dataset_from_the_checkpoint(tmp_path, capsys):
+    if not (Path(FASHION_MNIST) / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist; `make test` does)")
+    argv = train_argv(tmp_path, epochs=1)
+    argv[argv.index("synthetic")] = "fashion_mnist"
+    argv += ["--data.root", FASHION_MNIST, "--data.limit_train", "64", "--data.limit_val", "16"]
+    rc, _, err = _train(argv, capsys)
+    assert rc == 0, err
+    best = str(tmp_path / "run" / "best.safetensors")
+    assert main(["eval", best, "--limit", "40", "--workers", "0", "--device", "cpu", "--json"]) == 0  # no --dataset
+    r = json.loads(capsys.readouterr().out)
+    assert r["count"] == 40 and r["classes"][0] == "T-shirt/top" and len(r["per_class"]) == 10
+    # a run on synthetic data cannot be regenerated from its name: eval wants a folder, as before
+    rc, _, err = _train(train_argv(tmp_path / "syn", epochs=1), capsys)
+    assert main(["eval", str(tmp_path / "syn" / "run" / "best.safetensors"), "--device", "cpu"]) == 2
+    assert "--dataset folder needs --data-root" in capsys.readouterr().err

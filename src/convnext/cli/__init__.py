@@ -11,8 +11,20 @@ import importlib
 import os
 import sys
 
-# Subcommands, in the order `convnext --help` lists them; each is convnext.cli.<name>.
-COMMANDS = ("list", "roadmap", "train", "eval", "predict", "benchmark", "convert", "export", "info", "plot", "study")
+# Subcommands, in the order `convnext --help` lists them, with their one-line help; each is convnext.cli.<name>.
+COMMANDS = {
+    "list": "list model names",
+    "roadmap": "table of the paper's roadmap steps: params, GMACs (measured and paper), top-1",
+    "train": "train a model (paper recipe or a small CPU recipe)",
+    "eval": "evaluate a checkpoint: top-1/top-5/loss, per-class accuracy, confusion matrix",
+    "predict": "classify images with a trained checkpoint (top-k classes and probabilities)",
+    "benchmark": "inference speed of a model (eager and optimize_for_inference) vs timm/torchvision peers",
+    "convert": "convert weights between the official, timm, torchvision, hf and our layouts",
+    "export": "export a checkpoint to ONNX / TorchScript / torch.export, verified against PyTorch",
+    "info": "architecture summary per stage (blocks, channels, resolution, params, GMACs) and FLOP breakdown",
+    "plot": "plot a run's loss / accuracy / lr curves, or the roadmap chart (paper Fig. 2)",
+    "study": "reproduce the paper's roadmap (Fig. 2) as a measured study",
+}
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -56,7 +68,9 @@ class ReaderMayLeave:
         return getattr(self._stream, name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``command`` given) one with only that subcommand's arguments, which is all
+    ``main`` needs and keeps ``convnext --help`` and ``convnext list`` from loading every command."""
     parser = argparse.ArgumentParser(
         prog="convnext",
         description="ConvNeXt: models, the paper's modernization roadmap, training and deployment.",
@@ -64,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").register(sub, _Formatter)
+    for name, text in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(f"{__name__}.{name}").register(sub, _Formatter)
+        else:  # listed with its help only: importing a command's module imports torch (seconds)
+            sub.add_parser(name, help=text)
     return parser
 
 
@@ -81,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str] | None) -> int:
-    parser = build_parser()
+    # (no list() here: importing the `list` subcommand binds that name in this package's namespace)
+    words = sys.argv[1:] if argv is None else [*argv]
+    command = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else "")
     args = parser.parse_args(argv)
     try:
         result = args.func(args)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from ..files import atomic_write
 from ..infer.benchmark import PEERS, format_table, run_benchmark
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
         "benchmark",
-        help="inference speed of a model (eager and optimize_for_inference) vs timm/torchvision peers",
+        help=COMMANDS["benchmark"],
         formatter_class=formatter,
         description="Throughput (img/s), batch-1 latency p50/p95 and peak memory for our model, eager and "
                     "fast (optimize_for_inference), and for timm convnext_tiny, torchvision convnext_tiny, "

@@ -12,12 +12,13 @@ from ..errors import UsageError
 from ..weights import LAYOUTS, hf, read_weights
 from ..weights.io import resolve_weights_path
 from .options import add_model_options, arch_overrides
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert weights between the official, timm, torchvision, hf and our layouts",
+        help=COMMANDS["convert"],
         formatter_class=formatter,
         description="Read ConvNeXt weights in any known layout (the layout is recognised from the keys) and "
         "write them in another. The file type follows DST's suffix: .safetensors, or .pth/.pt/.bin; "

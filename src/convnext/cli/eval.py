@@ -9,11 +9,12 @@ import torch
 from ..data import DATASETS
 from ..train.evaluate import evaluate_checkpoint
 from .options import add_model_options, arch_overrides
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
-        "eval", help="evaluate a checkpoint: top-1/top-5/loss, per-class accuracy, confusion matrix",
+        "eval", help=COMMANDS["eval"],
         formatter_class=formatter,
         description="Evaluate any checkpoint convnext can load (ours, or official/timm/torchvision/HF weights "
                     "with --model) on an image folder, Fashion-MNIST or synthetic data, with the "
@@ -21,7 +22,9 @@ def register(sub, formatter) -> None:
     )
     p.add_argument("checkpoint", help="a .safetensors checkpoint, a run directory, or foreign weights")
     add_model_options(p)
-    p.add_argument("--dataset", default="folder", choices=tuple(DATASETS))
+    p.add_argument("--dataset", default=None, choices=tuple(DATASETS),
+                   help="default: the dataset the checkpoint was trained on where its name is enough "
+                        "(fashion_mnist), else folder")
     p.add_argument("--data-root", default=None,
                    help="folder: ROOT with <split>/CLASS/* (or ROOT/CLASS/*); fashion_mnist: IDX directory")
     p.add_argument("--split", default="val", choices=("train", "val"))

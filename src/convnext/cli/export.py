@@ -8,12 +8,13 @@ from pathlib import Path
 from ..errors import UsageError
 from ..infer.export import FORMATS, FP32_TOLERANCE, default_output, export_checkpoint
 from .options import add_model_options, arch_overrides
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
         "export",
-        help="export a checkpoint to ONNX / TorchScript / torch.export, verified against PyTorch",
+        help=COMMANDS["export"],
         formatter_class=formatter,
         description="Export a checkpoint and check the exported file right away: it is loaded by its runtime "
                     "(onnxruntime, torch.jit, torch.export) and compared with PyTorch at two batch sizes. The "

@@ -6,12 +6,13 @@ import json
 
 from ..info import describe, format_report
 from .options import add_model_options, arch_overrides
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
         "info",
-        help="architecture summary per stage (blocks, channels, resolution, params, GMACs) and FLOP breakdown",
+        help=COMMANDS["info"],
         formatter_class=formatter,
         description="Summarise a registered model (see `convnext list`, roadmap steps included) or a checkpoint: "
                     "per-stage blocks, channels, output resolution, params and GMACs, and where the FLOPs go "

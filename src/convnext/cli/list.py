@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..models import get_entry, list_models
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
-    p = sub.add_parser("list", help="list model names", formatter_class=formatter,
+    p = sub.add_parser("list", help=COMMANDS["list"], formatter_class=formatter,
                        description="List registered models (family, isotropic and roadmap steps).")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'convnext_*'")
     p.set_defaults(func=run)

@@ -8,12 +8,13 @@ from pathlib import Path
 from ..errors import UsageError
 from ..models.summary import roadmap_rows
 from ..plots import plot_roadmap, plot_run
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
         "plot",
-        help="plot a run's loss / accuracy / lr curves, or the roadmap chart (paper Fig. 2)",
+        help=COMMANDS["plot"],
         formatter_class=formatter,
         description="RUN_DIR: read RUN_DIR/metrics.jsonl and write loss.png, accuracy.png and lr.png (into RUN_DIR "
                     "unless --out). --roadmap: top-1 and GMACs per roadmap step in the style of the paper's "

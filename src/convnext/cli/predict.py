@@ -7,12 +7,13 @@ import sys
 
 from ..infer.predict import Prediction, Predictor, check_inputs, results_json
 from .options import add_model_options, arch_overrides
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
         "predict",
-        help="classify images with a trained checkpoint (top-k classes and probabilities)",
+        help=COMMANDS["predict"],
         formatter_class=formatter,
         description="Classify image files, directories or glob patterns. The checkpoint carries its class names "
                     "and preprocessing (size, crop, mean/std), so no other flags are needed.\n"

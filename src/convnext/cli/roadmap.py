@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 from ..models.summary import format_table, roadmap_rows
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
         "roadmap",
-        help="table of the paper's roadmap steps: params, GMACs (measured and paper), top-1",
+        help=COMMANDS["roadmap"],
         formatter_class=formatter,
         description="Measure every roadmap network (ResNet-50 -> ConvNeXt-T) against the paper's Fig. 2.",
     )

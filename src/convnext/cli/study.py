@@ -8,12 +8,13 @@ from pathlib import Path
 from ..study.plan import StudyPlan, select_steps
 from ..study.recipe import BUDGETS, DATA_ALIASES, STUDY_DATASETS, get_budget
 from ..study.runner import run_study
+from . import COMMANDS
 
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
         "study",
-        help="reproduce the paper's roadmap (Fig. 2) as a measured study",
+        help=COMMANDS["study"],
         formatter_class=formatter,
         description="Train every roadmap step (ResNet-50 -> ConvNeXt-T) with the same data, seeds and step budget, "
                     "resumably; write results.json, results.md and roadmap.png.",

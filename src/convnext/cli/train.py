@@ -17,6 +17,7 @@ import yaml
 
 from ..checkpoint import read_info
 from ..train import PRESETS, TrainConfig, load_config, train
+from . import COMMANDS
 
 
 def _config_flags(p: argparse.ArgumentParser) -> None:
@@ -32,7 +33,7 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
 
 def register(sub, formatter) -> None:
     p = sub.add_parser(
-        "train", help="train a model (paper recipe or a small CPU recipe)", formatter_class=formatter,
+        "train", help=COMMANDS["train"], formatter_class=formatter,
         description="Train any registered model (roadmap steps included) on an image folder, Fashion-MNIST "
                     "or synthetic data. Writes <out>/<run_name>/ with config.yaml, metrics.jsonl, tb/, "
                     "last/best.safetensors and train_state.pt.",

@@ -28,6 +28,9 @@ class DatasetSpec:
     # Per-channel statistics of the stored images; None: ImageNet's.
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    # Its name alone (and an optional root) gives the same splits every time, so `convnext eval` can take it
+    # from a checkpoint's metadata; folders need a root, synthetic data its generation settings.
+    standalone: bool = False
 
     def stats(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Normalisation mean/std for a model taking ``channels`` channels of this data."""
@@ -41,7 +44,7 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "folder": DatasetSpec("folder", channels=None),
-    "fashion_mnist": DatasetSpec("fashion_mnist", channels=1, mean=(0.2860,), std=(0.3530,)),
+    "fashion_mnist": DatasetSpec("fashion_mnist", channels=1, mean=(0.2860,), std=(0.3530,), standalone=True),
     "synthetic": DatasetSpec("synthetic", channels=None),
 }
 

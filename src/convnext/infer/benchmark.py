@@ -9,6 +9,7 @@ the forward (CUDA: the allocator's peak; CPU: the profiler's allocation events).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import importlib.util
@@ -156,7 +157,7 @@ def peak_memory_mib(c: Candidate, x: torch.Tensor, device: torch.device) -> floa
     else:
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with _native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             _call(c, x, device)
         events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                         if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
@@ -165,6 +166,21 @@ def peak_memory_mib(c: Candidate, x: torch.Tensor, device: torch.device) -> floa
             level += nbytes
             extra = max(extra, level)
     return (resident + extra) / 2**20
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence what C++ code writes to file descriptor 2: the profiler's tracer (kineto) logs an ``ERROR:`` line
+    on machines without a GPU although CPU profiling works, and a benchmark's output should hold results."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..checkpoint import load_model
 from ..data.assembly import eval_dataset, load_eval_split, make_loader
+from ..data.datasets import DATASETS
 from ..data.folders import print_warnings_as_lines
 from ..errors import UsageError
 from ..infer.fuse import optimize_for_inference
@@ -77,10 +78,11 @@ def validate(model: nn.Module, ema_model: nn.Module | None, loader, device: torc
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None = None, arch: dict | None = None,
-                        dataset: str = "folder", data_root: str | os.PathLike | None = None, split: str = "val",
+                        dataset: str | None = None, data_root: str | os.PathLike | None = None, split: str = "val",
                         batch_size: int = 64, workers: int = 2, limit: int = 0, device: str = "auto", amp: str = "none",
                         fast: bool = False, confusion_png: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Score ``checkpoint`` on one split of ``dataset`` (the first ``limit`` samples, 0 = all).
+    """Score ``checkpoint`` on one split of ``dataset`` (the first ``limit`` samples, 0 = all); ``dataset=None``
+    takes the one the checkpoint was trained on when its name is enough to load it (Fashion-MNIST), else folder.
 
     Returns loss, top-1, top-5, count, per-class accuracy, the confusion matrix (rows = true class),
     the class names and the unreadable files skipped; with ``confusion_png`` also draws the matrix there.
@@ -93,6 +95,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
         raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     model, info = load_model(checkpoint, map_location=dev, model_name=model_name, **(arch or {}))
     pre = info.preprocess
+    if dataset is None:  # the checkpoint's own dataset where its name is enough to load it again
+        trained_on = info.train.get("dataset")
+        dataset = trained_on if trained_on in DATASETS and DATASETS[trained_on].standalone else "folder"
     with print_warnings_as_lines():
         ds = load_eval_split(dataset, split, data_root, pre.channels)
     bad_files = [{"path": str(b.path), "reason": b.reason} for b in getattr(ds, "bad_files", [])]
