@@ -83,3 +83,20 @@ def test_top_level_help_and_an_unknown_command_do_not_load_torch():
     assert "torch loaded: False" in r.stdout
     assert "train" in r.stdout and "list model names" in r.stdout  # the help still lists every command
     assert "invalid choice: 'trian'" in r.stderr
+
+
+def test_every_train_config_flag_is_described_and_help_shows_no_empty_defaults(capsys):
+    import dataclasses
+    import typing
+
+    from convnext.train.config import TrainConfig, field_help
+
+    docs = field_help()
+    keys = [f"{s.name}.{f.name}" for s in dataclasses.fields(TrainConfig)
+            for f in dataclasses.fields(typing.get_type_hints(TrainConfig)[s.name])]
+    assert len(keys) > 50 and [k for k in keys if not docs.get(k)] == []
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "--opt.lr V peak learning rate" in text and "(paper preset: 0.004)" in text

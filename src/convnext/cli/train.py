@@ -17,18 +17,20 @@ import yaml
 
 from ..checkpoint import read_info
 from ..train import PRESETS, TrainConfig, load_config, train
+from ..train.config import field_help
 from . import COMMANDS
 
 
 def _config_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("config fields (override the preset and the config file)")
+    docs = field_help()
     for section in dataclasses.fields(TrainConfig):
         cls = typing.get_type_hints(TrainConfig)[section.name]
         defaults = cls()
         for f in dataclasses.fields(cls):
             key = f"{section.name}.{f.name}"
             group.add_argument(f"--{key}", dest=f"cfg:{key}", default=argparse.SUPPRESS, metavar="V",
-                               help=f"(paper preset: {getattr(defaults, f.name)!r})")
+                               help=f"{docs.get(key, '')} (paper preset: {getattr(defaults, f.name)!r})".strip())
 
 
 def register(sub, formatter) -> None:

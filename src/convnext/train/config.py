@@ -7,9 +7,14 @@ any work starts; an unknown key or a bad value raises ``UsageError`` naming the 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
+import io
 import math
+import sys
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,7 +36,7 @@ GRAYSCALE_MODES = ("repeat", "in_chans")
 
 @dataclass
 class ModelConfig:
-    name: str = "convnext_tiny"
+    name: str = "convnext_tiny"  # registered model (`convnext list`), roadmap steps included
     # ArchConfig fields to override (e.g. {"kernel_size": 9}); num_classes and in_chans come from the data.
     overrides: dict = field(default_factory=dict)
     # Scale every stage width (and the stem) by this factor; it must give whole widths (ArchConfig.scale_width).
@@ -43,43 +48,44 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "folder"
+    dataset: str = "folder"  # folder | fashion_mnist | synthetic
     # folder: directory with train/ and val/ class folders; fashion_mnist: directory of the IDX files.
     root: str | None = None
-    image_size: int = 224
+    image_size: int = 224  # training and eval resolution (px)
     # 1-channel data: "repeat" into 3 channels (ImageNet-style stem) or "in_chans" (model gets in_chans=1).
     grayscale: str = "repeat"
     batch_size: int = 128  # per process, per micro-step
-    workers: int = 4
+    workers: int = 4  # DataLoader worker processes
     # Use only the first N samples (after a fixed shuffle) of each split; 0 = all.
     limit_train: int = 0
-    limit_val: int = 0
-    synthetic_samples: int = 512
-    synthetic_classes: int = 10
+    limit_val: int = 0  # use only the first N val samples (fixed shuffle); 0 = all
+    synthetic_samples: int = 512  # synthetic: train samples (val: a quarter)
+    synthetic_classes: int = 10  # synthetic: number of classes
     # Bad image files: skipped with a warning and counted (default), or an error with strict.
     strict: bool = False
     # Decode every image once before training so bad files are found up front.
     verify: bool = True
+    # per-channel normalisation mean; None = the dataset's own statistics (ImageNet's for folders)
     mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None  # per-channel normalisation std, given together with mean
 
 
 @dataclass
 class AugmentConfig:
-    random_resized_crop: bool = True
-    crop_scale_min: float = 0.08
-    hflip: float = 0.5
-    randaugment: bool = True
-    randaugment_n: int = 2
-    randaugment_m: int = 9
-    randaugment_mstd: float = 0.5
-    random_erasing: float = 0.25
+    random_resized_crop: bool = True  # RandomResizedCrop (else resize + center crop)
+    crop_scale_min: float = 0.08  # smallest crop area for RandomResizedCrop
+    hflip: float = 0.5  # horizontal flip probability
+    randaugment: bool = True  # RandAugment on/off
+    randaugment_n: int = 2  # RandAugment: ops per image
+    randaugment_m: int = 9  # RandAugment: magnitude (0-30)
+    randaugment_mstd: float = 0.5  # RandAugment: std of the per-image magnitude
+    random_erasing: float = 0.25  # Random Erasing probability
     mixup: float = 0.8  # Beta(alpha, alpha); 0 = off
-    cutmix: float = 1.0
+    cutmix: float = 1.0  # CutMix Beta alpha; 0 = off
     mixup_switch_prob: float = 0.5  # chance of CutMix instead of Mixup when both are on
     mixup_prob: float = 1.0  # chance a batch is mixed at all
-    label_smoothing: float = 0.1
-    interpolation: str = "bicubic"
+    label_smoothing: float = 0.1  # label smoothing of the targets
+    interpolation: str = "bicubic"  # resampling filter: nearest, bilinear, bicubic, lanczos
     crop_ratio: float = 0.875  # eval: resize to image_size / crop_ratio, center crop image_size
 
 
@@ -87,15 +93,15 @@ class AugmentConfig:
 class OptimConfig:
     # adamw (the paper); sgd (with `momentum`: ResNet-50's original recipe, used by the roadmap study)
     optimizer: str = "adamw"
-    lr: float = 4e-3
+    lr: float = 4e-3  # peak learning rate (before linear scaling, see lr_base_batch)
     # Linear scaling: effective lr = lr * (batch_size * update_freq * world_size) / lr_base_batch; None = lr as is.
     lr_base_batch: int | None = 4096
-    min_lr: float = 1e-6
-    warmup_epochs: float = 20.0
-    epochs: int = 300
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    min_lr: float = 1e-6  # learning rate at the end of the cosine decay
+    warmup_epochs: float = 20.0  # linear warmup length, in epochs (fractions allowed)
+    epochs: int = 300  # training epochs
+    weight_decay: float = 0.05  # decoupled weight decay (not on norms, biases, layer scale)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
     momentum: float = 0.9  # sgd only
     update_freq: int = 1  # gradient accumulation: optimizer step every N micro-batches
     clip_grad: float | None = None  # max global grad norm; None = no clipping (paper)
@@ -106,21 +112,21 @@ class OptimConfig:
 class RegularizationConfig:
     # Stochastic depth; None = the paper's rate for the model size (T 0.1, S 0.4, B/L 0.5).
     drop_path: float | None = None
-    ema: bool = True
-    ema_decay: float = 0.9999
+    ema: bool = True  # keep an EMA of the weights (evaluated, saved as best if better)
+    ema_decay: float = 0.9999  # EMA decay per step
     # decay min(ema_decay, (1 + n) / (10 + n)) at update n, for runs too short for a fixed decay
     ema_warmup: bool = False
 
 
 @dataclass
 class RuntimeConfig:
-    out: str = "runs"
+    out: str = "runs"  # directory the run directory goes into
     run_name: str | None = None  # default: <model>-<dataset>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "none"
-    compile: bool = False
-    channels_last: bool = False
-    seed: int = 0
+    amp: str = "none"  # autocast: none | bf16 | fp16 (fp16: CUDA only, with GradScaler)
+    compile: bool = False  # torch.compile the training model
+    channels_last: bool = False  # NHWC memory format for weights and inputs
+    seed: int = 0  # seed of the initial weights, data order and augmentation
     # CPU threads for the training process (torch.set_num_threads); 0 = PyTorch's default. On a
     # crowded machine 1 thread can be several times faster than oversubscribed spinning threads.
     threads: int = 0
@@ -131,9 +137,9 @@ class RuntimeConfig:
     log_every: int = 10  # metrics.jsonl step record every N optimizer steps
     max_bad_steps: int = 5  # stop after this many consecutive NaN/Inf steps
     max_steps: int = 0  # stop after N optimizer steps in total (0: run all epochs)
-    progress: bool = True
-    tensorboard: bool = True
-    plots: bool = True
+    progress: bool = True  # progress bar (only when stderr is a terminal)
+    tensorboard: bool = True  # write TensorBoard event files (tb/)
+    plots: bool = True  # draw loss/accuracy/lr figures at the end
 
 
 @dataclass
@@ -165,6 +171,38 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def field_help() -> dict[str, str]:
+    """Each config field's comment in this file ("key" -> text): the comment on its line, or the comment
+    lines right above it. The comments are the fields' documentation; `convnext train --help` shows them."""
+    try:
+        source = inspect.getsource(sys.modules[__name__])
+    except (OSError, TypeError):  # no source (e.g. a frozen build): the flags keep their defaults only
+        return {}
+    comments: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    lines = source.splitlines()
+    out: dict[str, str] = {}
+    for section in dataclasses.fields(TrainConfig):
+        cls = typing.get_type_hints(TrainConfig)[section.name]
+        first = inspect.getsourcelines(cls)[1]
+        for node in ast.parse(inspect.getsource(cls)).body[0].body:
+            if not isinstance(node, ast.AnnAssign):
+                continue
+            line = first + node.lineno - 1
+            text = comments.get(line)
+            if text is None:  # the comment block right above the field
+                above, n = [], line - 1
+                while n in comments and lines[n - 1].lstrip().startswith("#"):
+                    above.insert(0, comments[n])
+                    n -= 1
+                text = " ".join(above) or None
+            if text:
+                out[f"{section.name}.{node.target.id}"] = text
+    return out
 
 
 # ---- resuming ------------------------------------------------------------------------------------
