@@ -76,3 +76,19 @@ def test_eval_takes_the_dataset_from_the_checkpoint(tmp_path, capsys):
     rc, _, err = _train(train_argv(tmp_path / "syn", epochs=1), capsys)
     assert main(["eval", str(tmp_path / "syn" / "run" / "best.safetensors"), "--device", "cpu"]) == 2
     assert "--dataset folder needs --data-root" in capsys.readouterr().err
+
+
+def test_a_diverged_run_claims_a_kept_checkpoint_only_when_there_is_one(tmp_path, capsys):
+    # lr 1e300 (inf in float32): NaN from the second step on, the run stops before its first checkpoint
+    rc, _, err = _train(train_argv(tmp_path, "--opt.lr", "1e300", "--runtime.max_bad_steps", "2"), capsys)
+    assert rc == 1
+    last = err.strip().splitlines()[-1]
+    assert "TrainingDiverged" in last and f"no checkpoint was written yet in {tmp_path / 'run'}" in last
+    assert "kept" not in last
+    # with a checkpoint from a good epoch, the same failure on resume says it is kept
+    rc, _, err = _train(train_argv(tmp_path / "ok", epochs=1), capsys)
+    assert rc == 0, err
+    rc, _, err = _train(train_argv(tmp_path / "ok", "--opt.lr", "1e300", "--runtime.max_bad_steps", "2",
+                                   "--resume", "auto"), capsys)
+    assert rc == 1
+    assert f"the last good checkpoint is kept in {tmp_path / 'ok' / 'run'}" in err.strip().splitlines()[-1]

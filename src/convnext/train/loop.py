@@ -98,7 +98,7 @@ class Trainer:
         bad = first_non_finite(self.model.state_dict())
         if bad is not None:  # a finite loss, but the update overflowed (e.g. a huge lr): nothing may be saved
             raise TrainingDiverged(f"training diverged: the weights hold NaN/Inf ({bad}) at step {self.step}; nothing "
-                                   f"written, earlier checkpoints kept in {self.rundir.path}. Try a lower --opt.lr "
+                                   f"written, {self.rundir.what_is_kept()}. Try a lower --opt.lr "
                                    "or --opt.clip_grad 1.0, then --resume auto")
         state = snapshot.capture(self)  # a collective under DDP
         if not self.dist.is_main:
@@ -179,7 +179,7 @@ class Trainer:
         if self.consecutive_bad >= self.cfg.runtime.max_bad_steps:
             raise TrainingDiverged(
                 f"training diverged: {self.consecutive_bad} consecutive steps with NaN/Inf loss or "
-                f"gradients at step {self.step}; the last good checkpoint is kept in {self.rundir.path}. "
+                f"gradients at step {self.step}; {self.rundir.what_is_kept()}. "
                 "Try a lower --opt.lr, --opt.clip_grad 1.0, or --runtime.amp none (fp32), then --resume auto")
 
     def _after_step(self, loss: float, bar) -> None:

@@ -109,6 +109,12 @@ class RunDir:
             raise CheckpointWriteError(f"could not write a checkpoint in {self.path} ({reason}); {kept}: free disk "
                                        "space, then rerun with --resume auto") from e
 
+    def what_is_kept(self) -> str:
+        """For a stopped run's message: the last good checkpoint, or that there is none yet."""
+        if (self.path / STATE_NAME).exists():
+            return f"the last good checkpoint is kept in {self.path}"
+        return f"no checkpoint was written yet in {self.path}"
+
     def last_epoch_record(self) -> dict[str, Any]:
         """The last end-of-epoch record in metrics.jsonl ({} if none)."""
         done = [r for r in read_metrics(self.metrics) if r.get("type") == "epoch"]
