@@ -220,3 +220,89 @@ def test_synthetic_is_reproducible_and_shares_patterns():
     ma = torch.stack([a.images[a.targets == c].float().mean(0) for c in range(4)])
     mv = torch.stack([val.images[val.targets == c].float().mean(0) for c in range(4)])
     assert (ma - mv).abs().mean() < (ma[0] - ma[1]).abs().mean()
+
+
+# ---- small-image pipeline: held-out split, batched shift/flip, batched eval ---------------------------
+
+def _small_aug(**kw):
+    return AugmentConfig(random_resized_crop=False, randaugment=False, random_erasing=0.0, **kw)
+
+
+def test_shift_flip_matches_hand_computed_pad_crop_and_flip():
+    from convnext.data.transforms import ShiftFlip
+
+    images = torch.arange(2 * 1 * 4 * 4, dtype=torch.uint8).reshape(2, 1, 4, 4) * 3
+    tf = ShiftFlip(4, padding=1, hflip=0.5, mean=(0.0,), std=(1 / 255,), channels=1, src_channels=1,
+                   interpolation="bilinear")
+    seeds = [11, 12]
+    out = tf(images, seeds)
+    for i, seed in enumerate(seeds):
+        top, left, flip = tf.draws(seed)
+        ref = torch.nn.functional.pad(images[i], (1, 1, 1, 1))[:, top:top + 4, left:left + 4]
+        ref = ref.flip(-1) if flip else ref
+        assert torch.allclose(out[i], ref.float(), atol=1e-4)  # std 1/255 undoes the [0, 1] scaling
+    # each sample's draw depends on its own seed only, not on the batch it sits in
+    assert torch.equal(tf(images[1:], seeds[1:])[0], out[1])
+    # across many seeds every offset and both flips occur
+    draws = {tf.draws(s) for s in range(200)}
+    assert {d[0] for d in draws} == {0, 1, 2} and {d[2] for d in draws} == {True, False}
+
+
+def test_batched_train_transform_is_used_only_when_it_covers_the_augmentation():
+    from convnext.data.transforms import ShiftFlip, batched_train_transform
+
+    args = (28, (0.5,), (0.5,), 1, 1)
+    assert isinstance(batched_train_transform(_small_aug(crop_padding=2), *args), ShiftFlip)
+    assert batched_train_transform(AugmentConfig(), *args) is None  # RandomResizedCrop, RandAugment, erasing
+    assert batched_train_transform(_small_aug().__class__(random_resized_crop=False, randaugment=True,
+                                                          random_erasing=0.0), *args) is None
+
+
+def test_batched_fetch_equals_per_sample_pipeline():
+    ds = SyntheticImages(24, 3, image_size=20, channels=1, seed=3)
+    pre = Preprocess(input_size=16, mean=(0.4,) * 3, std=(0.2,) * 3, crop_ratio=0.8, channels=3)
+    val = SeededTransform(ds, eval_transform(pre, src_channels=1))
+    batched = val.__getitems__(list(range(24)))
+    for i, (image, label) in enumerate(batched):
+        ref_image, ref_label = val[i]
+        assert torch.equal(image, ref_image) and label == ref_label
+    # no pad and no flip: the batched train pipeline is the eval pipeline (without the crop margin)
+    from convnext.data.transforms import batched_train_transform
+
+    aug = _small_aug(hflip=0.0, crop_ratio=1.0)
+    train_tf = batched_train_transform(aug, 16, pre.mean, pre.std, 3, 1)
+    train = SeededTransform(ds, build_train_transform(aug, 16, pre.mean, pre.std, 3, 1), train_tf)
+    plain = SeededTransform(ds, eval_transform(Preprocess(input_size=16, mean=pre.mean, std=pre.std, crop_ratio=1.0,
+                                                          channels=3), src_channels=1))
+    for (image, _), i in zip(train.__getitems__([(i, i) for i in range(8)]), range(8)):
+        assert torch.allclose(image, plain[i][0], atol=1e-6)
+
+
+def test_a_data_loader_over_batched_fetches_is_worker_independent():
+    ds = SyntheticImages(40, 4, image_size=12, channels=1, seed=1)
+    aug = _small_aug(crop_padding=2)
+    from convnext.data.transforms import batched_train_transform
+
+    st = SeededTransform(ds, build_train_transform(aug, 12, (0.5,), (0.5,), 1, 1),
+                         batched_train_transform(aug, 12, (0.5,), (0.5,), 1, 1))
+    keys = [(i, 1000 + i) for i in range(40)]
+
+    def run(workers):
+        loader = torch.utils.data.DataLoader(st, batch_size=8, sampler=keys, num_workers=workers)
+        return torch.cat([x for x, _ in loader])
+
+    assert torch.equal(run(0), run(2))
+
+
+def test_holdout_split_is_fixed_disjoint_and_validated():
+    from convnext.data.datasets import split_holdout
+
+    ds = SyntheticImages(50, 5, image_size=8, channels=1)
+    rest, held = split_holdout(ds, 10)
+    assert len(rest) == 40 and len(held) == 10
+    assert not set(rest.indices) & set(held.indices) and set(rest.indices) | set(held.indices) == set(range(50))
+    assert split_holdout(ds, 10)[1].indices == held.indices  # the same images every time
+    assert held.classes == ds.classes and held.channels == 1
+    for n in (50, 60):
+        with pytest.raises(UsageError, match="must leave training images"):
+            split_holdout(ds, n)

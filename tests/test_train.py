@@ -74,6 +74,10 @@ def test_config_files_yaml_and_toml_and_overrides(tmp_path):
     ("reg.ema=maybe", r"reg.ema='maybe' must be true or false"),
     ("opt.optimizer=lion", r"opt.optimizer='lion' is not valid; use one of adamw, sgd"),
     ("opt.momentum=1.5", r"opt.momentum=1.5 must be in \[0, 1\)"),
+    ("data.image_size=225", r"data.image_size=225 is not a multiple of the stem's patch size 4; use 224 or 228"),
+    ("data.image_size=30", r"smaller than the network's total stride 32 .*the smallest valid size is 32"),
+    ("data.holdout=-1", r"data.holdout=-1 must be >= 0"),
+    ("aug.crop_padding=2", r"aug.crop_padding applies without random_resized_crop; set aug.random_resized_crop false"),
 ])
 def test_bad_config_fails_fast_with_a_clear_message(override, message):
     with pytest.raises(UsageError, match=message):
@@ -151,6 +155,15 @@ def test_sgd_optimizer_one_step_by_hand(tmp_path):
     state = load_train_state(run_dir(tmp_path))
     assert "momentum_buffer" in state["optimizer"]["state"][0]
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
+
+
+def test_holdout_validates_on_held_out_training_images(tmp_path):
+    summary = train(tiny_config(tmp_path, **NO_AUG, **{"opt.epochs": 1, "data.synthetic_samples": 40,
+                                                       "data.holdout": 12, "data.batch_size": 4}))
+    epochs = [r for r in read_metrics(run_dir(tmp_path) / "metrics.jsonl") if r["type"] == "epoch"]
+    assert epochs[0]["val_count"] == 12  # the held-out images, not the 10-image val split
+    assert epochs[0]["step"] == 28 // 4  # trained on the other 28
+    assert summary["best_checkpoint"] is not None
 
 
 def test_layer_decay_scales_and_linear_lr_scaling(tmp_path):

@@ -17,9 +17,9 @@ import torch
 
 from ..errors import UsageError
 from ..preprocess import Preprocess
-from .datasets import check_same_classes, get_dataset_spec, limit_samples, load_dataset
+from .datasets import check_same_classes, get_dataset_spec, limit_samples, load_dataset, split_holdout
 from .folders import ImageFolder, print_warnings_as_lines
-from .transforms import BatchMixer, SeededTransform, build_train_transform, eval_transform
+from .transforms import BatchMixer, SeededTransform, batched_train_transform, build_train_transform, eval_transform
 
 
 @dataclass
@@ -66,6 +66,7 @@ def eval_dataset(ds, pre: Preprocess, limit: int = 0) -> SeededTransform:
 def build_data(data, aug, in_chans: int, seed: int) -> DataBundle:
     """The train and val splits of ``data.dataset`` for a model taking ``in_chans`` channels.
 
+    ``data.holdout`` > 0 validates on that many images held out of the train split instead of the val split.
     Normalisation: ``data.mean``/``data.std`` when given, else the dataset registry's statistics.
     Train images get ``aug``'s pipeline; val images the eval pipeline (resize to
     image_size / aug.crop_ratio, center crop image_size). ``seed`` picks the synthetic data.
@@ -77,6 +78,8 @@ def build_data(data, aug, in_chans: int, seed: int) -> DataBundle:
         train = load_dataset(data.dataset, "train", **kw)
         val = load_dataset(data.dataset, "val", **kw)
     check_same_classes(train, val)
+    if data.holdout:  # validate on training images the run never trains on
+        train, val = split_holdout(train, data.holdout)
     if len(train) == 0 or len(val) == 0:
         raise UsageError(f"data.dataset={data.dataset}: the {'train' if not len(train) else 'val'} split is empty")
     bad = len(getattr(train, "bad_files", [])) + len(getattr(val, "bad_files", []))
@@ -88,8 +91,10 @@ def build_data(data, aug, in_chans: int, seed: int) -> DataBundle:
         raise UsageError(f"data.mean/std have {len(mean)} values but the model takes {in_chans} channel(s)")
     pre = Preprocess(input_size=data.image_size, mean=mean, std=std, crop_ratio=aug.crop_ratio,
                      interpolation=aug.interpolation, channels=in_chans)
-    train_tf = build_train_transform(aug, data.image_size, mean, std, in_chans, getattr(train, "channels", in_chans))
-    train_ds = SeededTransform(limit_samples(train, data.limit_train), train_tf)
+    src_channels = getattr(train, "channels", in_chans)
+    train_tf = build_train_transform(aug, data.image_size, mean, std, in_chans, src_channels)
+    batch_tf = batched_train_transform(aug, data.image_size, mean, std, in_chans, src_channels)
+    train_ds = SeededTransform(limit_samples(train, data.limit_train), train_tf, batch_tf)
     return DataBundle(train_ds, eval_dataset(val, pre, data.limit_val), list(train.classes), pre, bad)
 
 

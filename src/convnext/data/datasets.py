@@ -96,10 +96,25 @@ def limit_samples(ds, n: int):
         return ds
     # The shuffle is independent of the run seed: every run with the same limit sees the same samples.
     order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:n].sort().values.tolist()
-    sub = torch.utils.data.Subset(ds, order)
+    return _subset(ds, order)
+
+
+def _subset(ds, indices: list[int]):
+    sub = torch.utils.data.Subset(ds, indices)
     sub.classes = ds.classes
     sub.channels = getattr(ds, "channels", 3)
     return sub
 
 
-__all__ = ["DATASETS", "DatasetSpec", "check_same_classes", "get_dataset_spec", "limit_samples", "load_dataset"]
+def split_holdout(ds, n: int):
+    """``(rest, held_out)``: ``n`` samples of ``ds`` held out for validation, chosen by a fixed shuffle that does
+    not depend on the run seed, so every run of a sweep tunes against the same images."""
+    if not 0 < n < len(ds):
+        raise UsageError(f"data.holdout={n} must leave training images: the training split has {len(ds)}; "
+                         f"use 0 < data.holdout < {len(ds)}")
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(1)).tolist()
+    return _subset(ds, sorted(order[n:])), _subset(ds, sorted(order[:n]))
+
+
+__all__ = ["DATASETS", "DatasetSpec", "check_same_classes", "get_dataset_spec", "limit_samples", "load_dataset",
+           "split_holdout"]

@@ -59,6 +59,8 @@ def build_train_transform(aug, input_size: int, mean, std, channels: int, src_ch
         t.append(v2.RandomResizedCrop(input_size, scale=(aug.crop_scale_min, 1.0), interpolation=interp, antialias=True))
     else:
         t += [v2.Resize(input_size, interpolation=interp, antialias=True), v2.CenterCrop(input_size)]
+        if aug.crop_padding:
+            t.append(v2.RandomCrop(input_size, padding=aug.crop_padding))
     if aug.hflip > 0:
         t.append(v2.RandomHorizontalFlip(aug.hflip))
     if aug.randaugment:
@@ -89,6 +91,12 @@ def eval_transform(pre: Preprocess, src_channels: int | None = None):
         v2.CenterCrop(pre.input_size),
         v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std)),
     ])
+
+
+def _is_deterministic(transform) -> bool:
+    """Whether every step of a v2 Compose is a fixed function (so it can run on a stacked batch)."""
+    fixed = (v2.Resize, v2.CenterCrop, v2.ToImage, v2.ToDtype, v2.Normalize, v2.RGB, v2.Grayscale)
+    return isinstance(transform, v2.Compose) and all(type(t) in fixed for t in transform.transforms)
 
 
 @dataclass
@@ -130,19 +138,84 @@ class BatchMixer:
         return images, targets
 
 
+class ShiftFlip:
+    """The small-image train pipeline for a whole batch of same-size uint8 tensors: convert channels, resize to
+    ``size`` (center crop), shift (zero-pad every side by ``padding`` and crop ``size`` at a random place), flip
+    horizontally with probability ``hflip``, scale to [0, 1] and normalise.
+
+    The same result distribution as the per-sample v2 pipeline (``build_train_transform`` with
+    random_resized_crop off and no RandAugment or erasing), at a small fraction of its cost: Python makes
+    ~10 transform calls per image there, which on small images costs more than the network's training step.
+    torchvision's v2 ops draw one crop for a whole batch, so the per-sample draws are made here, each from
+    the sample's own seed (as ``SeededTransform`` seeds the per-sample pipeline), and applied in one gather.
+    """
+
+    def __init__(self, size: int, padding: int, hflip: float, mean, std, channels: int,
+                 src_channels: int | None, interpolation: str) -> None:
+        self.size, self.padding, self.hflip = size, padding, hflip
+        self.prepare = v2.Compose([
+            *_channel_fix(src_channels, channels),
+            v2.Resize(size, interpolation=interpolation_mode(interpolation), antialias=True), v2.CenterCrop(size),
+        ])
+        self.normalize = v2.Normalize(list(mean), list(std))
+
+    def draws(self, seed: int | None) -> tuple[int, int, bool]:
+        """(top, left, flip) for one sample; from ``seed``, or the global RNG when it is None."""
+        g = None if seed is None else torch.Generator().manual_seed(seed)
+        top, left = torch.randint(0, 2 * self.padding + 1, (2,), generator=g).tolist()
+        return top, left, bool(torch.rand((), generator=g) < self.hflip)
+
+    def __call__(self, images: torch.Tensor, seeds: list[int | None]) -> torch.Tensor:
+        x = self.prepare(images)  # (N, C, size, size) uint8
+        top, left, flip = (torch.tensor(v) for v in zip(*(self.draws(s) for s in seeds)))
+        p, line = self.padding, torch.arange(self.size)
+        rows = (top[:, None] + line)[:, :, None]  # (N, size, 1) rows of the padded image
+        cols = left[:, None] + torch.where(flip[:, None], line.flip(0), line)  # (N, size) flipped where drawn
+        padded = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
+        out = padded[torch.arange(len(x))[:, None, None], :, rows, cols[:, None, :]]  # (N, size, size, C)
+        out = out.permute(0, 3, 1, 2).float().div_(255)
+        return self.normalize(out)
+
+
+def batched_train_transform(aug, input_size: int, mean, std, channels: int, src_channels: int | None):
+    """``ShiftFlip`` when ``aug`` asks for nothing more than it does (no random resized crop, RandAugment or
+    erasing); else None, and the per-sample pipeline of ``build_train_transform`` applies."""
+    if aug.random_resized_crop or aug.randaugment or aug.random_erasing > 0:
+        return None
+    return ShiftFlip(input_size, aug.crop_padding, aug.hflip, mean, std, channels, src_channels, aug.interpolation)
+
+
 class SeededTransform(torch.utils.data.Dataset):
     """Apply a random transform with a seed chosen per sample by the sampler.
 
     The sampler yields ``(index, seed)``; the transform runs under ``torch.manual_seed(seed)`` in a
     forked RNG. The augmentation of a sample then depends only on (run seed, epoch, position), not
     on the number of workers or on what ran before, so a resumed run sees exactly the same images.
+
+    Over in-memory tensor images (Fashion-MNIST, synthetic data) the DataLoader fetches whole batches
+    (``__getitems__``): a ``batch_transform`` (``ShiftFlip``) then augments the batch in one go, and a
+    deterministic ``transform`` (the eval pipeline) runs once on the stacked batch instead of per image.
     """
 
-    def __init__(self, dataset, transform) -> None:
-        self.dataset, self.transform = dataset, transform
+    def __init__(self, dataset, transform, batch_transform: ShiftFlip | None = None) -> None:
+        self.dataset, self.transform, self.batch_transform = dataset, transform, batch_transform
+        self.deterministic = batch_transform is None and _is_deterministic(transform)
+        self.tensors = len(dataset) > 0 and isinstance(dataset[0][0], torch.Tensor)
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def __getitems__(self, keys: list) -> list:
+        if not self.tensors or not (self.batch_transform is not None or self.deterministic):
+            return [self[k] for k in keys]
+        indices, seeds = zip(*(k if isinstance(k, tuple) else (k, None) for k in keys))
+        samples = [self.dataset[i] for i in indices]
+        images = torch.stack([image for image, _ in samples])
+        if self.batch_transform is not None:
+            out = self.batch_transform(images, list(seeds))
+        else:
+            out = self.transform(images)
+        return [(image, label) for image, (_, label) in zip(out.unbind(0), samples)]
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)

@@ -115,6 +115,20 @@ class ArchConfig:
         """Input pixels per output feature-map pixel."""
         return self.stem_stride * 2 ** (len(self.dims) - 1)
 
+    def input_size_problem(self, size: int) -> str | None:
+        """Why a ``size`` x ``size`` input does not fit this network, or None when it does: the stem's patches
+        must tile it, and every downsampling must still have a map to halve."""
+        smallest = self.total_stride
+        if size < smallest:
+            return (f"{size} is smaller than the network's total stride {smallest} (a stem of stride "
+                    f"{self.stem_stride}, {len(self.dims) - 1} downsamplings); the smallest valid size is {smallest}")
+        if self.stem == "patchify" and size % self.stem_patch_size:
+            below = size - size % self.stem_patch_size
+            nearest = [s for s in (below, below + self.stem_patch_size) if s >= smallest]
+            return (f"{size} is not a multiple of the stem's patch size {self.stem_patch_size}; "
+                    f"use {' or '.join(map(str, nearest))}")
+        return None
+
     def scale_width(self, width_mult: float) -> "ArchConfig":
         """This config with every width (stage dims and the stem) multiplied by ``width_mult``; nothing else
         changes, so ratios between stages, the hidden width (dim * mlp_ratio), kernels, norms and depths stay.

@@ -59,6 +59,9 @@ class DataConfig:
     # Use only the first N samples (after a fixed shuffle) of each split; 0 = all.
     limit_train: int = 0
     limit_val: int = 0  # use only the first N val samples (fixed shuffle); 0 = all
+    # Validate on N images held out of the training split (a fixed shuffle, the same for every run) instead of
+    # the val split: tune a recipe without looking at the test set. 0 = validate on the val split.
+    holdout: int = 0
     synthetic_samples: int = 512  # synthetic: train samples (val: a quarter)
     synthetic_classes: int = 10  # synthetic: number of classes
     # Bad image files: skipped with a warning and counted (default), or an error with strict.
@@ -74,6 +77,9 @@ class DataConfig:
 class AugmentConfig:
     random_resized_crop: bool = True  # RandomResizedCrop (else resize + center crop)
     crop_scale_min: float = 0.08  # smallest crop area for RandomResizedCrop
+    # Without random_resized_crop: zero-pad every side by N px and crop image_size at a random place (the
+    # usual small-image augmentation, CIFAR/MNIST style: shifts without rescaling). 0 = center crop only.
+    crop_padding: int = 0
     hflip: float = 0.5  # horizontal flip probability
     randaugment: bool = True  # RandAugment on/off
     randaugment_n: int = 2  # RandAugment: ops per image
@@ -483,12 +489,11 @@ def _validate(c: TrainConfig) -> None:
     _check(c.data.batch_size >= 1, f"data.batch_size={c.data.batch_size} must be >= 1")
     _check(c.data.workers >= 0, f"data.workers={c.data.workers} must be >= 0")
     _check(c.data.limit_train >= 0 and c.data.limit_val >= 0, "data.limit_train / data.limit_val must be >= 0")
+    _check(c.data.holdout >= 0, f"data.holdout={c.data.holdout} must be >= 0 (0 = validate on the val split)")
     _check(c.data.synthetic_samples >= 1 and c.data.synthetic_classes >= 2,
            "data.synthetic_samples must be >= 1 and data.synthetic_classes >= 2")
-    stride = ArchConfig(**{**entry.config.to_dict(), **c.model.overrides}).total_stride
-    _check(c.data.image_size >= stride,
-           f"data.image_size={c.data.image_size} is smaller than the network's total stride {stride}; "
-           f"use data.image_size >= {stride}")
+    problem = entry.config.replace(**c.model.overrides).input_size_problem(c.data.image_size)
+    _check(problem is None, f"data.image_size={problem}")
     if (c.data.mean is None) != (c.data.std is None):
         raise UsageError("data.mean and data.std must be given together")
     if c.data.std is not None:
@@ -496,6 +501,9 @@ def _validate(c: TrainConfig) -> None:
                "data.mean and data.std must have the same length and std values must be > 0")
     a = c.aug
     _check(0 < a.crop_scale_min <= 1, f"aug.crop_scale_min={a.crop_scale_min} must be in (0, 1]")
+    _check(a.crop_padding >= 0, f"aug.crop_padding={a.crop_padding} must be >= 0 (0 = off)")
+    _check(not (a.crop_padding and a.random_resized_crop),
+           "aug.crop_padding applies without random_resized_crop; set aug.random_resized_crop false to use it")
     for name in ("hflip", "random_erasing", "mixup_switch_prob", "mixup_prob"):
         v = getattr(a, name)
         _check(0 <= v <= 1, f"aug.{name}={v} must be a probability in [0, 1]")
