@@ -33,7 +33,7 @@ STEPS_PER_EPOCH = 8
 
 def train_argv(out: str | os.PathLike, *extra: str, epochs: int = 2, save_every: int = 2) -> list[str]:
     return [
-        "train", "--preset", "small",
+        "train", "--preset", "small", "--model.name", "convnext_atto",
         "--set", "model.overrides.depths=[1,1,1,1]", "--set", "model.overrides.dims=[8,16,32,64]",
         "--data.dataset", "synthetic", "--data.synthetic_samples", "64", "--data.synthetic_classes", "4",
         "--data.image_size", "32", "--data.batch_size", "8", "--data.workers", "0",

@@ -59,6 +59,32 @@ def test_flops_match_timm_model_counted_the_same_way():
     assert convnext.count_flops(meta_model("convnext_tiny")) == pytest.approx(convnext.count_flops(ref), rel=1e-6)
 
 
+def test_small_input_model_params_flops_and_maps_by_hand():
+    model = convnext.create_model("convnext_micro_small_input", in_chans=1, num_classes=10).eval()
+    # stem 2x2 conv 1->32 + LN; one block per stage (dw 7x7, LN, 1x1 up x4, 1x1 down, layer scale);
+    # downsampling LN + 2x2 conv; head LN + fc, counted layer by layer in the test's comments
+    stem = 1 * 32 * 4 + 32 + 64
+    block = {d: d * 49 + d + 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d) + d for d in (32, 64, 128)}
+    down = {(a, b): 2 * a + a * b * 4 + b for a, b in ((32, 64), (64, 128))}
+    head = 2 * 128 + 128 * 10 + 10
+    assert block[32] == 10_048
+    assert convnext.count_params(model) == stem + sum(block.values()) + sum(down.values()) + head == 228_138
+    # MACs at 28 px: maps 14x14, 7x7, 3x3 (norms and activations are not counted, as in the paper's tables)
+    macs = (14 * 14 * 32 * 4  # stem
+            + 196 * (49 * 32 + 2 * 32 * 128) + 49 * 64 * 32 * 4  # stage 1 + downsampling to 7x7
+            + 49 * (49 * 64 + 2 * 64 * 256) + 9 * 128 * 64 * 4  # stage 2 + downsampling to 3x3
+            + 9 * (49 * 128 + 2 * 128 * 512) + 128 * 10)  # stage 3 + classifier
+    assert convnext.count_flops(model, (1, 28, 28)) * 1e9 == pytest.approx(macs, abs=0.5) and macs == 5_631_040
+    feats = convnext.create_model("convnext_micro_small_input", in_chans=1, features_only=True)
+    for size, maps in ((28, [14, 7, 3]), (32, [16, 8, 4]), (64, [32, 16, 8])):
+        assert [f.shape[-1] for f in feats(torch.zeros(1, 1, size, size))] == maps
+    # every small-input member: the family member's first three stages, behind a stride-2 stem
+    for size in ("atto", "femto", "pico", "nano", "tiny"):
+        small, full = get_entry(f"convnext_{size}_small_input").config, get_entry(f"convnext_{size}").config
+        assert (small.depths, small.dims) == (full.depths[:3], full.dims[:3])
+        assert small.stem_patch_size == 2 and small.total_stride == 8 and small.layer_scale_init == 1.0
+
+
 def test_roadmap_order_and_every_step_within_0_2_gflops_of_paper():
     names = [s.name for s in ROADMAP]
     assert names[0] == "resnet50" and names[-1] == "roadmap_separate_downsampling"

@@ -49,7 +49,7 @@ def test_config_files_yaml_and_toml_and_overrides(tmp_path):
     t.write_text('preset = "small"\n[opt]\nlr = 1e-3\nbetas = [0.8, 0.99]\n[model.overrides]\nkernel_size = 5\n')
     a, b = load_config(y), load_config(t)
     assert a == b and a.opt.lr == 1e-3 and a.opt.betas == (0.8, 0.99) and a.model.overrides == {"kernel_size": 5}
-    assert a.model.name == "convnext_atto"  # from the preset
+    assert a.model.name == "convnext_micro_small_input"  # from the preset
     c = load_config(y, ["opt.lr=2e-4", "data.batch_size=3", "model.overrides.kernel_size=9", "opt.clip_grad=null"])
     assert (c.opt.lr, c.data.batch_size, c.model.overrides["kernel_size"], c.opt.clip_grad) == (2e-4, 3, 9, None)
     # saved config reloads to the same tree
@@ -336,7 +336,8 @@ def test_persistent_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsy
     assert load_train_state(run_dir(tmp_path))["step"] == good["step"] == 4
     assert (run_dir(tmp_path) / "last.safetensors").read_bytes() == before
     # the CLI turns it into one line and exit status 1
-    args = ["train", "--preset", "small", "--set", "model.overrides.depths=[1,1,1,1]",
+    args = ["train", "--preset", "small", "--model.name", "convnext_atto", "--data.image_size", "32",
+            "--set", "model.overrides.depths=[1,1,1,1]",
             "--set", "model.overrides.dims=[8,16,32,64]", "--data.dataset", "synthetic", "--data.synthetic_samples", "32",
             "--data.synthetic_classes", "4", "--data.batch_size", "8", "--data.workers", "0", "--opt.epochs", "2",
             "--runtime.out", str(tmp_path), "--runtime.run_name", "run", "--runtime.progress", "false",
