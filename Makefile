@@ -38,7 +38,7 @@ data:
 		echo "Fashion-MNIST is missing and this user cannot apt-get: run 'apt-get install dataset-fashion-mnist' as root"; exit 1; \
 	fi
 
-# Train a small ConvNeXt on real Fashion-MNIST on the CPU (about 3 minutes on 2 cores): the `small` preset
+# Train a small ConvNeXt on real Fashion-MNIST on the CPU (3-5 minutes on 2 cores): the `small` preset
 # (convnext_micro_small_input at 28 px, 3 epochs over the 60,000 training images), evaluated on the full
 # 10,000-image test set. The in-memory images are batched in the training process (no loader workers), so
 # both cores compute.

@@ -157,6 +157,17 @@ def test_sgd_optimizer_one_step_by_hand(tmp_path):
     assert state["optimizer"]["param_groups"][0]["momentum"] == 0.9
 
 
+def test_small_preset_names_a_registered_small_input_model_as_is():
+    cfg = preset("small").replace({"data.dataset": "fashion_mnist"})
+    # a registered name with no overrides: checkpoints are labelled with the architecture they hold
+    assert cfg.model.name == "convnext_micro_small_input" and cfg.model.overrides == {}
+    model = build_model(cfg, num_classes=10, in_chans=1)
+    assert model.cfg == create_model("convnext_micro_small_input", num_classes=10, in_chans=1).cfg
+    # 28 px (Fashion-MNIST's own size) fits its stride-2 stem; 27 does not, and the error names 26 and 28
+    with pytest.raises(UsageError, match=r"data.image_size=27 is not a multiple of the stem's patch size 2; use 26 or 28"):
+        cfg.replace({"data.image_size": 27})
+
+
 def test_holdout_validates_on_held_out_training_images(tmp_path):
     summary = train(tiny_config(tmp_path, **NO_AUG, **{"opt.epochs": 1, "data.synthetic_samples": 40,
                                                        "data.holdout": 12, "data.batch_size": 4}))
