@@ -34,7 +34,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
 
 def run(group: str, name: str, extra: list[str], out: Path) -> None:
     run_dir = out / group / name
-    if (run_dir / "best.safetensors").exists() and (run_dir / "done").exists():
+    if (run_dir / "done").exists():  # written only after the run finished
         return
     cmd = [sys.executable, "-m", "convnext", "train", *BASE, *extra, "--runtime.out", str(out / group),
            "--runtime.run_name", name, "--runtime.resume", "auto"]

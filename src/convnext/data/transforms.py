@@ -199,29 +199,36 @@ class SeededTransform(torch.utils.data.Dataset):
 
     def __init__(self, dataset, transform, batch_transform: ShiftFlip | None = None) -> None:
         self.dataset, self.transform, self.batch_transform = dataset, transform, batch_transform
-        self.deterministic = batch_transform is None and _is_deterministic(transform)
-        self.tensors = len(dataset) > 0 and isinstance(dataset[0][0], torch.Tensor)
+        self.batchable = batch_transform is not None or _is_deterministic(transform)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitems__(self, keys: list) -> list:
-        if not self.tensors or not (self.batch_transform is not None or self.deterministic):
-            return [self[k] for k in keys]
         indices, seeds = zip(*(k if isinstance(k, tuple) else (k, None) for k in keys))
         samples = [self.dataset[i] for i in indices]
-        images = torch.stack([image for image, _ in samples])
+        images = [image for image, _ in samples]
+        if not (self.batchable and all(isinstance(im, torch.Tensor) and im.shape == images[0].shape for im in images)):
+            return [(self._apply(image, seed), label) for (image, label), seed in zip(samples, seeds)]
         if self.batch_transform is not None:
-            out = self.batch_transform(images, list(seeds))
+            out = self.batch_transform(torch.stack(images), list(seeds))
         else:
-            out = self.transform(images)
+            out = self.transform(torch.stack(images))
         return [(image, label) for image, (_, label) in zip(out.unbind(0), samples)]
 
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
         image, label = self.dataset[index]
+        return self._apply(image, seed), label
+
+    def _apply(self, image, seed: int | None):
+        """The per-sample pipeline, under ``seed`` when the sampler gave one."""
         if seed is None:
-            return self.transform(image), label
+            return self.transform(image)
+        with torch.random.fork_rng(devices=[]):
+            # CPU generator only: torch.manual_seed would also queue CUDA seeding (with a stack capture)
+            torch.default_generator.manual_seed(seed)
+            return self.transform(image)
         with torch.random.fork_rng(devices=[]):
             # CPU generator only: torch.manual_seed would also queue CUDA seeding (with a stack capture)
             torch.default_generator.manual_seed(seed)

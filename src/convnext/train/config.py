@@ -26,7 +26,7 @@ import yaml
 from ..data import DATASETS
 from ..errors import UsageError, check_choice
 from ..files import atomic_write_text
-from ..models import ArchConfig, get_entry
+from ..models import get_entry
 from ..preprocess import INTERPOLATIONS
 
 AMP_MODES = ("none", "bf16", "fp16")
@@ -479,12 +479,12 @@ def _validate(c: TrainConfig) -> None:
     except ValueError as e:
         raise UsageError(f"model.name: {e}") from None
     try:
-        entry.config.replace(**c.model.overrides)
+        arch = entry.config.replace(**c.model.overrides)
     except (ValueError, TypeError) as e:
         raise UsageError(f"model.overrides: {e}") from None
     _check(c.model.width_mult > 0, f"model.width_mult={c.model.width_mult} must be > 0")
     try:
-        entry.config.replace(**c.model.overrides).scale_width(c.model.width_mult)
+        arch.scale_width(c.model.width_mult)
     except ValueError as e:
         raise UsageError(f"model.width_mult: {e}") from None
     check_choice("data.dataset", c.data.dataset, tuple(DATASETS))
@@ -495,7 +495,7 @@ def _validate(c: TrainConfig) -> None:
     _check(c.data.holdout >= 0, f"data.holdout={c.data.holdout} must be >= 0 (0 = validate on the val split)")
     _check(c.data.synthetic_samples >= 1 and c.data.synthetic_classes >= 2,
            "data.synthetic_samples must be >= 1 and data.synthetic_classes >= 2")
-    problem = entry.config.replace(**c.model.overrides).input_size_problem(c.data.image_size)
+    problem = arch.input_size_problem(c.data.image_size)
     _check(problem is None, f"data.image_size={problem}")
     if (c.data.mean is None) != (c.data.std is None):
         raise UsageError("data.mean and data.std must be given together")
