@@ -266,7 +266,11 @@ def test_model_without_foldable_pairs_returned_unchanged_with_warning():
 # ------------------------------------------------------------------------------------------ precision / compile
 
 
-def test_precision_validation():
+DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def test_precision_validation(monkeypatch):
+    monkeypatch.setattr(fuse, "_cpu_has_bf16_units", lambda: False)
     model = tiny("convnext_atto")
     with pytest.raises(ValueError, match="fp16 is for GPUs"):
         optimize_for_inference(model, precision="fp16")
@@ -299,8 +303,35 @@ def test_bf16_top1_agreement(autocast):
 def test_cpu_bf16_slowdown_is_measured_and_warned(monkeypatch):
     assert fuse.cpu_bf16_slowdown() > 0
     monkeypatch.setattr(fuse, "cpu_bf16_slowdown", lambda: 9.7)
-    with pytest.warns(RuntimeWarning, match="9.7x slower than fp32.*fp32 is the CPU default"):
+    monkeypatch.setattr(fuse, "_cpu_has_bf16_units", lambda: False)
+    with pytest.warns(RuntimeWarning, match="9.7x slower than fp32.*auto picks fp32 here"):
         optimize_for_inference(tiny("convnext_atto"), precision="bf16")
+
+
+@pytest.mark.parametrize("units, isa_cap, expected", [
+    (False, None, "fp32"),                      # AVX2 / AVX-512 without BF16: bf16 would be emulated
+    (True, None, "bf16"),                       # AVX512-BF16 or AMX
+    (True, "AVX512_CORE_VNNI", "fp32"),         # oneDNN capped below its bf16 kernels
+    (True, "avx512_core_amx", "bf16"),          # a cap at or above them changes nothing
+    (True, "AVX2", "fp32"),
+])
+def test_auto_precision_follows_native_bf16(monkeypatch, units, isa_cap, expected):
+    monkeypatch.setattr(fuse, "_cpu_has_bf16_units", lambda: units)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if isa_cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa_cap)
+    assert fuse.resolve_precision("auto", torch.device("cpu")) == expected
+    assert fuse.cpu_native_bf16()[0] == (expected == "bf16")
+    monkeypatch.setattr(fuse, "cpu_bf16_slowdown", lambda: 1.0)  # this test machine may emulate bf16
+    fused = optimize_for_inference(tiny("convnext_atto"))
+    assert fused.precision == expected
+    # bf16 chosen by auto on CPU runs fully cast (no autocast): every weight is bf16, the logits fp32
+    assert {p.dtype for p in fused.parameters()} == {DTYPE[expected]}
+    assert fused.autocast is (expected != "bf16")
+    with torch.no_grad():
+        assert fused(torch.randn(2, 3, 64, 64)).dtype == torch.float32
 
 
 def test_compile_unavailable_degrades_to_eager(monkeypatch):

@@ -34,6 +34,7 @@ from .weights.io import (Weights, describe_architecture, guess_model_name, load_
                          resolve_weights_path, timm_conv_mlp, write_weights)
 
 METADATA_KEY = "convnext"
+QUANTIZATION_KEY = "convnext_quantization"  # present in INT8 files written by infer.quantize (convnext quantize)
 FORMAT_VERSION = 1
 
 
@@ -79,13 +80,41 @@ def save_model(model: ConvNeXt, path: str | os.PathLike, info: ModelInfo | None 
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
-def _read_convnext_metadata(p: Path) -> ModelInfo | None:
-    """The convnext metadata of a safetensors file, or None when it has none (or is not safetensors)."""
+def _read_metadata(p: Path) -> dict[str, str]:
     try:
         with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
+            return f.metadata() or {}
     except Exception as e:  # noqa: BLE001 - any parse failure means the same thing to the user
         raise CheckpointError(f"{p}: not a readable safetensors file ({e}); re-export or re-download it") from None
+
+
+def read_quantization(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The quantization record of an INT8 file (``convnext quantize``), or None for any other file."""
+    p = resolve_weights_path(path)
+    if p.suffix != ".safetensors":
+        return None
+    text = _read_metadata(p).get(QUANTIZATION_KEY)
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{p}: its INT8 record is not valid JSON; re-quantize the float checkpoint")
+    return record
+
+
+def refuse_int8(p: Path) -> None:
+    """Commands that need float weights (convert, export, info's weight check, fine-tuning) stop here."""
+    if p.suffix == ".safetensors" and QUANTIZATION_KEY in _read_metadata(p):
+        raise CheckpointError(f"{p} is an INT8 model from convnext quantize, which only predict, eval and benchmark "
+                              "run; give this command the float checkpoint it was quantized from")
+
+
+def _read_convnext_metadata(p: Path) -> ModelInfo | None:
+    """The convnext metadata of a safetensors file, or None when it has none (or is not safetensors)."""
+    meta = _read_metadata(p)
     if METADATA_KEY not in meta:
         return None
     try:
@@ -110,6 +139,7 @@ def check_weights_fit(path: str | os.PathLike, info: ModelInfo) -> None:
     """Raise CheckpointError unless the tensors of our checkpoint at ``path`` have the names and shapes of the
     architecture its metadata describes. Reads the file's header only, not the weights."""
     p = resolve_weights_path(path)
+    refuse_int8(p)
     with torch.device("meta"):  # shapes only: no memory, no init
         expected = {k: tuple(v.shape) for k, v in ConvNeXt(info.config).state_dict().items()}
     with safe_open(str(p), framework="pt") as f:
@@ -138,6 +168,7 @@ def load_model(
     """
     p = resolve_weights_path(path)
     weights = read_weights(p)  # first: it gives the clearest message for empty or damaged files
+    refuse_int8(p)
     info = _read_convnext_metadata(p) if p.suffix == ".safetensors" else None
     if info is None:
         if model_name is None:

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 # Subcommands, in the order `convnext --help` lists them, with their one-line help; each is convnext.cli.<name>.
 COMMANDS = {
@@ -21,6 +22,7 @@ COMMANDS = {
     "benchmark": "inference speed of a model (eager and optimize_for_inference) vs timm/torchvision peers",
     "convert": "convert weights between the official, timm, torchvision, hf and our layouts",
     "export": "export a checkpoint to ONNX / TorchScript / torch.export, verified against PyTorch",
+    "quantize": "INT8 post-training quantization of a checkpoint (PT2E, x86 CPUs), calibrated on your images",
     "info": "architecture summary per stage (blocks, channels, resolution, params, GMACs) and FLOP breakdown",
     "plot": "plot a run's loss / accuracy / lr curves, or the roadmap chart (paper Fig. 2)",
     "study": "reproduce the paper's roadmap (Fig. 2) as a measured study",
@@ -91,15 +93,22 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach the user as one ``warning: ...`` line, not Python's two lines with a source quote."""
+    print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    streams = sys.stdout, sys.stderr
+    streams, showwarning = (sys.stdout, sys.stderr), warnings.showwarning
     sys.stdout, sys.stderr = ReaderMayLeave(sys.stdout), ReaderMayLeave(sys.stderr)
+    warnings.showwarning = _warning_line
     try:
         return _run(argv)
     finally:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # here, where a reader that left is handled, not at interpreter exit
         sys.stdout, sys.stderr = streams
+        warnings.showwarning = showwarning
 
 
 def _run(argv: list[str] | None) -> int:

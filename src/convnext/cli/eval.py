@@ -34,6 +34,13 @@ def register(sub, formatter) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--fast", action="store_true", help="run the inference-optimised copy (optimize_for_inference)")
+    p.add_argument("--precision", default="", metavar="LIST",
+                   help="comma-separated precisions of the inference model to score, e.g. fp32,bf16,int8: each one's "
+                        "accuracy and its top-1 agreement with the first (auto, fp32, bf16, fp16 on CUDA, int8)")
+    p.add_argument("--calibration", default=None, metavar="DATA",
+                   help="for int8: calibration images (folder or dataset name; its training split), never the "
+                        "evaluated ones")
+    p.add_argument("--calibration-images", type=int, default=512, help="for int8: how many calibration images")
     p.add_argument("--confusion", default=None, metavar="PNG", help="write the confusion matrix figure here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -44,12 +51,20 @@ def run(args) -> int:
         r = evaluate_checkpoint(args.checkpoint, model_name=args.model, arch=arch_overrides(args),
                                 dataset=args.dataset, data_root=args.data_root, split=args.split,
                                 batch_size=args.batch_size, workers=args.workers, limit=args.limit,
-                                device=args.device, amp=args.amp, fast=args.fast, confusion_png=args.confusion)
+                                device=args.device, amp=args.amp, fast=args.fast, confusion_png=args.confusion,
+                                precisions=[p.strip() for p in args.precision.split(",") if p.strip()],
+                                calibration=args.calibration, calibration_images=args.calibration_images)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
     skipped = f" ({r['bad_images']} unreadable file(s) skipped)" if r["bad_images"] else ""
-    print(f"{r['count']} images{skipped}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
+    precision = f" ({r['precision']})" if r.get("precision") else ""
+    print(f"{r['count']} images{skipped}{precision}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
+    if len(r.get("precisions", [])) > 1:
+        first = r["precisions"][0]["precision"]
+        print(f"{'precision':<9}  {'top-1':>6}  {'vs ' + first:>8}  {'agree':>7}")
+        for row in r["precisions"]:
+            print(f"{row['precision']:<9}  {row['top1']:6.2f}  {row['top1'] - r['top1']:+8.2f}  {row['top1_agreement']:6.2f}%")
     width = max(len("class"), *(len(c["class"]) for c in r["per_class"]))
     print(f"{'class':<{width}}  {'count':>6}  {'top-1':>7}")
     for c in r["per_class"]:

@@ -28,6 +28,9 @@ def register(sub, formatter) -> None:
     p.add_argument("-j", "--workers", type=int, default=2, help="threads decoding images (0: decode in the main thread)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--fast", action="store_true", help="run the fused inference model (convnext.infer.fuse)")
+    p.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16", "fp16"),
+                   help="run the fused inference model in this precision (auto: bf16 on CPUs with native bf16 "
+                        "and on CUDA, else fp32); INT8 files from convnext quantize run as they are")
     add_model_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=run)
@@ -48,6 +51,7 @@ def format_table(results: list[Prediction]) -> str:
 def run(args) -> int:
     check_inputs(args.images)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, fast=args.fast, model_name=args.model,
+                                          precision=args.precision,
                                           arch=arch_overrides(args), batch_size=args.batch_size, workers=args.workers)
     results = predictor.predict_inputs(args.images, args.topk)
     for r in results:

@@ -18,13 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import ModelInfo, load_model
+from ..checkpoint import ModelInfo, load_model, read_quantization
 from ..data.images import ImageError, collect_images, load_tensor
 from ..data.transforms import eval_transform
 from ..errors import UsageError
 from ..preprocess import Preprocess
 from ..runtime import resolve_device
+from ..weights.io import resolve_weights_path
 from .fuse import optimize_for_inference
+from .quantize import QuantizedModel, load_quantized
 
 
 @dataclass
@@ -52,7 +54,12 @@ class Prediction:
 
 def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
                        model_name: str | None = None, arch: dict | None = None) -> tuple[nn.Module, ModelInfo]:
-    """``checkpoint.load_model`` on ``device``; ``model_name`` for foreign layouts without our metadata."""
+    """``checkpoint.load_model`` on ``device``; ``model_name`` for foreign layouts without our metadata.
+    An INT8 file (``convnext quantize``) loads as its ``QuantizedModel``, on the CPU."""
+    if read_quantization(resolve_weights_path(checkpoint)) is not None:
+        if str(device) not in ("auto", "cpu", "None"):
+            raise UsageError(f"INT8 models run on the CPU; drop --device {device} or pass --device cpu")
+        return load_quantized(checkpoint)
     device = resolve_device(device)
     model, info = load_model(checkpoint, map_location=device, model_name=model_name, **(arch or {}))
     return model.eval(), info
@@ -102,9 +109,17 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
                         fast: bool = False, model_name: str | None = None, arch: dict | None = None,
-                        **kw: Any) -> "Predictor":
+                        precision: str | None = None, **kw: Any) -> "Predictor":
+        """``fast``: the fused fp32 model; ``precision`` (auto/fp32/bf16/fp16): the fused model in that
+        precision. INT8 files run as they are."""
         model, info = load_for_inference(checkpoint, device, model_name, arch)
-        if fast:
+        if isinstance(model, QuantizedModel):
+            if precision not in (None, "int8"):
+                raise UsageError(f"{checkpoint} is an INT8 model; it runs without --precision {precision}")
+            return cls(model, info, device="cpu", **kw)
+        if precision is not None:
+            model = optimize_for_inference(model, precision=precision, device=resolve_device(device))
+        elif fast:
             model = make_fast(model)
         return cls(model, info, device=resolve_device(device), **kw)
 

@@ -8,18 +8,22 @@ with the checkpoint's own preprocessing (``convnext eval``).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, read_quantization
 from ..data.assembly import eval_dataset, load_eval_split, make_loader
 from ..data.datasets import DATASETS
 from ..data.folders import print_warnings_as_lines
-from ..errors import UsageError
-from ..infer.fuse import optimize_for_inference
+from ..errors import UsageError, check_choice
+from ..infer.fuse import PRECISIONS, optimize_for_inference
+from ..infer.quantize import calibration_images as calibration_images_of
+from ..infer.quantize import load_quantized, quantize
+from ..weights.io import resolve_weights_path
 from ..runtime import autocast, resolve_device
 from . import distributed as dist_mod
 
@@ -27,10 +31,11 @@ from . import distributed as dist_mod
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", num_classes: int | None = None,
              dist_info: dist_mod.DistInfo | None = None, channels_last: bool = False,
-             confusion: bool = False) -> dict[str, Any]:
+             confusion: bool = False, predictions: bool = False) -> dict[str, Any]:
     """Loss, top-1 and top-5 (percent) over every sample of ``loader``, summed over ranks.
 
-    With ``confusion=True`` also a (num_classes x num_classes) count matrix, rows = true class.
+    With ``confusion=True`` also a (num_classes x num_classes) count matrix, rows = true class; with
+    ``predictions=True`` the top-1 class of every sample in loader order (this process's samples only).
     """
     dist_info = dist_info or dist_mod.DistInfo(device=device)
     was_training = model.training
@@ -38,6 +43,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
     loss_sum = correct1 = correct5 = count = 0.0
     k = num_classes or 0
     matrix = torch.zeros(k, k, dtype=torch.float64) if confusion else None
+    top1_classes = []
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if channels_last:
@@ -51,6 +57,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
         correct1 += hits[:, 0].sum().item()
         correct5 += hits.any(dim=1).sum().item()
         count += labels.numel()
+        if predictions:
+            top1_classes.append(top[:, 0].cpu())
         if matrix is not None:
             idx = labels.cpu() * k + top[:, 0].cpu()
             matrix += torch.bincount(idx, minlength=k * k).reshape(k, k).double()
@@ -62,6 +70,8 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
     out = {"loss": totals[0] / n, "top1": 100 * totals[1] / n, "top5": 100 * totals[2] / n, "count": int(totals[3])}
     if matrix is not None:
         out["confusion"] = matrix.long()
+    if predictions:
+        out["predictions"] = torch.cat(top1_classes) if top1_classes else torch.empty(0, dtype=torch.long)
     return out
 
 
@@ -80,20 +90,42 @@ def validate(model: nn.Module, ema_model: nn.Module | None, loader, device: torc
 def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None = None, arch: dict | None = None,
                         dataset: str | None = None, data_root: str | os.PathLike | None = None, split: str = "val",
                         batch_size: int = 64, workers: int = 2, limit: int = 0, device: str = "auto", amp: str = "none",
-                        fast: bool = False, confusion_png: str | os.PathLike | None = None) -> dict[str, Any]:
+                        fast: bool = False, confusion_png: str | os.PathLike | None = None,
+                        precisions: Sequence[str] = (), calibration: str | os.PathLike | None = None,
+                        calibration_images: int = 512) -> dict[str, Any]:
     """Score ``checkpoint`` on one split of ``dataset`` (the first ``limit`` samples, 0 = all); ``dataset=None``
     takes the one the checkpoint was trained on when its name is enough to load it (Fashion-MNIST), else folder.
 
     Returns loss, top-1, top-5, count, per-class accuracy, the confusion matrix (rows = true class),
     the class names and the unreadable files skipped; with ``confusion_png`` also draws the matrix there.
     ``fast`` evaluates the inference-optimised copy (``optimize_for_inference``) instead of the model.
+
+    ``precisions`` (e.g. ``("fp32", "bf16", "int8")``): score the inference model in each precision; the
+    main fields are the first one's, and ``precisions`` lists every one with its top-1 agreement with the
+    first. ``int8`` quantizes with ``calibration`` (image folder or dataset name; its training split), never
+    with the evaluated images. An INT8 file (``convnext quantize``) is evaluated as it is, on CPU.
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be >= 1")
+    quantized = read_quantization(resolve_weights_path(checkpoint)) is not None
+    if quantized:
+        if precisions or fast or amp != "none":
+            raise UsageError(f"{checkpoint} is an INT8 model: it runs as it is, without --precision, --fast or --amp")
+        if device not in ("auto", "cpu"):
+            raise UsageError(f"INT8 models run on the CPU; drop --device {device} or pass --device cpu")
+        device = "cpu"
     dev = resolve_device(device)
     if amp == "fp16" and dev.type != "cuda":
         raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
-    model, info = load_model(checkpoint, map_location=dev, model_name=model_name, **(arch or {}))
+    for p in precisions:
+        check_choice("--precision", p, (*PRECISIONS, "int8"))
+    if "int8" in precisions and calibration is None:
+        raise UsageError("--precision int8 needs --calibration DATA (images like the model's inputs, not the "
+                         "evaluated ones), or evaluate an INT8 file made by convnext quantize")
+    if quantized:
+        model, info = load_quantized(checkpoint)
+    else:
+        model, info = load_model(checkpoint, map_location=dev, model_name=model_name, **(arch or {}))
     pre = info.preprocess
     if dataset is None:  # the checkpoint's own dataset where its name is enough to load it again
         trained_on = info.train.get("dataset")
@@ -110,9 +142,30 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
                          f"{classes[:4]}...; evaluate on the dataset it was trained for")
     ds = eval_dataset(ds, pre, limit)
     loader = make_loader(ds, dist_mod.ShardedSampler(len(ds), shuffle=False), batch_size, workers, dev, False)
-    net = optimize_for_inference(model, device=dev) if fast else model
-    result = evaluate(net, loader, dev, amp, num_classes=len(classes), dist_info=dist_mod.DistInfo(device=dev),
-                      confusion=True)
+
+    def score(net: nn.Module, amp: str) -> dict[str, Any]:
+        return evaluate(net, loader, dev, amp, num_classes=len(classes), dist_info=dist_mod.DistInfo(device=dev),
+                        confusion=True, predictions=True)
+
+    runs = []
+    for p in precisions:
+        if p == "int8":
+            net = quantize(model, calibration_images_of(calibration, pre, calibration_images, data_root))
+        else:
+            net = optimize_for_inference(model, precision=p, device=dev)
+        runs.append((net.precision, score(net, "none")))
+    if not runs:
+        net = optimize_for_inference(model, device=dev) if fast else model
+        runs.append((getattr(net, "precision", None), score(net, amp)))
+    (first_precision, result), reference = runs[0], runs[0][1]["predictions"]
+    if precisions:
+        result["precisions"] = [{"precision": name, "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
+                                 "top1_agreement": 100.0 * (r["predictions"] == reference).float().mean().item()}
+                                for name, r in runs]
+    for _, r in runs:
+        r.pop("predictions")
+    if first_precision is not None:
+        result["precision"] = first_precision
     matrix = result.pop("confusion")
     per_class = []
     for i, name in enumerate(classes):
