@@ -39,6 +39,7 @@ def train_argv(out: str | os.PathLike, *extra: str, epochs: int = 2, save_every:
         "--data.image_size", "32", "--data.batch_size", "8", "--data.workers", "0",
         "--opt.epochs", str(epochs), "--opt.warmup_epochs", "0.5", "--opt.lr", "3e-3",
         "--reg.ema", "true", "--reg.ema_decay", "0.9",
+        "--runtime.device", "cpu",  # CPU semantics (bitwise resume) asserted; auto would pick a GPU where one exists
         "--runtime.out", str(out), "--runtime.run_name", "run", "--runtime.progress", "false",
         "--runtime.tensorboard", "false", "--runtime.plots", "false", "--runtime.log_every", "1",
         "--runtime.save_every_steps", str(save_every), *extra,

@@ -78,3 +78,19 @@ def test_two_process_run_with_stochastic_depth_that_skips_dropped_samples(tmp_pa
     summary = torchrun_train(cfg)
     assert summary["steps"] == 3 and summary["skipped_steps"] == 0
     assert all(torch.isfinite(v).all() for v in weights(run_dir(tmp_path / "ddp") / "last.safetensors").values())
+
+
+def test_more_processes_than_gpus_is_a_usage_error(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 would ask for cuda:1, which does not exist."""
+    from convnext.errors import UsageError
+    from convnext.runtime import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("auto", local_rank=0) == torch.device("cuda", 0)
+    assert resolve_device("cuda", local_rank=0) == torch.device("cuda", 0)
+    with pytest.raises(UsageError, match=r"local rank 1 but the machine has 1 GPU.*--nproc_per_node 1 or fewer"):
+        resolve_device("auto", local_rank=1)
+    with pytest.raises(UsageError, match=r"cuda:3 does not exist: this machine has 1 GPU"):
+        resolve_device("cuda:3")
+    assert resolve_device("cpu", local_rank=1) == torch.device("cpu")

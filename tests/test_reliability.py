@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from convnext.cli import COMMANDS
 from convnext.checkpoint import ModelInfo, Preprocess, load_model, read_info, save_model
 from convnext.cli import main
 from convnext.errors import CheckpointError, UsageError
@@ -651,6 +652,9 @@ def inputs(tmp_path_factory):
                d / "other_arch.safetensors")
     (d / "broken.yaml").write_text("opt:\n  lr: [0.1, 0.2\n  epochs: 3\n")
     (d / "exists.onnx").write_bytes(b"keep me")
+    (d / "afile").write_bytes(b"a file, not a folder")
+    (d / "preset_list.yaml").write_text("preset: [small]\n")
+    (d / "latin1.yaml").write_bytes(b"opt:\n  lr: 0.001 # \xe9t\xe9\n")
     # metadata of one architecture over the tensors of another (a file altered after saving)
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -685,6 +689,20 @@ BAD_INPUTS = {
     "train: unknown key": (T + ["--set", "opt.lrr=1"], "did you mean 'lr'?"),
     "train: broken config file": (T + ["--config", "IN/broken.yaml"], "IN/broken.yaml: cannot parse config"),
     "train: infinite lr": (T + ["--opt.lr", "inf"], "opt.lr is NaN or infinite"),
+    "train: infinite batch size": (T + ["--data.batch_size", ".inf"], "data.batch_size=inf must be an integer"),
+    "train: NaN epochs": (T + ["--opt.epochs", ".nan"], "opt.epochs=nan must be an integer"),
+    "train: fractional kernel size": (T + ["--set", "model.overrides.kernel_size=2.5"],
+                                      "ArchConfig.kernel_size=2.5 must be a whole number"),
+    "train: fractional channel count": (T + ["--set", "model.overrides.dims=[8.5,16,32,64]"],
+                                        "ArchConfig.dims=[8.5, 16, 32, 64] must be a list of whole numbers"),
+    "train: depths that are not a list": (T + ["--set", "model.overrides.depths=oops"],
+                                          "ArchConfig.depths='oops' must be a list of whole numbers"),
+    "train: seed beyond 64 bits": (T + ["--runtime.seed", "99999999999999999999999"], "must be in [0, 2**63)"),
+    "train: run name too long": (T + ["--runtime.run_name", "x" * 300], "use a name of at most 200 bytes"),
+    "train: preset that is a list": (["train", "--config", "IN/preset_list.yaml", "--print-config"],
+                                     "unknown preset ['small']"),
+    "train: config that is not UTF-8": (T + ["--config", "IN/latin1.yaml"], "IN/latin1.yaml: cannot parse config (not UTF-8"),
+    "train: out dir under a file": (T + ["--runtime.out", "IN/afile"], "IN/afile"),
     "train: NaN in the normalisation": (T + ["--data.mean", "[0.5,nan,0.5]", "--data.std", "[1,1,1]"],
                                         "data.mean is NaN or infinite"),
     "train: init weights for another architecture": (T + ["--model.init", "IN/other_arch.safetensors"],
@@ -695,6 +713,16 @@ BAD_INPUTS = {
                            "--batch-size 0 must be >= 1"),
     "eval: folder without root": (["eval", "IN/model.safetensors"], "--dataset folder needs --data-root"),
     "eval: missing data root": (["eval", "IN/model.safetensors", "--data-root", "IN/nope"], "IN/nope: image folder not found"),
+    "eval: negative limit": (["eval", "IN/model.safetensors", "--dataset", "synthetic", "--limit", "-5"],
+                             "--limit -5 must be >= 0"),
+    "eval: negative workers": (["eval", "IN/model.safetensors", "--dataset", "synthetic", "--workers", "-1"],
+                               "--workers -1 must be >= 0"),
+    "eval: confusion figure under a file": (["eval", "IN/model.safetensors", "--dataset", "synthetic",
+                                             "--confusion", "IN/afile/cm.png"], "IN/afile is a file, not a directory"),
+    "eval: int8 without calibration images": (["eval", "IN/model.safetensors", "--dataset", "synthetic",
+                                               "--precision", "fp32,int8"], "--precision int8 needs --calibration"),
+    "eval: unknown precision": (["eval", "IN/model.safetensors", "--dataset", "synthetic", "--precision", "fp8"],
+                                "--precision='fp8' is not valid"),
     "eval: class count mismatch": (["eval", "IN/model.safetensors", "--dataset", "synthetic"],
                                    "the model has 4 classes but the dataset has 10"),
     "eval: unknown model for foreign weights": (["eval", "IN/timm.safetensors", "--model", "convnext_tny",
@@ -714,7 +742,13 @@ BAD_INPUTS = {
     # export
     "export: missing checkpoint": (["export", "IN/nope.safetensors", "-o", "OUT/m.onnx"], "IN/nope.safetensors: no such"),
     "export: tolerance 0": (["export", "IN/model.safetensors", "--tolerance", "0", "-o", "OUT/m.onnx"],
-                            "--tolerance 0.0 must be > 0"),
+                            "--tolerance 0.0 must be a finite number > 0"),
+    "export: NaN tolerance (would verify nothing)": (["export", "IN/model.safetensors", "--tolerance", "nan",
+                                                      "-o", "OUT/m.onnx"], "--tolerance nan must be a finite number"),
+    "export: over its own checkpoint": (["export", "IN/model.safetensors", "-f", "torchscript", "-o",
+                                         "IN/model.safetensors", "--force"], "is the checkpoint being exported"),
+    "export: output under a file": (["export", "IN/model.safetensors", "-o", "IN/afile/m.onnx"],
+                                    "IN/afile is a file, not a directory"),
     "export: wrong suffix": (["export", "IN/model.safetensors", "-o", "OUT/m.pt"], "should end in .onnx"),
     "export: opset beyond ONNX": (["export", "IN/model.safetensors", "--opset", "99", "-o", "OUT/m.onnx"],
                                   "--opset 99 is not an ONNX opset this installation knows"),
@@ -735,6 +769,10 @@ BAD_INPUTS = {
     # benchmark
     "benchmark: unknown model": (["benchmark", "convnext_tny", "--peers"], "did you mean convnext_tiny"),
     "benchmark: size below stride": (["benchmark", "convnext_atto", "--size", "16"], "below the models' total stride 32"),
+    "benchmark: zero threads": (["benchmark", "convnext_atto", "--peers", "--threads", "0"], "--threads 0 must be >= 1"),
+    "benchmark: unknown device": (["benchmark", "convnext_atto", "--peers", "--device", "tpu"],
+                                  "--device 'tpu' is not valid"),
+    "benchmark: output is a directory": (["benchmark", "convnext_atto", "--peers", "-o", "IN"], "is a directory"),
     "benchmark: batch size 0": (["benchmark", "convnext_atto", "--batch-sizes", "0"], "must be positive integers"),
     # info / plot / study
     "info: unknown model": (["info", "convnext_tny"], "did you mean convnext_tiny"),
@@ -752,6 +790,20 @@ BAD_INPUTS = {
     "study: batch size 0": (["study", "roadmap", "--budget", "micro", "--batch-size", "0"], "must all be positive"),
     "study: missing data": (["study", "roadmap", "--budget", "micro", "--data-root", "IN/nope"],
                             "IN/nope: Fashion-MNIST directory not found"),
+    "study: infinite width": (["study", "roadmap", "--budget", "micro", "--width-mult", "inf"],
+                              "must all be positive (and finite)"),
+    "quantize: too few calibration images": (["quantize", "IN/model.safetensors", "--calibration", "IN",
+                                              "--images", "8", "-o", "OUT/q.safetensors"], "need at least 32"),
+    "quantize: output not safetensors": (["quantize", "IN/model.safetensors", "--calibration", "IN",
+                                          "-o", "OUT/q.pt"], "models are .safetensors files"),
+    "quantize: would overwrite": (["quantize", "IN/model.safetensors", "--calibration", "IN",
+                                   "-o", "IN/exists.onnx"], "IN/exists.onnx exists; pass --force"),
+    # usage errors (argparse) are one line too, with a close match where there is one
+    "usage: misspelt command": (["trian"], "invalid choice: 'trian'"),
+    "usage: non-numeric flag": (["predict", "IN/model.safetensors", "IN/x.png", "--topk", "abc"],
+                                "invalid int value: 'abc'"),
+    "usage: misspelt choice": (["benchmark", "convnext_atto", "--peers", "timm_convnext_tny"],
+                               "did you mean timm_convnext_tiny?"),
     # list / roadmap
     "list: nothing matches": (["list", "resnet9000*"], "no model matches 'resnet9000*'"),
     "roadmap: size below stride": (["roadmap", "--size", "16"], "smaller than the networks' total stride 32"),
@@ -768,7 +820,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, inputs, tmp_path,
     rc, out, err = run_cli(argv, capsys)
     assert rc == 2, err
     line = one_line(err)
-    assert line.startswith(f"convnext {argv[0]}: error: ") and says in line, line
+    prefix = f"convnext {argv[0]}: error: " if argv[0] in COMMANDS else "convnext: error: "
+    assert line.startswith(prefix) and says in line, line
     assert out == ""
     assert snapshot(inputs) == before_in and snapshot(tmp_path) == before_here
 

@@ -28,6 +28,9 @@ _EXPORTS = {
     "export_checkpoint": "convnext.infer.export",
     "optimize_for_inference": "convnext.infer.fuse",
     "predict": "convnext.infer.predict",
+    "quantize": "convnext.infer.quantize",
+    "save_quantized": "convnext.infer.quantize",
+    "load_quantized": "convnext.infer.quantize",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -50,5 +53,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
     from .infer.export import export_checkpoint
     from .infer.fuse import optimize_for_inference
     from .infer.predict import predict
+    from .infer.quantize import load_quantized, quantize, save_quantized
     from .models import ROADMAP, ArchConfig, ConvNeXt, count_flops, count_params, get_config, list_models
     from .weights import load_weights

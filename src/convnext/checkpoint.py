@@ -93,7 +93,10 @@ def read_quantization(path: str | os.PathLike) -> dict[str, Any] | None:
     p = resolve_weights_path(path)
     if p.suffix != ".safetensors":
         return None
-    text = _read_metadata(p).get(QUANTIZATION_KEY)
+    try:
+        text = _read_metadata(p).get(QUANTIZATION_KEY)
+    except CheckpointError:  # damaged: the float loader reads it next and says what exactly is wrong
+        return None
     if text is None:
         return None
     try:

@@ -23,9 +23,12 @@ def autocast(device: torch.device | str, precision: str):
 
 def resolve_device(device: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
     """"auto" (or None): this process's GPU (``cuda:local_rank`` under torchrun) if CUDA is available, else the
-    CPU; "cuda" without an index means ``cuda:local_rank``. Asking for CUDA where there is none is a UsageError."""
+    CPU; "cuda" without an index means ``cuda:local_rank``. Asking for CUDA where there is none, or for a GPU
+    index this machine does not have (torchrun with more processes than GPUs), is a UsageError."""
     if device is None or str(device) == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        device = "cuda"
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError):
@@ -35,6 +38,12 @@ def resolve_device(device: str | torch.device | None = "auto", local_rank: int =
             raise UsageError(f"device {device} requested but no CUDA device is available; use device cpu")
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            if device.index == local_rank and local_rank > 0:
+                raise UsageError(f"this process is torchrun's local rank {local_rank} but the machine has {count} "
+                                 f"GPU(s): use --nproc_per_node {count} or fewer (or runtime.device cpu)")
+            raise UsageError(f"{device} does not exist: this machine has {count} GPU(s) (cuda:0..cuda:{count - 1})")
     return device
 
 

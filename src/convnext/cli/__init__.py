@@ -7,6 +7,7 @@ user become one line on stderr and an exit status: 2 for bad input, 1 for runtim
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
@@ -45,13 +46,13 @@ class ReaderMayLeave:
 
     def __init__(self, stream) -> None:
         self._stream = stream
-        self.reader_gone = False
+        self.reader_gone = stream is None  # started with the stream closed (`2>&-`): Python gives None
 
     def write(self, text: str) -> int:
         if not self.reader_gone:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
+            except (BrokenPipeError, OSError, ValueError):  # a closed pipe, a closed fd, a closed file object
                 self._drop_output()
         return len(text)
 
@@ -59,11 +60,16 @@ class ReaderMayLeave:
         if not self.reader_gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
+            except (BrokenPipeError, OSError, ValueError):
                 self._drop_output()
+
+    def isatty(self) -> bool:
+        return not self.reader_gone and self._stream.isatty()
 
     def _drop_output(self) -> None:
         self.reader_gone = True
+        if self._stream is None:
+            return
         try:  # the interpreter flushes the real stream at exit: let that go to /dev/null, not the closed pipe
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self._stream.fileno())
@@ -72,19 +78,39 @@ class ReaderMayLeave:
             pass
 
     def __getattr__(self, name: str):
+        if self._stream is None:
+            raise AttributeError(name)
         return getattr(self._stream, name)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as the one line every other error is (``convnext predict: error: ...``, exit 2), with
+    a close match for a mistyped command or choice; ``--help`` still shows the full usage."""
+
+    def error(self, message: str):
+        choices = [a for a in self._actions if a.choices]
+        hint = ""
+        for action in choices:
+            if "invalid choice" in message and (action.dest in message or action.option_strings == []
+                                                or any(o in message for o in action.option_strings)):
+                wrong = message.split("invalid choice: ")[1].split(" ")[0].strip("'\"(),")
+                close = difflib.get_close_matches(wrong, [str(c) for c in action.choices], n=1)
+                if close:
+                    hint = f"; did you mean {close[0]}?"
+                    break
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or (``command`` given) one with only that subcommand's arguments, which is all
     ``main`` needs and keeps ``convnext --help`` and ``convnext list`` from loading every command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="convnext",
         description="ConvNeXt: models, the paper's modernization roadmap, training and deployment.",
         formatter_class=_Formatter,
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, text in COMMANDS.items():
         if command is None or name == command:
             importlib.import_module(f"{__name__}.{name}").register(sub, _Formatter)
@@ -116,7 +142,10 @@ def _run(argv: list[str] | None) -> int:
     words = sys.argv[1:] if argv is None else [*argv]
     command = next((w for w in words if not w.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else "")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else 2
     try:
         result = args.func(args)
         return int(result or 0)

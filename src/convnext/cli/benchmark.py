@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..files import atomic_write
+from ..files import atomic_write, check_output_path
 from ..infer.benchmark import PEERS, format_table, run_benchmark
 from . import COMMANDS
 
@@ -25,13 +25,15 @@ def register(sub, formatter) -> None:
     p.add_argument("--size", type=int, default=224, help="input resolution")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: fp32 on CPU (bf16 is slow without native support), bf16/fp16 AMP on CUDA")
+                   help="auto: on CPU bf16 where it has native bf16 (AVX512-BF16/AMX), else fp32; bf16/fp16 AMP on CUDA")
     p.add_argument("--warmup", type=int, default=3, help="untimed forwards per model before timing")
     p.add_argument("--iters", type=int, default=20, help="timed repetitions (each runs every model once)")
     p.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS), metavar="PEER",
                    help=f"models to compare with ({', '.join(PEERS)}); give none for just ours")
     p.add_argument("--ablation", action="store_true", help="add one row per optimisation (what each contributes)")
     p.add_argument("--compile", action="store_true", help="add a row with torch.compile (inductor, frozen weights)")
+    p.add_argument("--int8", action="store_true",
+                   help="add our INT8 model (convnext.quantize, PT2E; CPU; needs torchao: pip install -e '.[deploy]')")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -40,10 +42,12 @@ def register(sub, formatter) -> None:
 
 
 def run(args) -> int:
+    if args.output:
+        check_output_path(args.output)
     result = run_benchmark(
         args.model, batch_sizes=tuple(args.batch_sizes), resolution=args.size, device=args.device,
         precision=args.precision, warmup=args.warmup, iters=args.iters, peers=tuple(args.peers),
-        ablation=args.ablation, compile=args.compile, memory=not args.no_memory, threads=args.threads,
+        ablation=args.ablation, compile=args.compile, memory=not args.no_memory, threads=args.threads, int8=args.int8,
         progress=lambda msg: print(f"\r{msg}   ", end="", file=sys.stderr, flush=True) if sys.stderr.isatty() else None,
     )
     if sys.stderr.isatty():

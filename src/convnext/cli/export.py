@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ..errors import UsageError
+from ..files import check_output_path
+from ..weights.io import resolve_weights_path
 from ..infer.export import FORMATS, FP32_TOLERANCE, default_output, export_checkpoint
 from .options import add_model_options, arch_overrides
 from . import COMMANDS
@@ -38,9 +41,14 @@ def register(sub, formatter) -> None:
 
 
 def run(args) -> int:
-    if args.tolerance <= 0:
-        raise ValueError(f"--tolerance {args.tolerance} must be > 0")
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        raise ValueError(f"--tolerance {args.tolerance} must be a finite number > 0 (it decides whether the "
+                         "export is verified)")
     output = Path(args.output) if args.output is not None else default_output(args.checkpoint, args.format)
+    source = resolve_weights_path(args.checkpoint)
+    if output.exists() and output.resolve() == source.resolve():
+        raise UsageError(f"-o {output} is the checkpoint being exported; write the export to another file")
+    check_output_path(output)
     if output.exists() and not args.force:
         raise UsageError(f"{output} exists; pass --force to overwrite it or choose another path with -o")
     result = export_checkpoint(args.checkpoint, output, args.format, fast=args.fast, model_name=args.model,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
+from ..files import check_output_path
 from ..infer.quantize import KEEP_FLOAT, quantize_checkpoint
 from .options import add_model_options, arch_overrides
 from . import COMMANDS
@@ -36,7 +37,7 @@ def register(sub, formatter) -> None:
 
 
 def run(args) -> int:
-    output = Path(args.output)
+    output = check_output_path(args.output)
     if output.exists() and not args.force:
         raise UsageError(f"{output} exists; pass --force to overwrite it or choose another path with -o")
     keep = tuple(n.strip() for n in args.keep_float.split(",") if n.strip())

@@ -27,8 +27,9 @@ import torch
 from torch import nn
 
 from ..models import create_model
-from ..runtime import autocast
-from .fuse import cpu_bf16_slowdown, optimize_for_inference, resolve_precision
+from ..runtime import autocast, resolve_device
+from .fuse import cpu_bf16_slowdown, cpu_native_bf16, optimize_for_inference, resolve_precision
+from .quantize import quantize
 
 PEERS = ("timm_convnext_tiny", "tv_convnext_tiny", "tv_resnet50", "tv_swin_t")
 
@@ -97,7 +98,7 @@ def peer_candidates(peers: tuple[str, ...], device: torch.device, precision: str
 
 
 def our_candidates(model_name: str, device: torch.device, precision: str, *, ablation: bool, compile: bool,
-                   num_classes: int = 1000) -> list[Candidate]:
+                   num_classes: int = 1000, int8_size: int | None = None) -> list[Candidate]:
     """Our model eager (the reference) and fast; with ablation, one row per optimisation added."""
 
     def base() -> nn.Module:
@@ -123,6 +124,15 @@ def our_candidates(model_name: str, device: torch.device, precision: str, *, abl
     if compile:
         rows.append(Candidate(f"{model_name} fast +compile", fast(compile=True), True,
                               note="optimize_for_inference(compile=True): inductor with frozen weights"))
+    if int8_size is not None:
+        def int8() -> nn.Module:
+            model = base()
+            calibration = torch.randn(64, model.cfg.in_chans, int8_size, int8_size, generator=torch.Generator().manual_seed(1))
+            return quantize(model, calibration)
+
+        rows.append(Candidate(f"{model_name} int8", int8, True, group="ours",
+                              note="convnext.quantize(): PT2E INT8 (x86 Inductor quantizer, stem/head float), "
+                                   "compiled with inductor; calibrated on random images (speed only)"))
     return rows
 
 
@@ -251,17 +261,16 @@ def precision_note(precision: str, device: torch.device) -> str:
         return f"{precision} on {device.type} (AMP autocast for every model)" if precision != "fp32" else "fp32"
     slowdown = cpu_bf16_slowdown()
     cap = torch.backends.cpu.get_cpu_capability()
-    if slowdown > 1.5:
-        return (f"CPU {cap}: bf16 GEMM measured {slowdown:.1f}x slower than fp32 (no native bf16), "
-                f"so fp32 is the CPU default; running {precision}")
-    return f"CPU {cap}: bf16 GEMM {slowdown:.2f}x the time of fp32; running {precision}"
+    native, why = cpu_native_bf16()
+    return (f"CPU {cap}: {why}; bf16 GEMM {slowdown:.2f}x the time of fp32; auto picks "
+            f"{'bf16' if native else 'fp32'}; running {precision}")
 
 
 def run_benchmark(model: str = "convnext_tiny", *, batch_sizes: tuple[int, ...] = (1, 8), resolution: int = 224,
                   device: str = "cpu", precision: str = "auto", warmup: int = 3, iters: int = 20,
                   peers: tuple[str, ...] = PEERS, ablation: bool = False, compile: bool = False,
                   memory: bool = True, threads: int | None = None, num_classes: int = 1000,
-                  progress: Callable[[str], None] | None = None) -> dict:
+                  int8: bool = False, progress: Callable[[str], None] | None = None) -> dict:
     """Build every candidate, measure them interleaved, return the results as a JSON-ready dict."""
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes {batch_sizes} must be positive integers, e.g. --batch-sizes 1 8")
@@ -269,15 +278,19 @@ def run_benchmark(model: str = "convnext_tiny", *, batch_sizes: tuple[int, ...] 
         raise ValueError(f"resolution {resolution} is below the models' total stride 32; use --size 32 or more")
     if warmup < 0 or iters < 1:
         raise ValueError(f"need warmup >= 0 and iters >= 1 (got warmup={warmup}, iters={iters})")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but torch.cuda.is_available() is False; use --device cpu")
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads {threads} must be >= 1 (leave it out for torch's default)")
+    if str(device) not in ("cpu", "auto") and not str(device).startswith("cuda"):
+        raise ValueError(f"--device {device!r} is not valid; use cpu, cuda or cuda:N")
+    dev = resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
+    if int8 and dev.type != "cpu":
+        raise ValueError("--int8 runs on the CPU (oneDNN INT8 kernels); drop it or use --device cpu")
     precision = resolve_precision(precision, dev)
     peer_rows, skipped = peer_candidates(tuple(peers), dev, precision)
-    candidates = our_candidates(model, dev, precision, ablation=ablation, compile=compile,
-                                num_classes=num_classes) + peer_rows
+    candidates = our_candidates(model, dev, precision, ablation=ablation, compile=compile, num_classes=num_classes,
+                                int8_size=resolution if int8 else None) + peer_rows
     load_before = os.getloadavg()
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:

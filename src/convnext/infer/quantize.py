@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch._inductor.config as inductor_config
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -76,13 +75,16 @@ def _pt2e():
 
 @contextlib.contextmanager
 def _quiet(*loggers: str):
-    """Raise these torch loggers to ERROR for a moment: noise that torch logs to stderr where a command's
-    output should be one clean report (inductor's "no CUDA runtime" on a CPU machine, a pytree deprecation)."""
+    """Raise these torch loggers to ERROR for a moment, and drop torch's own advice to itself ("To copy
+    construct from a tensor ...", raised inside torchao/inductor code): noise where a command's output should
+    be one clean report (inductor's "no CUDA runtime" on a CPU machine, a pytree deprecation)."""
     saved = [(log, log.level) for log in map(logging.getLogger, loggers)]
     for log, _ in saved:
         log.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+            yield
     finally:
         for log, level in saved:
             log.setLevel(level)
@@ -142,7 +144,7 @@ def _prepared_graph(model: ConvNeXt, example: torch.Tensor, keep_float: tuple[st
     prepare_pt2e, _, xiq = _pt2e()
     folded = copy.deepcopy(model).eval()
     with torch.no_grad():
-        fold_model(folded, fast_blocks=False)
+        fold_model(folded, fast_blocks=True)
     folded = folded.to(memory_format=torch.channels_last)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     example = example.contiguous(memory_format=torch.channels_last)
@@ -216,6 +218,8 @@ class QuantizedModel(nn.Module):
         # freezing makes inductor treat the weights as constants, which is what lowers the quantize/dequantize
         # pairs to prepacked oneDNN INT8 kernels; it is read when a call compiles, so every call sets it
         # (compile(options={"freezing": True}) did not reach that pass for these graphs)
+        import torch._inductor.config as inductor_config  # torch's compiler settings: loaded only when used
+
         frozen = inductor_config.patch(freezing=True) if self.compiled else contextlib.nullcontext()
         with torch.no_grad(), frozen, _quiet("torch.utils.cpp_extension"):
             return self._call(runner, x).float().to(device)
@@ -242,13 +246,14 @@ def quantize(model: ConvNeXt, calibration: torch.Tensor | Iterable, *, keep_floa
         raise UsageError(f"keep_float names {unknown} are not submodules of the model; use names like "
                          "'stem', 'head', 'stages.0'")
     _, convert_pt2e, _ = _pt2e()
-    prepared = _prepared_graph(model, batches[0][:2], keep_float)
-    with torch.no_grad():
-        for b in batches:
-            prepared(b.float().contiguous(memory_format=torch.channels_last))
-    state = {k: v.detach().clone().contiguous() for k, v in prepared.state_dict().items()}
-    return QuantizedModel(convert_pt2e(prepared), state, model.cfg, tuple(batches[0].shape[1:]), keep_float,
-                          compile=compile)
+    with _quiet():
+        prepared = _prepared_graph(model, batches[0][:2], keep_float)
+        with torch.no_grad():
+            for b in batches:
+                prepared(b.float().contiguous(memory_format=torch.channels_last))
+        state = {k: v.detach().clone().contiguous() for k, v in prepared.state_dict().items()}
+        graph = convert_pt2e(prepared)
+    return QuantizedModel(graph, state, model.cfg, tuple(batches[0].shape[1:]), keep_float, compile=compile)
 
 
 # ----------------------------------------------------------------------------------------- from a checkpoint
@@ -260,7 +265,7 @@ def calibration_images(source: str | os.PathLike, pre: Preprocess, count: int,
     (its training split, e.g. fashion_mnist) or from image files / folders (searched recursively); a fixed
     shuffle (seed 0) picks them, so every class of a sorted folder is represented."""
     if count < MIN_CALIBRATION_IMAGES:
-        raise UsageError(f"--images {count}: INT8 ranges need at least {MIN_CALIBRATION_IMAGES} calibration images "
+        raise UsageError(f"{count} calibration images asked for: INT8 ranges need at least {MIN_CALIBRATION_IMAGES} "
                          "(a few hundred recommended)")
     text = os.fspath(source)
     if text in DATASETS and DATASETS[text].standalone:
@@ -331,7 +336,8 @@ def load_quantized(path: str | os.PathLike, compile: bool = True) -> tuple[Quant
     info = read_info(p)
     model = ConvNeXt(info.config).eval()
     keep_float, input_size = tuple(record["keep_float"]), tuple(record["input_size"])
-    prepared = _prepared_graph(model, torch.zeros(2, *input_size), keep_float)
+    with _quiet():
+        prepared = _prepared_graph(model, torch.zeros(2, *input_size), keep_float)
     state = load_file(str(p))
     try:
         prepared.load_state_dict(state, strict=True)
@@ -347,7 +353,9 @@ def load_quantized(path: str | os.PathLike, compile: bool = True) -> tuple[Quant
             if name in state and buffer.shape == state[name].shape:
                 buffer.copy_(state[name])
     _, convert_pt2e, _ = _pt2e()
-    return QuantizedModel(convert_pt2e(prepared), state, info.config, input_size, keep_float, compile=compile), info
+    with _quiet():
+        graph = convert_pt2e(prepared)
+    return QuantizedModel(graph, state, info.config, input_size, keep_float, compile=compile), info
 
 
 __all__ = ["KEEP_FLOAT", "MIN_CALIBRATION_IMAGES", "QuantizedModel", "calibration_batches", "calibration_images",

@@ -7,6 +7,7 @@ the ConvNeXt family and the isotropic ConvNeXt. `models/convnext.py` turns it in
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -23,6 +24,30 @@ DOWNSAMPLE_TYPES = ("in_block", "separate")
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     check_choice(f"ArchConfig.{name}", value, allowed)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """A field's value has its annotated kind (annotations are strings here: ``from __future__``). Lists of
+    numbers from YAML become int tuples only when every entry is a whole number: 8.5 channels is an error,
+    not 8."""
+    if value is None and "None" in annotation:
+        return
+    base = annotation.split("|")[0].strip()
+    ok = {
+        "int": _is_int(value),
+        "float": (_is_int(value) or isinstance(value, float)) and math.isfinite(value),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "tuple[int, ...]": isinstance(value, (list, tuple)) and all(_is_int(v) for v in value),
+    }.get(base, True)
+    if not ok:
+        kind = {"tuple[int, ...]": "a list of whole numbers, e.g. [2, 2, 6, 2]", "int": "a whole number",
+                "float": "a finite number", "bool": "true or false", "str": "a name"}[base]
+        raise ValueError(f"ArchConfig.{name}={value!r} must be {kind}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +93,8 @@ class ArchConfig:
     in_chans: int = 3
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_type(f.name, getattr(self, f.name), str(f.type))
         # Lists from YAML/JSON become tuples so the config stays hashable and comparable.
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
         object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .config import ArchConfig
-from .layers import DropPath, make_activation, make_norm
+from .layers import DropPath, StridedPointwiseConv, make_activation, make_norm
 
 
 class Block(nn.Module):
@@ -69,7 +69,7 @@ class Block(nn.Module):
         if in_dim != dim or stride != 1:
             # projection shortcut (ResNet "downsample"): 1x1 conv with the block's stride, then a norm
             self.shortcut = nn.Sequential()
-            self.shortcut.add_module("conv", nn.Conv2d(in_dim, dim, 1, stride=stride, bias=bias))
+            self.shortcut.add_module("conv", StridedPointwiseConv(in_dim, dim, stride, bias=bias))
             self.shortcut.add_module("norm", make_norm(cfg.norm, dim))
         else:
             self.shortcut = nn.Identity()

@@ -22,6 +22,25 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
+class StridedPointwiseConv(nn.Conv2d):
+    """``nn.Conv2d(in, out, 1, stride=s)`` (ResNet's projection shortcut), computed as the same 1x1 conv on
+    every s-th pixel: the same parameters, outputs and gradients (a 1x1 kernel at stride s reads exactly
+    those pixels).
+
+    Why not the strided conv itself: on CPU, PyTorch 2.14's backward of a strided 1x1 conv on a
+    channels_last input (what the permute inside LayerNorm2d produces) corrupts the heap when torch runs
+    one thread (``free(): invalid next size``, then SIGABRT); the roadmap's LayerNorm steps hit it.
+    tests/test_layers.py reproduces it with the plain conv in a subprocess.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 1, stride=stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "layernorm":
         return LayerNorm2d(channels)

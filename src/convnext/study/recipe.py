@@ -21,6 +21,7 @@ to this run (a few dozen steps) is indistinguishable from the raw weights.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,8 @@ class StudyBudget:
     def validate(self) -> "StudyBudget":
         if self.image_size < 32:
             raise UsageError(f"budget image_size={self.image_size} is below the networks' total stride 32; use >= 32")
-        if self.width_mult <= 0 or self.batch_size < 1 or self.epochs < 1 or self.val_images < 1:
-            raise UsageError("budget width_mult, batch_size, epochs and val_images must all be positive")
+        if not math.isfinite(self.width_mult) or self.width_mult <= 0 or self.batch_size < 1 or self.epochs < 1 or self.val_images < 1:
+            raise UsageError("budget width_mult, batch_size, epochs and val_images must all be positive (and finite)")
         if self.train_images < self.batch_size:
             raise UsageError(f"budget train_images={self.train_images} is smaller than one batch "
                              f"({self.batch_size}); raise train_images or lower batch_size")

@@ -25,8 +25,9 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_write
+from ..files import atomic_write, check_output_path
 from ..errors import UsageError
+from ..runtime import resolve_device
 from ..models.roadmap import RoadmapStep
 from ..train import TrainConfig, train
 from ..data import load_dataset
@@ -113,6 +114,8 @@ def run_study(plan: StudyPlan, threads: int = 0, jobs: int = 1,
                for seed in plan.seeds for s in plan.steps}
     # and open the data once, so a wrong --data-root fails here too instead of after the first write
     load_dataset(plan.data, "train", root=plan.data_root)
+    resolve_device(plan.device)  # a device this machine lacks (cuda:3) is refused before anything is written
+    check_output_path(plan.out / "study.json")
     plan.out.mkdir(parents=True, exist_ok=True)
     _check_settings(plan.out, study_settings(plan.budget, plan.data))
     _log(plan.out, {"event": "study_start", "command": plan.command, "steps": [s.name for s in plan.steps],

@@ -284,7 +284,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
         preset_name = preset_name or file_d.pop("preset", None)
         file_d.pop("preset", None)
     if preset_name is not None:
-        if preset_name not in PRESETS:
+        if not isinstance(preset_name, str) or preset_name not in PRESETS:
             raise UsageError(f"unknown preset {preset_name!r}; use one of {', '.join(PRESETS)}")
         d = _deep_merge(d, PRESETS[preset_name])
     d = _deep_merge(d, file_d)
@@ -296,7 +296,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: config file not found")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{p}: cannot parse config (not UTF-8 text: {e.reason} at byte {e.start}); "
+                         "save it as UTF-8 YAML or TOML") from None
     try:
         if p.suffix.lower() == ".toml":
             import tomllib
@@ -416,7 +420,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise UsageError(f"{where}={value!r} must be true or false")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not math.isfinite(value)) or int(value) != value):
             raise UsageError(f"{where}={value!r} must be an integer")
         return int(value)
     if tp is float:
@@ -539,7 +544,7 @@ def _validate(c: TrainConfig) -> None:
     check_choice("runtime.amp", t.amp, AMP_MODES)
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
            f"runtime.device={t.device!r} is not valid; use auto, cpu, cuda or cuda:N")
-    _check(t.seed >= 0, f"runtime.seed={t.seed} must be >= 0")
+    _check(0 <= t.seed < 2**63, f"runtime.seed={t.seed} must be in [0, 2**63) (torch seeds are 64-bit)")
     _check(t.threads >= 0, f"runtime.threads={t.threads} must be >= 0 (0 = PyTorch's default)")
     for name in ("save_every_steps", "max_steps"):
         _check(getattr(t, name) >= 0, f"runtime.{name}={getattr(t, name)} must be >= 0")
@@ -547,3 +552,6 @@ def _validate(c: TrainConfig) -> None:
     _check(t.max_bad_steps >= 1, f"runtime.max_bad_steps={t.max_bad_steps} must be >= 1")
     _check(t.run_name is None or (t.run_name and "/" not in t.run_name and t.run_name not in (".", "..")),
            f"runtime.run_name={t.run_name!r} must be a plain directory name")
+    _check(t.run_name is None or len(t.run_name.encode()) <= 200,
+           f"runtime.run_name is {len(t.run_name.encode()) if t.run_name else 0} bytes long; file systems allow "
+           "255 and checkpoints add suffixes: use a name of at most 200 bytes")

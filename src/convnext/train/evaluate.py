@@ -20,6 +20,7 @@ from ..data.assembly import eval_dataset, load_eval_split, make_loader
 from ..data.datasets import DATASETS
 from ..data.folders import print_warnings_as_lines
 from ..errors import UsageError, check_choice
+from ..files import check_output_path
 from ..infer.fuse import PRECISIONS, optimize_for_inference
 from ..infer.quantize import calibration_images as calibration_images_of
 from ..infer.quantize import load_quantized, quantize
@@ -107,6 +108,14 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be >= 1")
+    if limit < 0:
+        raise UsageError(f"--limit {limit} must be >= 0 (0 = every image)")
+    if workers < 0:
+        raise UsageError(f"--workers {workers} must be >= 0 (0 = load in the main process)")
+    if calibration_images < 1:
+        raise UsageError(f"--calibration-images {calibration_images} must be >= 1")
+    if confusion_png:
+        check_output_path(confusion_png)
     quantized = read_quantization(resolve_weights_path(checkpoint)) is not None
     if quantized:
         if precisions or fast or amp != "none":
