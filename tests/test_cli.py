@@ -82,7 +82,26 @@ def test_top_level_help_and_an_unknown_command_do_not_load_torch():
     assert "exit 0" in r.stdout and "exit 2" in r.stdout, r.stdout + r.stderr
     assert "torch loaded: False" in r.stdout
     assert "train" in r.stdout and "list model names" in r.stdout  # the help still lists every command
-    assert "invalid choice: 'trian'" in r.stderr
+    assert "invalid choice: 'trian'" in r.stderr and "did you mean train?" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1  # a usage error is one line, like every other error
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-"])
+def test_a_closed_stream_never_stops_a_command(tmp_path, closed):
+    """Started with stdout or stderr closed (Python then has no sys.stdout/sys.stderr at all): a listing
+    still exits 0 and a training run still finishes and saves."""
+    listing = subprocess.run(["bash", "-c", shlex.join([sys.executable, "-m", "convnext", "list"]) + f" {closed}"],
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    args = ["train", "--preset", "small", "--model.name", "convnext_atto", "--runtime.device", "cpu",
+            "--set", "model.overrides.depths=[1,1,1,1]", "--set", "model.overrides.dims=[8,16,32,64]",
+            "--data.dataset", "synthetic", "--data.synthetic_samples", "32", "--data.image_size", "32",
+            "--data.batch_size", "8", "--data.workers", "0", "--opt.epochs", "1", "--runtime.out", str(tmp_path),
+            "--runtime.run_name", "run", "--runtime.tensorboard", "false", "--runtime.plots", "false"]
+    run = subprocess.run(["bash", "-c", shlex.join([sys.executable, "-m", "convnext", *args]) + f" {closed}"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "run" / "best.safetensors").is_file() and (tmp_path / "run" / "last.safetensors").is_file()
 
 
 def test_every_train_config_flag_is_described_and_help_shows_no_empty_defaults(capsys):

@@ -24,13 +24,17 @@ from convnext.errors import CheckpointError, UsageError  # noqa: E402
 from convnext.infer import quantize as q  # noqa: E402
 
 from infer_fixtures import checkpoint, fashion, to_input  # noqa: E402,F401
+from reliability_helpers import train_argv  # noqa: E402
 
 @pytest.fixture
 def cli(capsys):
     """Run `convnext ARGS` in this process (a subprocess would import torch and torchao again: ~5 s each)."""
     def run(*args) -> subprocess.CompletedProcess:
         capsys.readouterr()
-        code = main([str(a) for a in args])
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
         out = capsys.readouterr()
         return subprocess.CompletedProcess(args, code, out.out, out.err)
     return run
@@ -179,7 +183,8 @@ def test_int8_file_is_refused_by_commands_that_need_float_weights(int8, tmp_path
                  ["info", path],
                  ["predict", path, tmp_path / "images", "--precision", "bf16"],
                  ["predict", path, tmp_path / "images", "--device", "cuda"],
-                 ["eval", path, "--fast"]):
+                 ["eval", path, "--fast"],
+                 train_argv(tmp_path / "out", "--model.init", str(path))):
         r = cli(*args)
         assert r.returncode == 2, (args, r.stderr)
         lines = r.stderr.strip().splitlines()

@@ -62,7 +62,10 @@ def one_line(err: str) -> str:
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:
     capsys.readouterr()
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's usage errors and --help, as the real program exits
+        rc = e.code
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -653,6 +656,7 @@ def inputs(tmp_path_factory):
     (d / "broken.yaml").write_text("opt:\n  lr: [0.1, 0.2\n  epochs: 3\n")
     (d / "exists.onnx").write_bytes(b"keep me")
     (d / "afile").write_bytes(b"a file, not a folder")
+    (d / "not_a_study.json").write_text('{"steps": 3}')
     (d / "preset_list.yaml").write_text("preset: [small]\n")
     (d / "latin1.yaml").write_bytes(b"opt:\n  lr: 0.001 # \xe9t\xe9\n")
     # metadata of one architecture over the tensors of another (a file altered after saving)
@@ -790,6 +794,8 @@ BAD_INPUTS = {
     "study: batch size 0": (["study", "roadmap", "--budget", "micro", "--batch-size", "0"], "must all be positive"),
     "study: missing data": (["study", "roadmap", "--budget", "micro", "--data-root", "IN/nope"],
                             "IN/nope: Fashion-MNIST directory not found"),
+    "study: a GPU this machine lacks": (["study", "roadmap", "--budget", "micro", "--steps", "resnet50", "--device",
+                                         "cuda:3", "--out", "OUT/st"], "cuda:3"),
     "study: infinite width": (["study", "roadmap", "--budget", "micro", "--width-mult", "inf"],
                               "must all be positive (and finite)"),
     "quantize: too few calibration images": (["quantize", "IN/model.safetensors", "--calibration", "IN",
@@ -806,6 +812,9 @@ BAD_INPUTS = {
                                "did you mean timm_convnext_tiny?"),
     # list / roadmap
     "list: nothing matches": (["list", "resnet9000*"], "no model matches 'resnet9000*'"),
+    "list: near miss": (["list", "convnext_tny"], "did you mean convnext_tiny"),
+    "plot: results naming no roadmap step": (["plot", "--roadmap", "IN/not_a_study.json", "-o", "OUT/r.png"],
+                                             "name none of the roadmap's steps"),
     "roadmap: size below stride": (["roadmap", "--size", "16"], "smaller than the networks' total stride 32"),
 }
 
@@ -824,6 +833,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, inputs, tmp_path,
     assert line.startswith(prefix) and says in line, line
     assert out == ""
     assert snapshot(inputs) == before_in and snapshot(tmp_path) == before_here
+
+
+def test_a_contradicting_model_name_is_reported_not_silently_ignored(inputs, capsys):
+    """Our checkpoints carry their architecture; a --model naming another one is ignored, and says so."""
+    rc, out, err = run_cli(["predict", str(inputs / "model.safetensors"), str(inputs / "x.png"),
+                            "--model", "convnext_tiny", "--topk", "1"], capsys)
+    assert rc == 0 and out
+    assert one_line(err) == "warning: --model convnext_tiny ignored: model.safetensors carries its architecture " \
+                            "(convnext_atto)"
 
 
 @pytest.mark.slow

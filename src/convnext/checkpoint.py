@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,8 @@ def read_quantization(path: str | os.PathLike) -> dict[str, Any] | None:
 def refuse_int8(p: Path) -> None:
     """Commands that need float weights (convert, export, info's weight check, fine-tuning) stop here."""
     if p.suffix == ".safetensors" and QUANTIZATION_KEY in _read_metadata(p):
-        raise CheckpointError(f"{p} is an INT8 model from convnext quantize, which only predict, eval and benchmark "
-                              "run; give this command the float checkpoint it was quantized from")
+        raise CheckpointError(f"{p} is an INT8 model from convnext quantize, which only predict and eval run; "
+                              "give this command the float checkpoint it was quantized from")
 
 
 def _read_convnext_metadata(p: Path) -> ModelInfo | None:
@@ -184,6 +185,9 @@ def load_model(
         model = create_model(model_name, pretrained=weights, **overrides)
         info = ModelInfo(config=model.cfg, name=model_name, preprocess=default_preprocess(model.cfg.in_chans))
     else:
+        if model_name is not None and info.name is not None and model_name != info.name:
+            warnings.warn(f"--model {model_name} ignored: {p.name} carries its architecture ({info.name})",
+                          UserWarning, stacklevel=2)
         model = create_model(info.config, pretrained=weights, **overrides)
         if model.cfg != info.config:
             if model.cfg.in_chans != info.config.in_chans:

@@ -248,6 +248,9 @@ def roadmap_figure(rows: Sequence[Mapping[str, Any]], study: Any = None) -> Figu
         ax.barh(y, np.nan_to_num(means, nan=0.0), height=0.7, xerr=stds, color=OURS_COLOR,
                 label="ours", error_kw={"lw": 0.8, "capsize": 2})
         valid = [m for m in means if not math.isnan(m)]
+        if not valid:
+            raise UsageError(f"the study results name none of the roadmap's steps (they name {sorted(ours)[:3]}); "
+                             "pass the results.json of `convnext study roadmap`")
         span = max(valid) - min(valid) if len(valid) > 1 else 1.0
         ax.set_xlim(max(0.0, min(valid) - max(span, 1.0)), min(100.0, max(valid) + 0.6 * max(span, 1.0)))
         for yi, m, s in zip(y, means, stds):

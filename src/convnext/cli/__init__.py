@@ -142,10 +142,7 @@ def _run(argv: list[str] | None) -> int:
     words = sys.argv[1:] if argv is None else [*argv]
     command = next((w for w in words if not w.startswith("-")), None)
     parser = build_parser(command if command in COMMANDS else "")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # --help (0) or a usage error, already printed as one line (2)
-        return e.code if isinstance(e.code, int) else 2
+    args = parser.parse_args(argv)  # --help exits 0, a usage error 2 (one line, from _Parser.error)
     try:
         result = args.func(args)
         return int(result or 0)

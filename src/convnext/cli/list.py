@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from ..models import get_entry, list_models
 from . import COMMANDS
 
@@ -16,7 +18,9 @@ def register(sub, formatter) -> None:
 def run(args) -> int:
     names = list_models(args.pattern)
     if not names:
-        raise ValueError(f"no model matches {args.pattern!r}; run `convnext list` to see all names")
+        close = difflib.get_close_matches(args.pattern, list_models(), n=3) if not set("*?[") & set(args.pattern) else []
+        hint = f"; did you mean {', '.join(close)}?" if close else "; run `convnext list` to see all names"
+        raise ValueError(f"no model matches {args.pattern!r}{hint}")
     width = max(map(len, names))
     for name in names:
         print(f"{name:<{width}}  {get_entry(name).description}")

@@ -18,8 +18,8 @@ def register(sub, formatter) -> None:
         description="Quantize a float checkpoint to INT8 (PyTorch PT2E with the x86 Inductor quantizer, from "
                     "torchao: pip install -e '.[deploy]'). Activation ranges come from calibration images, "
                     "preprocessed with the checkpoint's own preprocessing. The stem and the head stay float by "
-                    "default. The INT8 file runs in predict, eval and benchmark (CPU); measure its accuracy with "
-                    "convnext eval on held-out data.",
+                    "default. The INT8 file runs in predict and eval (CPU); measure its accuracy with convnext eval on "
+                    "held-out data, and its speed with convnext benchmark MODEL --int8.",
         epilog="example: convnext quantize runs/demo-fashion-mnist --calibration fashion_mnist -o demo-int8.safetensors",
     )
     p.add_argument("checkpoint", help="float checkpoint .safetensors file or run directory")

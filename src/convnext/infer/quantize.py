@@ -12,7 +12,7 @@ What stays in floating point, and why:
   output range differs per token; the quantized kernels take float in and out of them).
 - The stem and the classifier head (``KEEP_FLOAT``): the first conv sees raw pixels and the last layer
   produces the logits; they cost a few percent of the MACs, and keeping them float is the usual
-  protection of accuracy. docs/deploy.md has the measured cost of each choice.
+  protection of accuracy. The README ("Reduced precision and INT8") has the measured cost of each choice.
 
 The model is first folded (``fold_model``: LayerNorm affine into the next 1x1 conv, layer scale into the
 last one) so the quantizer sees plain conv -> conv chains.

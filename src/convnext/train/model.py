@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..checkpoint import refuse_int8
 from ..errors import UsageError
 from ..models import ConvNeXt, get_entry
 from ..weights import load_weights
+from ..weights.io import resolve_weights_path
 from .config import TrainConfig
 
 
@@ -31,6 +33,7 @@ def load_init_weights(model: ConvNeXt, path: str) -> None:
     """``model.init``: start from the weights at ``path`` (fine-tuning)."""
     # Any layout load_weights knows (ours, official, timm, torchvision, HF); a different class count
     # keeps the fresh head and a 3-channel stem is adapted to in_chans, each with a warning.
+    refuse_int8(resolve_weights_path(path))  # an INT8 file's tensors are observers and folded weights
     load_weights(model, path)
 
 
