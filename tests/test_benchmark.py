@@ -157,3 +157,25 @@ def test_cpu_benchmark_output_holds_no_native_error_lines(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "ERROR" not in r.stderr and "ERROR" not in r.stdout
     assert "convnext_atto" in r.stdout
+
+
+def test_runtime_peers_run_our_model_with_the_same_outputs():
+    """OpenVINO (fp32, NNCF INT8) and onnxruntime rows are our model, not some other network."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    import convnext
+    from convnext.infer.runtimes import onnxruntime_model, openvino_model
+
+    torch.manual_seed(0)
+    model = convnext.create_model("convnext_atto", num_classes=10, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)).eval()
+    x = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    for runtime in (openvino_model(model, x[:2]), onnxruntime_model(model, x[:2])):
+        torch.testing.assert_close(runtime(x), ref, atol=1e-4, rtol=1e-4)
+        assert runtime.precision == "fp32"
+    import importlib.util
+
+    if importlib.util.find_spec("nncf") is not None:  # OpenVINO's INT8 (the deploy extra; not in the test extra)
+        int8 = openvino_model(model, x[:2], calibration=torch.randn(32, 3, 64, 64))
+        assert int8.precision == "int8" and int8(x).shape == ref.shape

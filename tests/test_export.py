@@ -129,3 +129,38 @@ def test_onnx_export_of_fused_model(checkpoint, tmp_path):
     got = _session(result.path).run(None, {"image": x.numpy()})[0]
     with torch.no_grad():
         assert np.abs(got - model(x).numpy()).max() < 1e-4
+
+
+def test_openvino_ir_round_trip_on_real_images(checkpoint, fashion_batch, tmp_path, capsys):
+    """--format openvino: .xml + .bin side by side, checked by OpenVINO's CPU plugin in fp32, any batch size
+    (and, with --dynamic-hw, any resolution), the checkpoint's metadata inside the IR."""
+    ov = pytest.importorskip("openvino")
+    out = tmp_path / "ir" / "model.xml"
+    assert main(["export", str(checkpoint), "-f", "openvino", "--dynamic-hw", "-o", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == "openvino" and doc["max_abs_diff"] <= 1e-4 and len(doc["checks"]) == 3
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model.bin", "model.xml"]  # no staging folder left
+    model, info = load_model(checkpoint)
+    paths, _ = fashion_batch
+    batch, _ = load_batch(paths, info.preprocess)
+    compiled = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for x in (batch, torch.nn.functional.interpolate(batch, size=(48, 40), mode="bilinear")):
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = compiled(x.numpy())[0]
+        assert np.abs(got - expected).max() < 1e-4
+    meta = read_export_metadata(out)
+    assert meta.class_names == CLASSES and meta.preprocess == info.preprocess
+    # an existing IR is kept unless --force
+    before = out.read_bytes()
+    assert main(["export", str(checkpoint), "-f", "openvino", "-o", str(out)]) == 2
+    assert out.read_bytes() == before
+
+
+def test_openvino_missing_is_an_install_hint(checkpoint, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert main(["export", str(checkpoint), "-f", "openvino", "-o", str(tmp_path / "m.xml")]) == 2
+    assert "pip install -e '.[deploy]'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

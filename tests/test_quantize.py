@@ -109,9 +109,16 @@ def test_compiled_kernels_match_the_reference_ops(int8, test_images):
 
 def test_batches_of_any_size_give_the_same_answers(int8, test_images):
     x = test_images[0][:70]
-    whole = int8(x)  # one compiled batch size: smaller ones are padded, larger ones chunked
-    parts = torch.cat([int8(x[:3]), int8(x[3:70])])
+    whole = int8(x)
+    parts = torch.cat([int8(x[:3]), int8(x[3:70])])  # each size compiled once
     torch.testing.assert_close(parts, whole, atol=1e-5, rtol=1e-5)
+    # past MAX_BATCH_SIZES compiled sizes, a batch is padded up to a compiled size or chunked: no new compile
+    capped = q.QuantizedModel(int8.graph, int8._state, int8.cfg, int8.input_size, int8.keep_float)
+    capped.MAX_BATCH_SIZES = 1
+    torch.testing.assert_close(capped(x), whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(capped(x[:5]), whole[:5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(capped(torch.cat([x, x[:10]])), torch.cat([whole, whole[:10]]), atol=1e-5, rtol=1e-5)
+    assert capped._sizes == {70}
     with pytest.raises(ValueError, match=r"quantized for \(N, 1, 32, 32\)"):
         int8(torch.zeros(2, 1, 28, 28))
 

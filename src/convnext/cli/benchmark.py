@@ -34,6 +34,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--compile", action="store_true", help="add a row with torch.compile (inductor, frozen weights)")
     p.add_argument("--int8", action="store_true",
                    help="add our INT8 model (convnext.quantize, PT2E; CPU; needs torchao: pip install -e '.[deploy]')")
+    p.add_argument("--runtimes", action="store_true",
+                   help="add our model run by OpenVINO (fp32, and INT8 via NNCF) and onnxruntime (fp32), where installed")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -48,6 +50,7 @@ def run(args) -> int:
         args.model, batch_sizes=tuple(args.batch_sizes), resolution=args.size, device=args.device,
         precision=args.precision, warmup=args.warmup, iters=args.iters, peers=tuple(args.peers),
         ablation=args.ablation, compile=args.compile, memory=not args.no_memory, threads=args.threads, int8=args.int8,
+        runtimes=args.runtimes,
         progress=lambda msg: print(f"\r{msg}   ", end="", file=sys.stderr, flush=True) if sys.stderr.isatty() else None,
     )
     if sys.stderr.isatty():

@@ -20,7 +20,8 @@ def register(sub, formatter) -> None:
         help=COMMANDS["export"],
         formatter_class=formatter,
         description="Export a checkpoint and check the exported file right away: it is loaded by its runtime "
-                    "(onnxruntime, torch.jit, torch.export) and compared with PyTorch at two batch sizes. The "
+                    "(onnxruntime, torch.jit, torch.export, OpenVINO's CPU plugin in fp32; openvino writes "
+                    "NAME.xml and NAME.bin) and compared with PyTorch at two batch sizes. The "
                     "file is written only if the max abs difference is within --tolerance. Class names and "
                     "preprocessing are stored inside the file (ONNX metadata_props / extra file convnext.json).",
         epilog="example: convnext export runs/fmnist/model.safetensors --format onnx --dynamic-hw -o model.onnx",
@@ -57,6 +58,8 @@ def run(args) -> int:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     size_mb = result.path.stat().st_size / 1e6
+    if args.format == "openvino":  # the IR's weights are in the .bin next to the .xml
+        size_mb += result.path.with_suffix(".bin").stat().st_size / 1e6
     print(f"wrote {result.path} ({args.format}, {size_mb:.1f} MB)")
     for c in result.checks:
         print(f"  verified batch {c.batch} at {c.height}x{c.width}: max abs diff {c.max_abs_diff:.2e}")

@@ -30,6 +30,7 @@ from ..models import create_model
 from ..runtime import autocast, resolve_device
 from .fuse import cpu_bf16_slowdown, cpu_native_bf16, optimize_for_inference, resolve_precision
 from .quantize import quantize
+from .runtimes import RuntimeModel, onnxruntime_model, openvino_model
 
 PEERS = ("timm_convnext_tiny", "tv_convnext_tiny", "tv_resnet50", "tv_swin_t")
 
@@ -136,6 +137,36 @@ def our_candidates(model_name: str, device: torch.device, precision: str, *, abl
     return rows
 
 
+def runtime_candidates(model_name: str, resolution: int, num_classes: int = 1000) -> tuple[list[Candidate], list[str]]:
+    """Our model run by the deployers' runtimes: OpenVINO fp32 and INT8 (NNCF), onnxruntime fp32, each where
+    installed (skipped with a note otherwise). CPU only."""
+    def base() -> nn.Module:
+        torch.manual_seed(0)
+        return create_model(model_name, num_classes=num_classes).eval()
+
+    def example(model: nn.Module, n: int = 2) -> torch.Tensor:
+        return torch.randn(n, model.cfg.in_chans, resolution, resolution, generator=torch.Generator().manual_seed(1))
+
+    rows, skipped = [], []
+    if _installed("openvino"):
+        rows.append(Candidate(f"{model_name} openvino fp32", lambda: openvino_model(m := base(), example(m)),
+                              group="peer", note="openvino.convert_model of our model, CPU plugin, f32 hint"))
+        if _installed("nncf"):
+            rows.append(Candidate(
+                f"{model_name} openvino int8", lambda: openvino_model(m := base(), example(m), calibration=example(m, 64)),
+                group="peer", note="NNCF post-training INT8 of the OpenVINO model (64 random calibration images)"))
+        else:
+            skipped.append("openvino int8: nncf is not installed")
+    else:
+        skipped.append("openvino: not installed (pip install -e '.[deploy]')")
+    if _installed("onnxruntime"):
+        rows.append(Candidate(f"{model_name} onnxruntime fp32", lambda: onnxruntime_model(m := base(), example(m)),
+                              group="peer", note="torch.onnx (dynamo) export of our model, onnxruntime CPU provider"))
+    else:
+        skipped.append("onnxruntime: not installed (pip install -e '.[deploy]')")
+    return rows, skipped
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -230,7 +261,8 @@ def measure(candidates: list[Candidate], batch_sizes: tuple[int, ...], resolutio
                     "p50_ms": _percentile(ts, 0.5) * 1e3, "p95_ms": _percentile(ts, 0.95) * 1e3,
                     "times_ms": [round(t * 1e3, 3) for t in ts],
                 }
-                if memory:
+                # a runtime's allocations happen outside PyTorch, where the profiler cannot see them
+                if memory and not isinstance(c.module, RuntimeModel):
                     row["peak_mem_mib"] = peak_memory_mib(c, xi, device)
                 rows.append(row)
     return rows
@@ -270,7 +302,7 @@ def run_benchmark(model: str = "convnext_tiny", *, batch_sizes: tuple[int, ...] 
                   device: str = "cpu", precision: str = "auto", warmup: int = 3, iters: int = 20,
                   peers: tuple[str, ...] = PEERS, ablation: bool = False, compile: bool = False,
                   memory: bool = True, threads: int | None = None, num_classes: int = 1000,
-                  int8: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+                  int8: bool = False, runtimes: bool = False, progress: Callable[[str], None] | None = None) -> dict:
     """Build every candidate, measure them interleaved, return the results as a JSON-ready dict."""
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError(f"batch sizes {batch_sizes} must be positive integers, e.g. --batch-sizes 1 8")
@@ -285,12 +317,16 @@ def run_benchmark(model: str = "convnext_tiny", *, batch_sizes: tuple[int, ...] 
     dev = resolve_device(device)
     if threads is not None:
         torch.set_num_threads(threads)
-    if int8 and dev.type != "cpu":
-        raise ValueError("--int8 runs on the CPU (oneDNN INT8 kernels); drop it or use --device cpu")
+    if (int8 or runtimes) and dev.type != "cpu":
+        raise ValueError("--int8 and --runtimes run on the CPU; drop them or use --device cpu")
     precision = resolve_precision(precision, dev)
     peer_rows, skipped = peer_candidates(tuple(peers), dev, precision)
     candidates = our_candidates(model, dev, precision, ablation=ablation, compile=compile, num_classes=num_classes,
                                 int8_size=resolution if int8 else None) + peer_rows
+    if runtimes:
+        runtime_rows, runtime_skipped = runtime_candidates(model, resolution, num_classes)
+        candidates += runtime_rows
+        skipped += runtime_skipped
     load_before = os.getloadavg()
     started = time.time()
     with warnings.catch_warnings(record=True) as caught:
@@ -345,7 +381,7 @@ def format_table(result: dict) -> str:
         for r in (r for r in result["results"] if r["batch"] == batch):
             ratio = f"{r['vs_timm_throughput']:.2f}x" if "vs_timm_throughput" in r else "-"
             lines.append(f"{r['model'][:44]:44s} {r['batch']:5d} {r['throughput_img_s']:8.1f} {r['p50_ms']:9.2f} "
-                         f"{r['p95_ms']:9.2f}" + (f" {r['peak_mem_mib']:9.1f}" if has_mem else "") + f" {ratio:>8s}")
+                         f"{r['p95_ms']:9.2f}" + (f" {r['peak_mem_mib']:9.1f}" if "peak_mem_mib" in r else f" {'-':>9s}" if has_mem else "") + f" {ratio:>8s}")
     ref = [r for r in result["results"] if r.get("timm_reference") == r["model"]]
     if ref:
         lines += ["", "vs timm: throughput relative to timm convnext_tiny in its faster eager setting "

@@ -1,7 +1,7 @@
-"""Export a model to ONNX, TorchScript or a torch.export program, verified before it is written.
+"""Export a model to ONNX, TorchScript, a torch.export program or OpenVINO IR, verified before it is written.
 
 Every export is loaded back by the runtime that will run it (onnxruntime, torch.jit.load,
-torch.export.load) and compared with the PyTorch model on sample inputs at two batch sizes (and,
+torch.export.load, OpenVINO's CPU plugin in fp32) and compared with the PyTorch model on sample inputs at two batch sizes (and,
 with dynamic height/width, at a second resolution). The file only appears at its final path when the
 largest difference is within tolerance (1e-4 for fp32), so a bad export never replaces a good one.
 The checkpoint's metadata (class names, preprocessing) travels inside the exported file.
@@ -14,6 +14,8 @@ import copy
 import io
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +26,12 @@ from torch import nn
 
 from ..checkpoint import ModelInfo, load_model
 from ..errors import UsageError, one_line
-from ..files import atomic_write
+from ..files import atomic_write, check_output_path
 from .fuse import optimize_for_inference
 
-FORMATS = ("onnx", "torchscript", "torch-export")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "torch-export": ".pt2"}
+FORMATS = ("onnx", "torchscript", "torch-export", "openvino")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "torch-export": ".pt2", "openvino": ".xml"}
+OPENVINO_METADATA = ["convnext", "metadata"]  # rt_info path of the ModelInfo JSON inside the IR
 METADATA_NAME = "convnext.json"  # ONNX metadata_props key / extra file name in .pt and .pt2 archives
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 FP32_TOLERANCE = 1e-4
@@ -192,10 +195,43 @@ def _run_torch_export(path: str, x: torch.Tensor) -> torch.Tensor:
     return _load_torch_export(path).module()(x)
 
 
+def _openvino():
+    try:
+        import openvino
+    except ImportError as e:
+        raise UsageError(f"--format openvino needs OpenVINO ({e}); install the deploy extra: "
+                         "pip install -e '.[deploy]'") from None
+    return openvino
+
+
+def _write_openvino(model: nn.Module, example: torch.Tensor, folder: Path, name: str, info: ModelInfo,
+                    dynamic_hw: bool) -> Path:
+    """IR (name.xml + name.bin) in ``folder``: converted from the PyTorch model, batch dynamic (and H/W with
+    ``dynamic_hw``), weights kept fp32 (OpenVINO would store them fp16 by default), metadata in rt_info."""
+    ov = _openvino()
+    with _quiet():
+        converted = ov.convert_model(model, example_input=example)
+    c = example.shape[1]
+    h, w = (-1, -1) if dynamic_hw else example.shape[2:]
+    converted.reshape({0: ov.PartialShape([-1, c, h, w])})
+    converted.set_rt_info(info.to_json(), OPENVINO_METADATA)
+    xml = folder / f"{name}.xml"
+    ov.save_model(converted, str(xml), compress_to_fp16=False)
+    return xml
+
+
+def _run_openvino(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
+    # fp32: on CPUs with bf16 units OpenVINO would otherwise run bf16 and the check would measure that
+    compiled = _openvino().Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return torch.from_numpy(compiled(x.numpy())[0])
+
+
 def read_export_metadata(path: str | os.PathLike) -> ModelInfo:
     """The ModelInfo stored inside an exported file (class names, preprocessing, architecture)."""
     path = Path(path)
-    if path.suffix == ".onnx":
+    if path.suffix == ".xml":
+        text = str(_openvino().Core().read_model(str(path)).get_rt_info(OPENVINO_METADATA).astype(str))
+    elif path.suffix == ".onnx":
         import onnx
 
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -252,16 +288,21 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
             ref = reference.eval().float().cpu()
             result.fused_vs_original = max((ref(x) - y).abs().max().item() for x, y in zip(samples, expected))
 
-    def write(tmp: str) -> None:
+    def export_and_check(tmp: str) -> None:
+        """Write the export to ``tmp`` (OpenVINO: the IR's .xml and .bin into the folder ``tmp``), then run
+        it with its runtime on every sample; raise past tolerance."""
         example = samples[-1] if fmt == "torchscript" else samples[0].expand(2, *samples[0].shape[1:]).contiguous()
         with torch.no_grad():
-            if fmt == "onnx":
+            if fmt == "openvino":
+                tmp = _write_openvino(model, example, Path(tmp), output.stem, info, dynamic_hw)
+            elif fmt == "onnx":
                 _write_onnx(model, example, tmp, dynamic_shapes, info, opset)
             elif fmt == "torchscript":
                 _write_torchscript(model, example, tmp, info)
             else:
                 _write_torch_export(model, example, tmp, dynamic_shapes, info)
-        runner = {"onnx": _run_onnx, "torchscript": _run_torchscript, "torch-export": _run_torch_export}[fmt]
+        runner = {"onnx": _run_onnx, "torchscript": _run_torchscript, "torch-export": _run_torch_export,
+                  "openvino": _run_openvino}[fmt]
         for x, y in zip(samples, expected):
             with torch.no_grad():
                 got = runner(tmp, x).float()
@@ -275,7 +316,18 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
                 f"nothing written to {output}. Rerun with --debug, or try another --opset / format"
             )
 
-    atomic_write(output, write)
+    if fmt != "openvino":
+        atomic_write(output, export_and_check)
+        return result
+    # OpenVINO IR is two files: staged and checked in a temporary folder next to the output, then the weights
+    # (.bin) and the .xml that reads them are each renamed into place, the .xml last
+    check_output_path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.stem}.", dir=output.parent) as staging:
+        export_and_check(staging)
+        staged = Path(staging)
+        atomic_write(output.with_suffix(".bin"), lambda t: shutil.copyfile(staged / f"{output.stem}.bin", t))
+        atomic_write(output, lambda t: shutil.copyfile(staged / f"{output.stem}.xml", t))
     return result
 
 

@@ -159,13 +159,15 @@ def _prepared_graph(model: ConvNeXt, example: torch.Tensor, keep_float: tuple[st
 class QuantizedModel(nn.Module):
     """An eval-only INT8 ConvNeXt called on float image batches; returns fp32 logits.
 
-    ``.precision`` is ``"int8"``; ``.cfg`` and ``.num_classes`` are the float model's. The first call compiles
-    the graph for its batch size (inductor, frozen weights); smaller batches are padded up to it and larger
-    ones run in chunks, so there is one compilation per model. Without a C++ compiler it runs the converted
-    graph eagerly (the reference quantized ops: the same numbers, slowly) and says so.
+    ``.precision`` is ``"int8"``; ``.cfg`` and ``.num_classes`` are the float model's. Each new batch size
+    compiles the graph once (inductor, frozen weights; static shapes, which the INT8 weight prepacking needs),
+    up to ``MAX_BATCH_SIZES`` of them; after that a batch is padded up to the nearest compiled size, or run in
+    chunks of the largest, so a stream of ragged batches never compiles again. Without a C++ compiler it runs
+    the converted graph eagerly (the reference quantized ops: the same numbers, slowly) and says so.
     """
 
     precision = "int8"
+    MAX_BATCH_SIZES = 4  # torch.compile recompiles per static shape; dynamo gives up after 8 (then eager)
 
     def __init__(self, graph: nn.Module, state: dict[str, torch.Tensor], cfg, input_size: tuple[int, int, int],
                  keep_float: tuple[str, ...], compile: bool = True) -> None:
@@ -176,7 +178,7 @@ class QuantizedModel(nn.Module):
         self._state = state  # what save_quantized writes: folded weights and observer statistics
         self._want_compile = compile
         self._runner = None
-        self._batch = 0
+        self._sizes: set[int] = set()  # batch sizes compiled so far
         self.compiled = False
         self.training = False  # not .eval(): exported graphs refuse train()/eval() calls
 
@@ -186,27 +188,30 @@ class QuantizedModel(nn.Module):
                                "checkpoint it was quantized from instead")
         return self
 
-    def _ensure_runner(self, batch: int):
+    def _ensure_runner(self):
         if self._runner is not None:
             return self._runner
         ok, why = compile_available(torch.device("cpu")) if self._want_compile else (False, "compile=False")
         if ok:
-            self._runner = torch.compile(self.graph, dynamic=False)
-            self._batch, self.compiled = batch, True
+            self._runner, self.compiled = torch.compile(self.graph, dynamic=False), True
         else:
             if self._want_compile:
                 warnings.warn(f"torch.compile unavailable ({why}); the INT8 model runs its reference ops eagerly, "
                               "far slower than fp32", RuntimeWarning, stacklevel=3)
-            self._runner, self._batch = self.graph, 0
+            self._runner = self.graph
         return self._runner
 
     def _call(self, runner, x: torch.Tensor) -> torch.Tensor:
-        if not self._batch or x.shape[0] == self._batch:
+        n = x.shape[0]
+        if not self.compiled or n in self._sizes or len(self._sizes) < self.MAX_BATCH_SIZES:
+            self._sizes.add(n)
             return runner(x)
-        if x.shape[0] > self._batch:
-            return torch.cat([self._call(runner, part) for part in x.split(self._batch)])
-        pad = x.new_zeros((self._batch - x.shape[0], *x.shape[1:])).contiguous(memory_format=torch.channels_last)
-        return runner(torch.cat([x, pad]))[: x.shape[0]]
+        larger = [b for b in self._sizes if b > n]
+        if not larger:
+            size = max(self._sizes)
+            return torch.cat([self._call(runner, part) for part in x.split(size)])
+        pad = x.new_zeros((min(larger) - n, *x.shape[1:])).contiguous(memory_format=torch.channels_last)
+        return runner(torch.cat([x, pad]))[:n]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[1:]) != self.input_size:
@@ -214,7 +219,7 @@ class QuantizedModel(nn.Module):
                              f"got {tuple(x.shape)}; preprocess images to that size")
         device = x.device
         x = x.detach().to("cpu", torch.float32).contiguous(memory_format=torch.channels_last)
-        runner = self._ensure_runner(x.shape[0])
+        runner = self._ensure_runner()
         # freezing makes inductor treat the weights as constants, which is what lowers the quantize/dequantize
         # pairs to prepacked oneDNN INT8 kernels; it is read when a call compiles, so every call sets it
         # (compile(options={"freezing": True}) did not reach that pass for these graphs)

@@ -1,0 +1,90 @@
+"""The deployers' runtimes as benchmark peers: OpenVINO and onnxruntime running our model, behind nn.Module.
+
+Each wraps one compiled model of the runtime and is called like the PyTorch models of ``convnext
+benchmark`` (a float batch in, logits out), so they are timed in the same interleaved loop. The
+runtimes are optional (``pip install -e ".[deploy]"``); a missing one is skipped with a note. Both get
+torch's thread count, so every row of a benchmark uses the same cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+# INFERENCE_PRECISION_HINT values of OpenVINO's CPU plugin
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+
+
+class RuntimeModel(nn.Module):
+    """A compiled runtime model as an eval-only module: numpy in, numpy out, logits back as a tensor."""
+
+    def __init__(self, run, precision: str) -> None:
+        super().__init__()
+        self._run, self.precision = run, precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(x.detach().cpu().float().contiguous().numpy()))
+
+
+def _quiet_convert():
+    warnings.filterwarnings("ignore")  # tracing and exporter deprecation chatter; callers catch warnings
+    for name in ("torch.onnx", "onnxscript", "nncf"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def openvino_model(model: nn.Module, example: torch.Tensor, precision: str = "fp32",
+                   calibration: torch.Tensor | None = None) -> RuntimeModel:
+    """``model`` converted with ``openvino.convert_model`` and compiled for the CPU in ``precision``
+    (fp32 or bf16); with ``calibration`` images, first quantized to INT8 by NNCF (post-training)."""
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise UsageError(f"OpenVINO is not installed ({e}): pip install -e '.[deploy]'") from None
+    _quiet_convert()
+    converted = ov.convert_model(model.eval(), example_input=example)
+    converted.reshape({0: ov.PartialShape([-1, *example.shape[1:]])})
+    label = precision
+    if calibration is not None:
+        try:
+            import nncf
+        except ImportError as e:
+            raise UsageError(f"OpenVINO INT8 needs NNCF ({e}): pip install nncf") from None
+        samples = [image[None].numpy() for image in calibration]
+        with contextlib.redirect_stdout(io.StringIO()):  # progress bars: not in a command's (JSON) output
+            converted = nncf.quantize(converted, nncf.Dataset(samples), subset_size=len(samples))
+        label = "int8"
+    config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
+              "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    compiled = ov.Core().compile_model(converted, "CPU", config)
+    return RuntimeModel(lambda a: compiled(a)[0], label)
+
+
+def onnxruntime_model(model: nn.Module, example: torch.Tensor) -> RuntimeModel:
+    """``model`` exported to ONNX (torch's dynamo exporter, dynamic batch) and run by onnxruntime's CPU
+    provider in fp32, all graph optimisations on."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise UsageError(f"onnxruntime is not installed ({e}): pip install -e '.[deploy]'") from None
+    _quiet_convert()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=["image"],
+                                    output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+    buffer = io.BytesIO()
+    program.save(buffer)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+    return RuntimeModel(lambda a: session.run(["logits"], {"image": a})[0], "fp32")
+
+
+__all__ = ["RuntimeModel", "onnxruntime_model", "openvino_model"]
