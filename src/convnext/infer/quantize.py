@@ -14,8 +14,11 @@ What stays in floating point, and why:
   produces the logits; they cost a few percent of the MACs, and keeping them float is the usual
   protection of accuracy. The README ("Reduced precision and INT8") has the measured cost of each choice.
 
-The model is first folded (``fold_model``: LayerNorm affine into the next 1x1 conv, layer scale into the
-last one) so the quantizer sees plain conv -> conv chains.
+The model is first folded as ``optimize_for_inference`` folds it (LayerNorm affine into the next pointwise
+layer, layer scale into the last) and its blocks run as ``FastBlock``: pointwise layers as linears on the NHWC
+view, so the quantizer sees linear -> GELU -> linear + residual. Inductor fuses that residual add into the
+second INT8 GEMM; in the 1x1-conv form it asserts ("QConv Binary Inplace Fusion requires accum is not an
+alias") on chained residual blocks, while its linear path handles the same chain.
 
 The INT8 file is a ``.safetensors`` checkpoint: the usual ``convnext`` metadata (architecture, classes,
 preprocessing) plus ``convnext_quantization`` (scheme, input size, float layers, library versions), and as
@@ -140,7 +143,8 @@ def check_calibration(batches: list[torch.Tensor], model: ConvNeXt) -> int:
 
 
 def _prepared_graph(model: ConvNeXt, example: torch.Tensor, keep_float: tuple[str, ...]) -> nn.Module:
-    """The folded model exported with a symbolic batch, with observers inserted (not yet calibrated)."""
+    """The folded model (blocks in their NHWC linear form, see the module docstring) exported with a symbolic
+    batch, with observers inserted (not yet calibrated)."""
     prepare_pt2e, _, xiq = _pt2e()
     folded = copy.deepcopy(model).eval()
     with torch.no_grad():
