@@ -174,6 +174,9 @@ def test_runtime_peers_run_our_model_with_the_same_outputs():
     for runtime in (openvino_model(model, x[:2]), onnxruntime_model(model, x[:2])):
         torch.testing.assert_close(runtime(x), ref, atol=1e-4, rtol=1e-4)
         assert runtime.precision == "fp32"
+    ort_int8 = onnxruntime_model(model, x[:2], calibration=torch.randn(32, 3, 64, 64))
+    assert ort_int8.precision == "int8"
+    assert 0 < (ort_int8(x) - ref).abs().max() < ref.abs().max()  # quantized: close, not equal
     import importlib.util
 
     if importlib.util.find_spec("nncf") is not None:  # OpenVINO's INT8 (the deploy extra; not in the test extra)

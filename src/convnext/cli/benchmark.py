@@ -35,7 +35,8 @@ def register(sub, formatter) -> None:
     p.add_argument("--int8", action="store_true",
                    help="add our INT8 model (convnext.quantize, PT2E; CPU; needs torchao: pip install -e '.[deploy]')")
     p.add_argument("--runtimes", action="store_true",
-                   help="add our model run by OpenVINO (fp32, and INT8 via NNCF) and onnxruntime (fp32), where installed")
+                   help="add our model run by OpenVINO (fp32, and INT8 via NNCF) and onnxruntime (fp32 and static INT8), "
+                        "where installed")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")

@@ -138,7 +138,7 @@ def our_candidates(model_name: str, device: torch.device, precision: str, *, abl
 
 
 def runtime_candidates(model_name: str, resolution: int, num_classes: int = 1000) -> tuple[list[Candidate], list[str]]:
-    """Our model run by the deployers' runtimes: OpenVINO fp32 and INT8 (NNCF), onnxruntime fp32, each where
+    """Our model run by the deployers' runtimes: OpenVINO fp32 and INT8 (NNCF), onnxruntime fp32 and INT8, each where
     installed (skipped with a note otherwise). CPU only."""
     def base() -> nn.Module:
         torch.manual_seed(0)
@@ -162,6 +162,10 @@ def runtime_candidates(model_name: str, resolution: int, num_classes: int = 1000
     if _installed("onnxruntime"):
         rows.append(Candidate(f"{model_name} onnxruntime fp32", lambda: onnxruntime_model(m := base(), example(m)),
                               group="peer", note="torch.onnx (dynamo) export of our model, onnxruntime CPU provider"))
+        rows.append(Candidate(
+            f"{model_name} onnxruntime int8",
+            lambda: onnxruntime_model(m := base(), example(m), calibration=example(m, 64)), group="peer",
+            note="onnxruntime static quantization (QDQ, per-channel INT8 weights; 64 random calibration images)"))
     else:
         skipped.append("onnxruntime: not installed (pip install -e '.[deploy]')")
     return rows, skipped
