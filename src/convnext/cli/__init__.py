@@ -10,6 +10,7 @@ import argparse
 import difflib
 import importlib
 import os
+import re
 import sys
 import warnings
 
@@ -88,16 +89,13 @@ class _Parser(argparse.ArgumentParser):
     a close match for a mistyped command or choice; ``--help`` still shows the full usage."""
 
     def error(self, message: str):
-        choices = [a for a in self._actions if a.choices]
         hint = ""
-        for action in choices:
-            if "invalid choice" in message and (action.dest in message or action.option_strings == []
-                                                or any(o in message for o in action.option_strings)):
-                wrong = message.split("invalid choice: ")[1].split(" ")[0].strip("'\"(),")
-                close = difflib.get_close_matches(wrong, [str(c) for c in action.choices], n=1)
-                if close:
-                    hint = f"; did you mean {close[0]}?"
-                    break
+        wrong = re.search(r"invalid choice: '([^']*)'", message)
+        for action in self._actions if wrong else ():
+            name = "/".join(action.option_strings) or action.metavar or action.dest  # as argparse names it
+            if action.choices and message.startswith(f"argument {name}:"):
+                close = difflib.get_close_matches(wrong[1], [str(c) for c in action.choices], n=1)
+                hint = f"; did you mean {close[0]}?" if close else ""
         self.exit(2, f"{self.prog}: error: {message}{hint} (see {self.prog} --help)\n")
 
 

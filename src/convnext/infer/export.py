@@ -100,7 +100,7 @@ def example_size(info: ModelInfo, dynamic_hw: bool) -> int:
     return size
 
 
-def _dynamic_shapes(info: ModelInfo, dynamic_batch: bool, dynamic_hw: bool) -> dict[str, dict[int, Any]] | None:
+def export_dynamic_shapes(info: ModelInfo, dynamic_batch: bool, dynamic_hw: bool) -> dict[str, dict[int, Any]] | None:
     from torch.export import Dim
 
     axes: dict[int, Any] = {}
@@ -113,10 +113,11 @@ def _dynamic_shapes(info: ModelInfo, dynamic_batch: bool, dynamic_hw: bool) -> d
 
 
 @contextlib.contextmanager
-def _quiet():
-    # The exporters print progress and deprecation chatter, and log the fallbacks they take (e.g. a failed opset
-    # conversion, with its traceback); the user gets our one-line summary instead, or an exception.
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+def quiet_exporters():
+    """The exporters and converters (torch.onnx, OpenVINO, NNCF) print progress bars and deprecation chatter,
+    and log the fallbacks they take (e.g. a failed opset conversion, with its traceback); the user gets our
+    one-line summary instead, or an exception. Used here and by infer/runtimes.py."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "nncf")]
     levels = [log.level for log in loggers]
     for log in loggers:
         log.setLevel(logging.CRITICAL)
@@ -138,13 +139,13 @@ def _run_onnx(path: str, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
 
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: str, dynamic_shapes, info: ModelInfo,
+def write_onnx(model: nn.Module, example: torch.Tensor, path: str, dynamic_shapes, info: ModelInfo,
                 opset: int | None) -> None:
     import onnx
 
     kwargs = {"opset_version": opset} if opset else {}
     try:
-        with _quiet():
+        with quiet_exporters():
             program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, verbose=False,
                                         **kwargs)
@@ -167,27 +168,27 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: str, dynamic_shap
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: str, info: ModelInfo) -> None:
-    with _quiet():
+    with quiet_exporters():
         traced = torch.jit.trace(model, example, check_trace=False)
         torch.jit.save(traced, path, _extra_files={METADATA_NAME: info.to_json()})
 
 
 def _run_torchscript(path: str, x: torch.Tensor) -> torch.Tensor:
-    with _quiet():
+    with quiet_exporters():
         return torch.jit.load(path, map_location="cpu")(x)
 
 
 def _write_torch_export(model: nn.Module, example: torch.Tensor, path: str, dynamic_shapes, info: ModelInfo) -> None:
     # Through a buffer: torch.export.save/load insist on a ".pt2" name, and the atomic temp file has none.
     buffer = io.BytesIO()
-    with _quiet():
+    with quiet_exporters():
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
         torch.export.save(program, buffer, extra_files={METADATA_NAME: info.to_json()})
     Path(path).write_bytes(buffer.getvalue())
 
 
 def _load_torch_export(path: str | os.PathLike, extra_files: dict[str, str] | None = None):
-    with _quiet():
+    with quiet_exporters():
         return torch.export.load(io.BytesIO(Path(path).read_bytes()), extra_files=extra_files)
 
 
@@ -209,7 +210,7 @@ def _write_openvino(model: nn.Module, example: torch.Tensor, folder: Path, name:
     """IR (name.xml + name.bin) in ``folder``: converted from the PyTorch model, batch dynamic (and H/W with
     ``dynamic_hw``), weights kept fp32 (OpenVINO would store them fp16 by default), metadata in rt_info."""
     ov = _openvino()
-    with _quiet():
+    with quiet_exporters():
         converted = ov.convert_model(model, example_input=example)
     c = example.shape[1]
     h, w = (-1, -1) if dynamic_hw else example.shape[2:]
@@ -238,7 +239,7 @@ def read_export_metadata(path: str | os.PathLike) -> ModelInfo:
         text = props.get(METADATA_NAME)
     else:
         extra = {METADATA_NAME: ""}
-        with _quiet():
+        with quiet_exporters():
             if path.suffix == ".pt2":
                 _load_torch_export(path, extra_files=extra)
             else:
@@ -280,7 +281,7 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
         # torch.export.load and ONNX tools look at the suffix; a misnamed file is hard to use later
         raise UsageError(f"{fmt} output {output} should end in {SUFFIXES[fmt]}; pass -o {output.with_suffix(SUFFIXES[fmt])}")
     samples = sample_inputs(info, dynamic_hw)
-    dynamic_shapes = _dynamic_shapes(info, dynamic_batch, dynamic_hw)
+    dynamic_shapes = export_dynamic_shapes(info, dynamic_batch, dynamic_hw)
     result = ExportResult(output, fmt, tolerance)
     with torch.no_grad():
         expected = [model(x).float() for x in samples]
@@ -296,7 +297,7 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
             if fmt == "openvino":
                 tmp = _write_openvino(model, example, Path(tmp), output.stem, info, dynamic_hw)
             elif fmt == "onnx":
-                _write_onnx(model, example, tmp, dynamic_shapes, info, opset)
+                write_onnx(model, example, tmp, dynamic_shapes, info, opset)
             elif fmt == "torchscript":
                 _write_torchscript(model, example, tmp, info)
             else:
@@ -341,7 +342,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
     reference = None
     if fast:
         reference = model
-        with _quiet():
+        with quiet_exporters():
             fused = optimize_for_inference(model, precision="fp32", channels_last=False, device="cpu")
         # export the folded network itself; the InferenceModel wrapper only casts inputs at run time
         model = getattr(fused, "model", fused)
@@ -351,5 +352,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
 
 __all__ = [
     "FORMATS", "ExportCheck", "ExportResult", "ExportVerificationError", "default_output", "export_checkpoint",
+    "export_dynamic_shapes", "quiet_exporters", "write_onnx",
     "export_model", "read_export_metadata", "sample_inputs",
 ]

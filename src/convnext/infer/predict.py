@@ -24,9 +24,8 @@ from ..data.transforms import eval_transform
 from ..errors import UsageError
 from ..preprocess import Preprocess
 from ..runtime import resolve_device
-from ..weights.io import resolve_weights_path
 from .fuse import optimize_for_inference
-from .quantize import QuantizedModel, load_quantized
+from .quantize import QuantizedModel, int8_device, load_quantized
 
 
 @dataclass
@@ -56,9 +55,8 @@ def load_for_inference(checkpoint: str | os.PathLike, device: str | torch.device
                        model_name: str | None = None, arch: dict | None = None) -> tuple[nn.Module, ModelInfo]:
     """``checkpoint.load_model`` on ``device``; ``model_name`` for foreign layouts without our metadata.
     An INT8 file (``convnext quantize``) loads as its ``QuantizedModel``, on the CPU."""
-    if read_quantization(resolve_weights_path(checkpoint)) is not None:
-        if str(device) not in ("auto", "cpu", "None"):
-            raise UsageError(f"INT8 models run on the CPU; drop --device {device} or pass --device cpu")
+    if read_quantization(checkpoint) is not None:
+        int8_device(device)
         return load_quantized(checkpoint)
     device = resolve_device(device)
     model, info = load_model(checkpoint, map_location=device, model_name=model_name, **(arch or {}))

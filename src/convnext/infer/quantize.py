@@ -334,6 +334,13 @@ def save_quantized(qmodel: QuantizedModel, path: str | os.PathLike, info: ModelI
     return atomic_write(path, lambda tmp: save_file(qmodel._state, tmp, metadata=metadata))
 
 
+def int8_device(device: str | torch.device | None) -> torch.device:
+    """INT8 models run on the CPU (oneDNN kernels): "auto" and "cpu" mean it, anything else is refused."""
+    if str(device) not in ("auto", "cpu", "None"):
+        raise UsageError(f"INT8 models run on the CPU; drop --device {device} or pass --device cpu")
+    return torch.device("cpu")
+
+
 def load_quantized(path: str | os.PathLike, compile: bool = True) -> tuple[QuantizedModel, ModelInfo]:
     """An INT8 model written by ``save_quantized`` (``convnext quantize``), with its ModelInfo."""
     p = resolve_weights_path(path)
@@ -368,4 +375,4 @@ def load_quantized(path: str | os.PathLike, compile: bool = True) -> tuple[Quant
 
 
 __all__ = ["KEEP_FLOAT", "MIN_CALIBRATION_IMAGES", "QuantizedModel", "calibration_batches", "calibration_images",
-           "check_calibration", "load_quantized", "quantize", "quantize_checkpoint", "save_quantized"]
+           "check_calibration", "int8_device", "load_quantized", "quantize", "quantize_checkpoint", "save_quantized"]

@@ -8,17 +8,16 @@ torch's thread count, so every row of a benchmark uses the same cores.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
 import tempfile
-import warnings
 
 import torch
 from torch import nn
 
+from ..checkpoint import ModelInfo
 from ..errors import UsageError
+from .export import INPUT_NAME, OUTPUT_NAME, export_dynamic_shapes, quiet_exporters, write_onnx
 
 # INFERENCE_PRECISION_HINT values of OpenVINO's CPU plugin
 _OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -35,12 +34,6 @@ class RuntimeModel(nn.Module):
         return torch.from_numpy(self._run(x.detach().cpu().float().contiguous().numpy()))
 
 
-def _quiet_convert():
-    warnings.filterwarnings("ignore")  # tracing and exporter deprecation chatter; callers catch warnings
-    for name in ("torch.onnx", "onnxscript", "nncf"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
 def openvino_model(model: nn.Module, example: torch.Tensor, precision: str = "fp32",
                    calibration: torch.Tensor | None = None) -> RuntimeModel:
     """``model`` converted with ``openvino.convert_model`` and compiled for the CPU in ``precision``
@@ -49,8 +42,8 @@ def openvino_model(model: nn.Module, example: torch.Tensor, precision: str = "fp
         import openvino as ov
     except ImportError as e:
         raise UsageError(f"OpenVINO is not installed ({e}): pip install -e '.[deploy]'") from None
-    _quiet_convert()
-    converted = ov.convert_model(model.eval(), example_input=example)
+    with quiet_exporters():
+        converted = ov.convert_model(model.eval(), example_input=example)
     converted.reshape({0: ov.PartialShape([-1, *example.shape[1:]])})
     label = precision
     if calibration is not None:
@@ -59,7 +52,7 @@ def openvino_model(model: nn.Module, example: torch.Tensor, precision: str = "fp
         except ImportError as e:
             raise UsageError(f"OpenVINO INT8 needs NNCF ({e}): pip install nncf") from None
         samples = [image[None].numpy() for image in calibration]
-        with contextlib.redirect_stdout(io.StringIO()):  # progress bars: not in a command's (JSON) output
+        with quiet_exporters():  # its progress bars must not reach a command's (JSON) output
             converted = nncf.quantize(converted, nncf.Dataset(samples), subset_size=len(samples))
         label = "int8"
     config = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision],
@@ -86,39 +79,34 @@ def onnxruntime_model(model: nn.Module, example: torch.Tensor, calibration: torc
         import onnxruntime as ort
     except ImportError as e:
         raise UsageError(f"onnxruntime is not installed ({e}): pip install -e '.[deploy]'") from None
-    _quiet_convert()
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
-        program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=["image"],
-                                    output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
-    buffer = io.BytesIO()
-    program.save(buffer)
-    data, label = buffer.getvalue(), "fp32"
-    if calibration is not None:
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+    label = "fp32"
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        info = ModelInfo(config=model.cfg)
+        with torch.no_grad():  # the export `convnext export` writes (dynamo exporter, dynamic batch)
+            write_onnx(model.eval(), example, path, export_dynamic_shapes(info, True, False), info, None)
+        if calibration is not None:
+            from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # per-tensor notes about LayerNorm weights, logged on the root logger
-        try:
-            with tempfile.TemporaryDirectory() as folder:
-                plain, prepared, quantized = (os.path.join(folder, n) for n in ("m.onnx", "p.onnx", "q.onnx"))
-                with open(plain, "wb") as f:
-                    f.write(data)
-                quant_pre_process(plain, prepared)
-                quantize_static(prepared, quantized, _Images(calibration, "image"), quant_format=QuantFormat.QDQ,
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # per-tensor notes about LayerNorm weights, logged on the root logger
+            try:
+                prepared, quantized = os.path.join(folder, "p.onnx"), os.path.join(folder, "q.onnx")
+                quant_pre_process(path, prepared)
+                quantize_static(prepared, quantized, _Images(calibration, INPUT_NAME), quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-                with open(quantized, "rb") as f:
-                    data = f.read()
-        finally:
-            root.setLevel(level)
-        label = "int8"
+            finally:
+                root.setLevel(level)
+            path, label = quantized, "int8"
+        with open(path, "rb") as f:
+            data = f.read()
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.log_severity_level = 3
     session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return RuntimeModel(lambda a: session.run(["logits"], {"image": a})[0], label)
+    return RuntimeModel(lambda a: session.run([OUTPUT_NAME], {INPUT_NAME: a})[0], label)
 
 
 __all__ = ["RuntimeModel", "onnxruntime_model", "openvino_model"]

@@ -23,8 +23,7 @@ from ..errors import UsageError, check_choice
 from ..files import check_output_path
 from ..infer.fuse import PRECISIONS, optimize_for_inference
 from ..infer.quantize import calibration_images as calibration_images_of
-from ..infer.quantize import load_quantized, quantize
-from ..weights.io import resolve_weights_path
+from ..infer.quantize import int8_device, load_quantized, quantize
 from ..runtime import autocast, resolve_device
 from . import distributed as dist_mod
 
@@ -58,10 +57,12 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
         correct1 += hits[:, 0].sum().item()
         correct5 += hits.any(dim=1).sum().item()
         count += labels.numel()
+        if predictions or matrix is not None:
+            first = top[:, 0].cpu()
         if predictions:
-            top1_classes.append(top[:, 0].cpu())
+            top1_classes.append(first)
         if matrix is not None:
-            idx = labels.cpu() * k + top[:, 0].cpu()
+            idx = labels.cpu() * k + first
             matrix += torch.bincount(idx, minlength=k * k).reshape(k, k).double()
     totals = dist_mod.all_reduce_sum([loss_sum, correct1, correct5, count], dist_info).tolist()
     if matrix is not None and dist_info.enabled:
@@ -116,14 +117,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
         raise UsageError(f"--calibration-images {calibration_images} must be >= 1")
     if confusion_png:
         check_output_path(confusion_png)
-    quantized = read_quantization(resolve_weights_path(checkpoint)) is not None
+    quantized = read_quantization(checkpoint) is not None
     if quantized:
         if precisions or fast or amp != "none":
             raise UsageError(f"{checkpoint} is an INT8 model: it runs as it is, without --precision, --fast or --amp")
-        if device not in ("auto", "cpu"):
-            raise UsageError(f"INT8 models run on the CPU; drop --device {device} or pass --device cpu")
-        device = "cpu"
-    dev = resolve_device(device)
+    dev = int8_device(device) if quantized else resolve_device(device)
     if amp == "fp16" and dev.type != "cuda":
         raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     for p in precisions:
@@ -153,8 +151,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
     loader = make_loader(ds, dist_mod.ShardedSampler(len(ds), shuffle=False), batch_size, workers, dev, False)
 
     def score(net: nn.Module, amp: str) -> dict[str, Any]:
+        # the confusion matrix is the first run's (the reported one); predictions only to compare precisions
         return evaluate(net, loader, dev, amp, num_classes=len(classes), dist_info=dist_mod.DistInfo(device=dev),
-                        confusion=True, predictions=True)
+                        confusion=not runs, predictions=bool(precisions))
 
     runs = []
     for p in precisions:
@@ -166,13 +165,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
     if not runs:
         net = optimize_for_inference(model, device=dev) if fast else model
         runs.append((getattr(net, "precision", None), score(net, amp)))
-    (first_precision, result), reference = runs[0], runs[0][1]["predictions"]
+    first_precision, result = runs[0]
     if precisions:
+        reference = result["predictions"]
         result["precisions"] = [{"precision": name, "top1": r["top1"], "top5": r["top5"], "loss": r["loss"],
-                                 "top1_agreement": 100.0 * (r["predictions"] == reference).float().mean().item()}
+                                 "top1_agreement": 100.0 * (r.pop("predictions") == reference).float().mean().item()}
                                 for name, r in runs]
-    for _, r in runs:
-        r.pop("predictions")
     if first_precision is not None:
         result["precision"] = first_precision
     matrix = result.pop("confusion")
