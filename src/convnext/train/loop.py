@@ -4,19 +4,15 @@ validation, logging and crash-safe checkpoints, on one process or under torchrun
 
 from __future__ import annotations
 
-import contextlib
-import math
 import sys
 import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.assembly import build_data, build_mixer, make_loader, model_channels
 from ..errors import UsageError
-from ..runtime import autocast
 from ..weights.io import first_non_finite
 from . import distributed as dist_mod
 from . import snapshot
@@ -27,6 +23,7 @@ from .evaluate import validate
 from .model import build_model, load_init_weights
 from .optim import build_optimizer, build_scheduler
 from .run_dir import CheckpointWriteError, RunDir
+from .step import StepTally, train_step
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,6 +79,11 @@ class Trainer:
         else:
             torch.manual_seed(t.seed + 7919 * dist_info.rank)
 
+        # Step results stay on the device and are read every `read_every` steps: on a GPU a read waits for
+        # the queued work (see step.py); on the CPU it costs nothing, so skipped steps are announced at once.
+        self.tally = StepTally(self.device, self.consecutive_bad)
+        self.read_every = 1 if self.device.type == "cpu" else max(t.log_every, 1)
+        self.last_loss = float("nan")
         net = dist_mod.wrap_model(self.model, dist_info)
         self.train_net = torch.compile(net) if t.compile else net
 
@@ -95,6 +97,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, best: tuple[nn.Module, str, dict] | None = None, last_metrics: dict | None = None) -> None:
         """best/last.safetensors and train_state.pt (``RunDir.save``); every rank calls it."""
+        self._read_tally()  # the counters the state records
         bad = first_non_finite(self.model.state_dict())
         if bad is not None:  # a finite loss, but the update overflowed (e.g. a huge lr): nothing may be saved
             raise TrainingDiverged(f"training diverged: the weights hold NaN/Inf ({bad}) at step {self.step}; nothing "
@@ -108,81 +111,37 @@ class Trainer:
         self.rundir.save(state, last, best_info)
 
     # -- training ----------------------------------------------------------------------------------
-    def _train_step(self, batches) -> tuple[float, float, bool]:
-        """One optimizer step over ``update_freq`` micro-batches. Returns (mean loss, grad norm, ok)."""
-        c, k = self.cfg, len(batches)
+    def _train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step over ``update_freq`` micro-batches (``step.train_step``); its loss and NaN/Inf
+        verdict go to the device-side tally. Returns device tensors (mean loss, grad norm, bad)."""
         # the lr this step uses (logged with it); the top layer's group under layer-wise decay
         self.step_lr = max(g["lr"] for g in self.optimizer.param_groups)
-        loss_sum = torch.zeros((), device=self.device)
-        for i, (images, labels) in enumerate(batches):
-            images = images.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True)
-            if self.mixer is not None:
-                images, targets = self.mixer(images, labels)
-            if c.runtime.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            # DDP all-reduces the gradients on the last micro-batch only
-            accumulate = self.dist.enabled and i < k - 1 and hasattr(self.train_net, "no_sync")
-            with self.train_net.no_sync() if accumulate else contextlib.nullcontext():
-                with autocast(self.device, c.runtime.amp):
-                    logits = self.train_net(images)
-                logits = logits.float()
-                if self.mixer is not None:
-                    loss = F.cross_entropy(logits, targets)  # soft targets, mixed and smoothed by the mixer
-                else:
-                    loss = F.cross_entropy(logits, labels, label_smoothing=c.aug.label_smoothing)
-                scaled = loss / k
-                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            loss_sum += loss.detach()
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        if c.opt.clip_grad:
-            norm = torch.nn.utils.clip_grad_norm_(params, c.opt.clip_grad)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        stats = torch.stack([loss_sum / k, norm.to(loss_sum.device).float()])
-        if self.dist.enabled:
-            stats = dist_mod.all_reduce_sum(stats, self.dist).float()
-            stats[0] /= self.dist.world_size
-            stats[1] /= self.dist.world_size  # identical on every rank after DDP's gradient all-reduce
-        loss_v, norm_v = stats.tolist()
-        # fp16 overflow in the gradients is the scaler's business (it skips and lowers the scale);
-        # in fp32/bf16 a non-finite gradient is as bad as a non-finite loss.
-        ok = math.isfinite(loss_v) and (self.scaler is not None or math.isfinite(norm_v))
-        if ok:
-            if self.scaler is not None:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-        elif self.scaler is not None:
-            self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return loss_v, norm_v, ok
+        loss, norm, bad = train_step(self, batches)
+        self.tally.add(loss, bad)
+        return loss, norm, bad
 
-    def _count_step(self, loss: float, ok: bool) -> None:
-        """Loss bookkeeping after a step; a skipped (NaN/Inf) one is announced, and too many in a row stop the run."""
-        if ok:
-            self.consecutive_bad = 0
-            self.epoch_loss_sum += loss
-            self.epoch_loss_count += 1
+    def _read_tally(self) -> None:
+        """Bring the device-side step results to the host (one sync): loss bookkeeping, skipped steps (announced),
+        and too many skipped in a row stop the run."""
+        t = self.tally.read()
+        if t["steps"] == 0:
             return
-        self.bad_steps_total += 1
-        self.consecutive_bad += 1
-        if self.dist.is_main:
-            print(f"warning: step {self.step}: loss/gradient is NaN or Inf; step skipped "
-                  f"({self.consecutive_bad} in a row)", file=sys.stderr)
-        if self.consecutive_bad >= self.cfg.runtime.max_bad_steps:
+        self.last_loss = t["last_loss"]
+        self.epoch_loss_sum += t["loss_sum"]
+        self.epoch_loss_count += t["good"]
+        self.bad_steps_total += t["bad"]
+        self.consecutive_bad = t["run"]
+        where = f"step {self.step}" if t["steps"] == 1 else f"steps {self.step - t['steps'] + 1}-{self.step}"
+        if t["bad"] and self.dist.is_main:
+            skipped = "step skipped" if t["steps"] == 1 else f"{t['bad']} step(s) skipped"
+            print(f"warning: {where}: loss/gradient is NaN or Inf; {skipped} ({t['run']} in a row)", file=sys.stderr)
+        if t["worst_run"] >= self.cfg.runtime.max_bad_steps:
             raise TrainingDiverged(
-                f"training diverged: {self.consecutive_bad} consecutive steps with NaN/Inf loss or "
-                f"gradients at step {self.step}; {self.rundir.what_is_kept()}. "
+                f"training diverged: {t['worst_run']} consecutive steps with NaN/Inf loss or gradients at {where}; "
+                f"{self.rundir.what_is_kept()}. "
                 "Try a lower --opt.lr, --opt.clip_grad 1.0, or --runtime.amp none (fp32), then --resume auto")
 
-    def _after_step(self, loss: float, bar) -> None:
+    def _after_step(self, bar) -> None:
         """Progress bar, a step record every ``log_every`` steps, a mid-epoch checkpoint every ``save_every_steps``."""
         t = self.cfg.runtime
         self.window_imgs += self.cfg.data.batch_size * self.cfg.opt.update_freq * self.dist.world_size
@@ -192,6 +151,7 @@ class Trainer:
             now = time.perf_counter()
             ips = self.window_imgs / max(now - self.window_t, 1e-9)
             self.window_t, self.window_imgs = now, 0
+            loss = self.last_loss
             self.logger.log({"type": "step", "epoch": self.epoch, "step": self.step, "loss": loss, "lr": self.step_lr,
                              "img_per_s": ips, "time": time.time(), "skipped_steps": self.bad_steps_total})
             if bar is not None:
@@ -214,17 +174,19 @@ class Trainer:
         self.window_t, self.window_imgs = time.perf_counter(), 0  # throughput since the last step record
         it = iter(self.train_loader)
         while self.epoch_step < self.steps_per_epoch and self.step < max_steps:
-            loss, _norm, ok = self._train_step([next(it) for _ in range(k)])
+            self._train_step([next(it) for _ in range(k)])
             self.step += 1
             self.epoch_step += 1
-            self._count_step(loss, ok)
-            self._after_step(loss, bar)
+            if self.step % self.read_every == 0 or self.step % self.cfg.runtime.log_every == 0:
+                self._read_tally()
+            self._after_step(bar)
         if bar is not None:
             bar.close()
 
     def _end_epoch(self) -> dict[str, Any]:
         """Validate the model (and its EMA), log and print the epoch, save last (and best) checkpoints."""
         c = self.cfg
+        self._read_tally()
         train_loss = self.epoch_loss_sum / max(self.epoch_loss_count, 1)
         val = validate(self.model, self.ema.module if self.ema is not None else None, self.val_loader, self.device,
                        c.runtime.amp, self.dist, c.runtime.channels_last)
