@@ -8,6 +8,7 @@ label smoothing act on whole batches, so they live in ``BatchMixer``, applied in
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -158,6 +159,14 @@ class ShiftFlip:
             v2.Resize(size, interpolation=interpolation_mode(interpolation), antialias=True), v2.CenterCrop(size),
         ])
         self.normalize = v2.Normalize(list(mean), list(std))
+        self.emit_uint8 = False  # with_uint8_output() sets it
+
+    def with_uint8_output(self) -> "ShiftFlip":
+        """A copy returning the uint8 crops, unscaled: a GPU feed (``device_feed.PrefetchFeed``) copies a quarter of
+        float32's bytes and scales and normalises them on the device, with the same ops as ``__call__``."""
+        twin = copy.copy(self)
+        twin.emit_uint8 = True
+        return twin
 
     def draws(self, seed: int | None) -> tuple[int, int, bool]:
         """(top, left, flip) for one sample; from ``seed``, or the global RNG when it is None."""
@@ -173,6 +182,8 @@ class ShiftFlip:
         cols = left[:, None] + torch.where(flip[:, None], line.flip(0), line)  # (N, size) flipped where drawn
         padded = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
         out = padded[torch.arange(len(x))[:, None, None], :, rows, cols[:, None, :]]  # (N, size, size, C)
+        if self.emit_uint8:
+            return out.permute(0, 3, 1, 2)
         out = out.permute(0, 3, 1, 2).float().div_(255)
         return self.normalize(out)
 
@@ -229,7 +240,3 @@ class SeededTransform(torch.utils.data.Dataset):
             # CPU generator only: torch.manual_seed would also queue CUDA seeding (with a stack capture)
             torch.default_generator.manual_seed(seed)
             return self.transform(image)
-        with torch.random.fork_rng(devices=[]):
-            # CPU generator only: torch.manual_seed would also queue CUDA seeding (with a stack capture)
-            torch.default_generator.manual_seed(seed)
-            return self.transform(image), label

@@ -51,13 +51,6 @@ def make_activation(kind: str) -> nn.Module:
     return nn.GELU() if kind == "gelu" else nn.ReLU()
 
 
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a small CPU tensor to ``device`` without making the host wait for queued GPU work."""
-    if device.type == "cuda":
-        return t.pin_memory().to(device, non_blocking=True)
-    return t.to(device)
-
-
 class DropPath(nn.Module):
     """Stochastic depth: drop the whole residual branch per sample, rescale survivors by 1/keep."""
 
@@ -65,18 +58,15 @@ class DropPath(nn.Module):
         super().__init__()
         self.drop_prob = float(drop_prob)
 
-    def keep_mask(self, batch_size: int) -> torch.Tensor:
-        """Which samples keep their branch this step: a bool (N,) tensor on the CPU.
-
-        Drawn from the CPU generator whatever the device, so that callers can pick the kept samples
-        without waiting for the GPU, and a seeded run draws the same masks on every device.
-        """
-        return torch.empty(batch_size).bernoulli_(1.0 - self.drop_prob).bool()
+    def keep_mask(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Which samples keep their branch this step: a bool (N,) tensor drawn on ``device`` (from its
+        generator: on a GPU no host work and no copy)."""
+        return torch.empty(batch_size, device=device).bernoulli_(1.0 - self.drop_prob).bool()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.drop_prob == 0.0 or not self.training:
             return x
-        mask = to_device(self.keep_mask(x.shape[0]), x.device).to(x.dtype)
+        mask = self.keep_mask(x.shape[0], x.device).to(x.dtype)
         return x * (mask / (1.0 - self.drop_prob)).view((x.shape[0],) + (1,) * (x.ndim - 1))
 
     def extra_repr(self) -> str:

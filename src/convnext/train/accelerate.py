@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.convnext import Block, ConvNeXt
-from ..models.layers import to_device
 
 
 def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size: tuple[int, int],
@@ -139,7 +138,7 @@ class TrainingBlock(Block):
         if keep.all():
             x = torch.add(shortcut, self.residual(x), alpha=1 / (1 - p))
         else:
-            kept = to_device(keep.nonzero().flatten(), x.device)
+            kept = keep.nonzero().flatten()  # a CPU-only module: no device copy
             channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
             subset = x.index_select(0, kept)  # may be empty: the branch still runs, so DDP sees every parameter used
             if channels_last:  # index_select returns NCHW-contiguous memory

@@ -32,6 +32,7 @@ from ..preprocess import INTERPOLATIONS
 AMP_MODES = ("none", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 GRAYSCALE_MODES = ("repeat", "in_chans")
+ON_DEVICE_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # grid_sample's filters (data.device_feed)
 
 
 @dataclass
@@ -71,6 +72,10 @@ class DataConfig:
     # per-channel normalisation mean; None = the dataset's own statistics (ImageNet's for folders)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None  # per-channel normalisation std, given together with mean
+    # Keep the whole train split (uint8) on the training device and augment each batch there (random resized crop or
+    # aug.crop_padding shifts, flip, normalisation; Mixup/CutMix as usual), so Python data loading cannot starve a
+    # GPU: for datasets that fit in its memory (Fashion-MNIST, folders of same-size images). No RandAugment or erasing.
+    on_device: bool = False
 
 
 @dataclass
@@ -234,10 +239,13 @@ def resume_conflicts(saved: dict[str, Any], cfg: "TrainConfig") -> list[str]:
         return out
 
     old, new = flat(_plain(saved)), flat(cfg.to_dict())
+    defaults = flat(TrainConfig().to_dict())
     conflicts = []
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key):
             continue
+        if key not in old and new.get(key) == defaults.get(key):
+            continue  # a field added since the run was saved, at its default: the run had that behaviour
         if (key in RESUMABLE_KEYS or key.startswith(RESUMABLE_SECTIONS)) and key not in FIXED_ON_RESUME:
             continue
         conflicts.append(f"{key} {old.get(key)!r} -> {new.get(key)!r}")
@@ -521,6 +529,14 @@ def _validate(c: TrainConfig) -> None:
     _check(a.mixup >= 0 and a.cutmix >= 0, "aug.mixup and aug.cutmix are Beta alphas and must be >= 0 (0 = off)")
     _check(0 <= a.label_smoothing < 1, f"aug.label_smoothing={a.label_smoothing} must be in [0, 1)")
     check_choice("aug.interpolation", a.interpolation, INTERPOLATIONS)
+    if c.data.on_device:  # what the device's batch augmentation (data.device_feed) does not do
+        _check(not a.randaugment, "data.on_device cannot run RandAugment on the device; set aug.randaugment false "
+                                  "(or data.on_device false)")
+        _check(a.random_erasing == 0, "data.on_device cannot run random erasing on the device; set "
+                                      "aug.random_erasing 0 (or data.on_device false)")
+        _check(not a.random_resized_crop or a.interpolation in ON_DEVICE_INTERPOLATIONS,
+               f"data.on_device resizes random crops with grid_sample, which has no {a.interpolation!r} filter; set "
+               f"aug.interpolation to one of {', '.join(ON_DEVICE_INTERPOLATIONS)} (or data.on_device false)")
     _check(0 < a.crop_ratio <= 1, f"aug.crop_ratio={a.crop_ratio} must be in (0, 1]")
     o = c.opt
     _check(o.lr > 0, f"opt.lr={o.lr} must be > 0")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..data.assembly import build_data, build_mixer, make_loader, model_channels
+from ..data.device_feed import PrefetchFeed, train_feed
 from ..errors import UsageError
 from ..weights.io import first_non_finite
 from . import distributed as dist_mod
@@ -41,6 +42,8 @@ class Trainer:
             raise UsageError("runtime.amp=fp16 needs a CUDA device (GradScaler); use runtime.amp=bf16 on CPU")
         if t.threads:
             torch.set_num_threads(t.threads)
+        if self.device.type == "cuda":  # fixed input shapes: let cuDNN time its algorithms once (as timm's train.py)
+            torch.backends.cudnn.benchmark = True
         self.rundir, state = RunDir.resolve(cfg)
         in_chans = model_channels(cfg.data.dataset, cfg.data.grayscale, cfg.model.overrides.get("in_chans"))
         self.data = build_data(cfg.data, cfg.aug, in_chans, t.seed)
@@ -88,8 +91,10 @@ class Trainer:
         self.train_net = torch.compile(net) if t.compile else net
 
         val_sampler = dist_mod.ShardedSampler(len(self.data.val), dist_info.rank, world, shuffle=False)
-        self.train_loader = make_loader(self.data.train, self.train_sampler, b, cfg.data.workers, self.device, True)
-        self.val_loader = make_loader(self.data.val, val_sampler, b, cfg.data.workers, self.device, False)
+        # batches arrive on the device: prefetched from pinned memory, or (data.on_device) gathered there
+        self.train_loader = train_feed(self.data, self.train_sampler, cfg.data, cfg.aug, self.device)
+        self.val_loader = PrefetchFeed(make_loader(self.data.val, val_sampler, b, cfg.data.workers, self.device, False),
+                                       self.device)
         if dist_info.is_main:
             self.rundir.prepare(cfg)
         self.logger = self.rundir.open_log(dist_info.is_main, t.tensorboard, self.step)

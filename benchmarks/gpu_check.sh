@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# One command for a GPU session (issue #18): the CUDA tests, then both GPU benchmarks, each under a timeout,
+# the whole under GPU_CHECK_BUDGET_S (default 450 s: < 8 min on one H100-class GPU). A step that fails or
+# times out is recorded and the next one runs. Run from anywhere; no venv needed (python3 with torch, timm,
+# torchvision, pytest).
+#
+#   benchmarks/gpu_check.sh                                   # on the GPU machine
+#   GPU_CHECK_DEVICE=cpu benchmarks/gpu_check.sh              # tiny dry run on the CPU (< 3 min)
+#
+# Steps, in this order (the compile step is last: it takes what is left of the budget):
+#   info       nvidia-smi -L, torch.cuda.get_device_name, versions             -> gpu_check.log
+#   tests      pytest tests -k cuda (tests/test_cuda.py and every test with cuda in its name; the module name
+#              matches -k, so the whole file runs)                               -> pytest.xml (junit), log
+#   eager      train_throughput.py --device cuda, ConvNeXt-T, 224 px, batch 128, bf16, drop path 0.1, the six
+#              eager loops (ours NCHW/channels_last vs timm plain ... fused AdamW + channels_last)
+#                                                                                -> train_throughput_eager.json
+#   data       data_pipeline.py --device cuda, Fashion-MNIST 64 px             -> data_pipeline.json
+#   compiled   train_throughput.py --compile both: ours_channels_last and timm_fused_adamw_channels_last, eager
+#              and compiled, interleaved                                         -> train_throughput_compiled.json
+#   summary    rc, seconds and the headline ratios of every step                -> summary.json
+#
+# Environment:
+#   OUT                  output folder (default benchmarks/results/gpu); at most 7 files are written there
+#   PYTHON               interpreter (default python3)
+#   GPU_CHECK_DEVICE     cuda (default) or cpu (dry run: tiny models and sizes, aot_eager instead of inductor)
+#   GPU_CHECK_BUDGET_S   seconds for the whole script (default 450)
+#   GPU_CHECK_STEPS      steps to run, space-separated (default "tests eager data compiled")
+#   FASHION_MNIST_ROOT   the IDX files; else .data/fashion-mnist, shared/fashion-mnist or
+#                        /usr/share/datasets/fashion-mnist, the first that exists. A GPU machine has none of its
+#                        own: carry a copy. Here, once, in the repo root:
+#                          mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
+#                          echo /.data/ >> .git/info/exclude
+#                        then run it with the device tool as: command "bash benchmarks/gpu_check.sh",
+#                        carry [".data"], timeout_s 540 (the tool sets OUT; 7 files come back)
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+DEV=${GPU_CHECK_DEVICE:-cuda}
+OUTDIR=${OUT:-benchmarks/results/gpu}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
+STEPS=${GPU_CHECK_STEPS:-tests eager data compiled}
+mkdir -p "$OUTDIR"
+LOG="$OUTDIR/gpu_check.log"
+STEPLOG="$OUTDIR/.steps.tsv"
+: >"$LOG"
+: >"$STEPLOG"
+T0=$(date +%s)
+
+if [ -z "${FASHION_MNIST_ROOT:-}" ]; then
+  for d in .data/fashion-mnist shared/fashion-mnist /usr/share/datasets/fashion-mnist; do
+    if [ -d "$d" ]; then FASHION_MNIST_ROOT=$d; break; fi
+  done
+fi
+export FASHION_MNIST_ROOT=${FASHION_MNIST_ROOT:-/usr/share/datasets/fashion-mnist}
+
+if [ "$DEV" = cpu ]; then  # dry run: every step's code path, at sizes a shared 2-core CPU runs in seconds
+  export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1  # a crowded CPU: one thread each beats oversubscribed spinning
+  TT_COMMON=(--device cpu --model convnext_atto --size 32 --batch 2 --amp bf16 --drop-path 0.1
+             --rounds 1 --steps 1 --warmup 1)
+  TT_COMPILED=(--compile both --compile-backend aot_eager)
+  DP_ARGS=(--device cpu --batch 8 --steps 2 --rounds 1 --warmup 1 --workers 1 --settle 1 --limit-train 512)
+  CAP_TESTS=120; CAP_EAGER=60; CAP_DATA=60
+else
+  TT_COMMON=(--device cuda --model convnext_tiny --size 224 --batch 128 --amp bf16 --drop-path 0.1
+             --rounds 10 --steps 5 --warmup 3)
+  TT_COMPILED=(--compile both)
+  DP_ARGS=(--device cuda)
+  CAP_TESTS=100; CAP_EAGER=100; CAP_DATA=90
+fi
+
+say() { echo "$*" | tee -a "$LOG"; }
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+
+# run_step NAME CAP OUTPUT_FILE CMD...: under timeout min(CAP, what is left of the budget); the command's own
+# --budget-s (when it takes one) is that timeout less 20 s, so it stops adding rounds and writes its JSON in time.
+run_step() {
+  local name=$1 cap=$2 out=$3; shift 3
+  local t=$(( $(left) < cap ? $(left) : cap ))
+  if [ "$t" -lt 15 ]; then
+    say "== $name: skipped, $(left) s of the budget left"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" 125 0 0 "$out" >>"$STEPLOG"
+    return
+  fi
+  local cmd=("$@")
+  if [[ " ${cmd[*]} " == *" --budget-s "* ]]; then
+    for i in "${!cmd[@]}"; do [ "${cmd[$i]}" = --budget-s ] && cmd[$((i + 1))]=$(( t > 40 ? t - 20 : t / 2 )); done
+  fi
+  say "== $name (timeout ${t} s): ${cmd[*]}"
+  local s=$(date +%s)
+  timeout --kill-after=10 "$t" "${cmd[@]}" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  local secs=$(( $(date +%s) - s ))
+  say "== $name: rc $rc in ${secs} s$([ "$rc" = 124 ] && echo ' (timed out)')"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$rc" "$secs" "$t" "$out" >>"$STEPLOG"
+  summary
+}
+
+summary() {
+  "$PY" - "$STEPLOG" "$OUTDIR/summary.json" "$DEV" "$BUDGET" "$(( $(date +%s) - T0 ))" "$FASHION_MNIST_ROOT" <<'EOF'
+import json, os, sys
+steplog, out, dev, budget, elapsed, fmnist = sys.argv[1:]
+steps = []
+for line in open(steplog):
+    name, rc, secs, timeout, path = line.rstrip("\n").split("\t")
+    step = {"step": name, "rc": int(rc), "seconds": int(secs), "timeout_s": int(timeout),
+            "status": {"0": "ok", "124": "timed out", "125": "skipped (budget)"}.get(rc, "failed")}
+    if path and os.path.isfile(path):
+        step["output"] = os.path.basename(path)
+        try:
+            d = json.load(open(path))
+        except ValueError:
+            d = None
+        if isinstance(d, dict) and d.get("benchmark") == "train_throughput":
+            step["headline"] = {"gpu": d.get("gpu"), "complete": d.get("complete"), "rounds": d.get("rounds"),
+                                "img_per_s": d.get("img_per_s"), "targets": d.get("targets"),
+                                "compiled_vs_eager": d.get("compiled_vs_eager"),
+                                "warmup_seconds": d.get("warmup_seconds"), "failed": d.get("failed")}
+            for label, g in (d.get("groups") or {}).items():
+                step["headline"][label] = {"timm_best": g["timm_best"], "ratio_vs_timm_best": g["ratio_vs_timm_best"],
+                                           "best_of_ratio_vs_timm_best": g["best_of_ratio_vs_timm_best"]}
+        elif isinstance(d, dict) and d.get("benchmark") == "data_pipeline":
+            step["headline"] = {k: d.get(k) for k in ("gpu", "complete", "rounds", "img_per_s", "ratio_vs_synthetic",
+                                                      "best_of_ratio_vs_synthetic", "met", "feeds", "notes")}
+    if name == "tests" and os.path.isfile(path):
+        import xml.etree.ElementTree as ET
+        try:
+            root = ET.parse(path).getroot()
+            suites = [root] if root.tag == "testsuite" else list(root)
+            step["headline"] = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
+        except ET.ParseError:
+            pass
+    steps.append(step)
+json.dump({"device": dev, "budget_s": int(budget), "elapsed_s": int(elapsed), "fashion_mnist_root": fmnist,
+           "all_ok": all(s["rc"] == 0 for s in steps), "steps": steps},
+          open(out, "w"), indent=2)
+EOF
+}
+
+say "== gpu_check ($DEV, budget ${BUDGET} s) $(date -u +%FT%TZ) in $(pwd)"
+if [ "$DEV" != cpu ]; then
+  (nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv) 2>&1 | tee -a "$LOG"
+fi
+timeout 60 "$PY" -c "
+import platform, torch, timm, torchvision
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'torchvision', torchvision.__version__,
+      'python', platform.python_version(), 'cpus', __import__('os').cpu_count())
+print('gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+" 2>&1 | tee -a "$LOG"
+
+for step in $STEPS; do
+  case $step in
+    tests)
+      run_step tests "$CAP_TESTS" "$OUTDIR/pytest.xml" \
+        "$PY" -m pytest -q -p no:cacheprovider -rs tests -k cuda --junitxml="$OUTDIR/pytest.xml" ;;
+    eager)
+      run_step eager "$CAP_EAGER" "$OUTDIR/train_throughput_eager.json" \
+        "$PY" benchmarks/train_throughput.py "${TT_COMMON[@]}" --compile off --budget-s 0 \
+        -o "$OUTDIR/train_throughput_eager.json" ;;
+    data)
+      run_step data "$CAP_DATA" "$OUTDIR/data_pipeline.json" \
+        "$PY" benchmarks/data_pipeline.py "${DP_ARGS[@]}" --budget-s 0 -o "$OUTDIR/data_pipeline.json" ;;
+    compiled)
+      run_step compiled 600 "$OUTDIR/train_throughput_compiled.json" \
+        "$PY" benchmarks/train_throughput.py "${TT_COMMON[@]}" "${TT_COMPILED[@]}" --budget-s 0 \
+        -o "$OUTDIR/train_throughput_compiled.json" ;;
+    *) say "unknown step $step (steps: tests eager data compiled)" ;;
+  esac
+done
+summary
+rm -f "$STEPLOG"
+say "== done in $(( $(date +%s) - T0 )) s; summary: $OUTDIR/summary.json"
+"$PY" -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+for s in d['steps']:
+    print(f\"{s['step']:<9} {s['status']:<18} rc {s['rc']:>3} {s['seconds']:>4} s  {json.dumps(s.get('headline', {}))[:600]}\")
+" "$OUTDIR/summary.json" | tee -a "$LOG"
