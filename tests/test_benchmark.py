@@ -4,6 +4,7 @@ No timing assertions: only structure, arithmetic on the recorded times, and call
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -182,3 +183,32 @@ def test_runtime_peers_run_our_model_with_the_same_outputs():
     if importlib.util.find_spec("nncf") is not None:  # OpenVINO's INT8 (the deploy extra; not in the test extra)
         int8 = openvino_model(model, x[:2], calibration=torch.randn(32, 3, 64, 64))
         assert int8.precision == "int8" and int8(x).shape == ref.shape
+
+
+def test_runtime_rows_include_openvino_bf16_where_asked_and_say_why_not_elsewhere():
+    from convnext.infer.benchmark import runtime_candidates
+
+    with_bf16, skipped = runtime_candidates("convnext_atto", 64, 10, bf16=True)
+    without, skipped_without = runtime_candidates("convnext_atto", 64, 10, bf16=False)
+    names = lambda rows: [c.name for c in rows]  # noqa: E731
+    if importlib.util.find_spec("openvino") is not None:
+        assert "convnext_atto openvino bf16" in names(with_bf16)
+        assert "convnext_atto openvino bf16" not in names(without)
+        assert any(s.startswith("openvino bf16: this CPU has no native bf16") for s in skipped_without)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        assert any(s.startswith("onnxruntime bf16:") for s in skipped)
+
+
+def test_openvino_bf16_runs_our_model():
+    pytest.importorskip("openvino")
+    import convnext
+    from convnext.infer.runtimes import openvino_model
+
+    torch.manual_seed(0)
+    model = convnext.create_model("convnext_atto", num_classes=10, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)).eval()
+    x = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+    bf16 = openvino_model(model, x[:2], "bf16")
+    assert bf16.precision == "bf16"
+    torch.testing.assert_close(bf16(x), ref, atol=0.05 * ref.abs().max().item(), rtol=0)

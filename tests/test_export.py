@@ -164,3 +164,47 @@ def test_openvino_missing_is_an_install_hint(checkpoint, tmp_path, capsys, monke
     assert main(["export", str(checkpoint), "-f", "openvino", "-o", str(tmp_path / "m.xml")]) == 2
     assert "pip install -e '.[deploy]'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize("fmt,precision,suffix", [
+    ("onnx", "fp16", ".onnx"), ("torch-export", "bf16", ".pt2"),
+    pytest.param("torchscript", "fp16", ".pt", marks=pytest.mark.slow),
+    pytest.param("openvino", "fp16", ".xml", marks=pytest.mark.slow)])
+def test_reduced_precision_export_stores_half_the_bytes_and_keeps_the_predictions(fmt, precision, suffix, checkpoint,
+                                                                                    tmp_path, capsys):
+    """--precision fp16/bf16: the file holds 16-bit weights (about half the fp32 file), takes and returns fp32, and
+    predicts what the fp32 model predicts on real test images."""
+    if fmt == "openvino":
+        pytest.importorskip("openvino")
+    x, _ = fashion("t10k", 64)
+    model, info = load_model(checkpoint)
+    from infer_fixtures import to_input
+
+    images = to_input(x)
+    with torch.no_grad():
+        expected = model(images)
+    sizes = {}
+    for p in ("fp32", precision):
+        out = tmp_path / p / f"model{suffix}"
+        assert main(["export", str(checkpoint), "-f", fmt, "--precision", p, "-o", str(out), "--json"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["precision"] == p and doc["max_abs_diff"] <= doc["tolerance"]
+        sizes[p] = out.stat().st_size + (out.with_suffix(".bin").stat().st_size if fmt == "openvino" else 0)
+    assert doc["fp32_vs_reduced"] > 0  # the rounding cost is measured, and is not zero
+    assert sizes[precision] < 0.65 * sizes["fp32"]
+    if fmt == "onnx":
+        got = _session(out).run(None, {"image": images.numpy()})[0]
+    elif fmt == "torch-export":
+        with torch.no_grad():
+            got = torch.export.load(str(out)).module()(images).numpy()
+    elif fmt == "torchscript":
+        with torch.no_grad():
+            got = torch.jit.load(str(out))(images).numpy()
+    else:
+        import openvino as ov
+
+        got = ov.Core().compile_model(str(out), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(images.numpy())[0]
+    assert got.dtype == np.float32
+    agreement = (got.argmax(1) == expected.numpy().argmax(1)).mean()
+    assert agreement >= 0.98, agreement

@@ -137,9 +137,13 @@ def our_candidates(model_name: str, device: torch.device, precision: str, *, abl
     return rows
 
 
-def runtime_candidates(model_name: str, resolution: int, num_classes: int = 1000) -> tuple[list[Candidate], list[str]]:
-    """Our model run by the deployers' runtimes: OpenVINO fp32 and INT8 (NNCF), onnxruntime fp32 and INT8, each where
-    installed (skipped with a note otherwise). CPU only."""
+def runtime_candidates(model_name: str, resolution: int, num_classes: int = 1000,
+                       bf16: bool | None = None) -> tuple[list[Candidate], list[str]]:
+    """Our model run by the deployers' runtimes: OpenVINO fp32, bf16 and INT8 (NNCF), onnxruntime fp32 and INT8, each
+    where installed (skipped with a note otherwise). CPU only. ``bf16``: include OpenVINO's bf16 row (default: where
+    the CPU has native bf16; elsewhere OpenVINO emulates it, ~25x slower than fp32)."""
+    if bf16 is None:
+        bf16 = cpu_native_bf16()[0]
     def base() -> nn.Module:
         torch.manual_seed(0)
         return create_model(model_name, num_classes=num_classes).eval()
@@ -151,6 +155,12 @@ def runtime_candidates(model_name: str, resolution: int, num_classes: int = 1000
     if _installed("openvino"):
         rows.append(Candidate(f"{model_name} openvino fp32", lambda: openvino_model(m := base(), example(m)),
                               group="peer", note="openvino.convert_model of our model, CPU plugin, f32 hint"))
+        if bf16:
+            rows.append(Candidate(f"{model_name} openvino bf16", lambda: openvino_model(m := base(), example(m), "bf16"),
+                                  group="peer", note="the same IR, CPU plugin, bf16 hint"))
+        else:
+            skipped.append("openvino bf16: this CPU has no native bf16 (OpenVINO would emulate it, ~25x slower than "
+                           "fp32); --precision bf16 adds the row anyway")
         if _installed("nncf"):
             rows.append(Candidate(
                 f"{model_name} openvino int8", lambda: openvino_model(m := base(), example(m), calibration=example(m, 64)),
@@ -166,6 +176,7 @@ def runtime_candidates(model_name: str, resolution: int, num_classes: int = 1000
             f"{model_name} onnxruntime int8",
             lambda: onnxruntime_model(m := base(), example(m), calibration=example(m, 64)), group="peer",
             note="onnxruntime static quantization (QDQ, per-channel INT8 weights; 64 random calibration images)"))
+        skipped.append("onnxruntime bf16: ONNX's Conv takes no bf16, so its CPU provider has no bf16 ConvNeXt")
     else:
         skipped.append("onnxruntime: not installed (pip install -e '.[deploy]')")
     return rows, skipped
@@ -328,7 +339,8 @@ def run_benchmark(model: str = "convnext_tiny", *, batch_sizes: tuple[int, ...] 
     candidates = our_candidates(model, dev, precision, ablation=ablation, compile=compile, num_classes=num_classes,
                                 int8_size=resolution if int8 else None) + peer_rows
     if runtimes:
-        runtime_rows, runtime_skipped = runtime_candidates(model, resolution, num_classes)
+        runtime_rows, runtime_skipped = runtime_candidates(model, resolution, num_classes,
+                                                           bf16=True if precision == "bf16" else None)
         candidates += runtime_rows
         skipped += runtime_skipped
     load_before = os.getloadavg()

@@ -27,6 +27,7 @@ from torch import nn
 from ..checkpoint import ModelInfo, load_model
 from ..errors import UsageError, one_line
 from ..files import atomic_write, check_output_path
+from ..runtime import DTYPES
 from .fuse import optimize_for_inference
 
 FORMATS = ("onnx", "torchscript", "torch-export", "openvino")
@@ -35,6 +36,11 @@ OPENVINO_METADATA = ["convnext", "metadata"]  # rt_info path of the ModelInfo JS
 METADATA_NAME = "convnext.json"  # ONNX metadata_props key / extra file name in .pt and .pt2 archives
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 FP32_TOLERANCE = 1e-4
+# --precision: what the exported file stores and computes in. Default tolerances (max abs logit difference from the
+# PyTorch model in the same precision): a runtime's fp16/bf16 kernels round differently from PyTorch's, by up to a
+# unit in the last place of the logits (fp16: ~0.008 at 10; bf16: ~0.06).
+EXPORT_PRECISIONS = ("fp32", "fp16", "bf16")
+TOLERANCES = {"fp32": FP32_TOLERANCE, "fp16": 2e-2, "bf16": 1e-1}
 
 
 class ExportVerificationError(RuntimeError):
@@ -57,6 +63,9 @@ class ExportResult:
     checks: list[ExportCheck] = field(default_factory=list)
     # --fast only: the fused model's difference from the original one on the same samples
     fused_vs_original: float | None = None
+    precision: str = "fp32"
+    # --precision fp16/bf16: the exported model's (in PyTorch) difference from the fp32 model; the rounding cost
+    fp32_vs_reduced: float | None = None
 
     @property
     def max_abs_diff(self) -> float:
@@ -69,6 +78,8 @@ class ExportResult:
             "tolerance": self.tolerance,
             "max_abs_diff": self.max_abs_diff,
             "fused_vs_original": self.fused_vs_original,
+            "precision": self.precision,
+            "fp32_vs_reduced": self.fp32_vs_reduced,
             "checks": [vars(c) for c in self.checks],
         }
 
@@ -206,9 +217,10 @@ def _openvino():
 
 
 def _write_openvino(model: nn.Module, example: torch.Tensor, folder: Path, name: str, info: ModelInfo,
-                    dynamic_hw: bool) -> Path:
+                    dynamic_hw: bool, fp16: bool = False) -> Path:
     """IR (name.xml + name.bin) in ``folder``: converted from the PyTorch model, batch dynamic (and H/W with
-    ``dynamic_hw``), weights kept fp32 (OpenVINO would store them fp16 by default), metadata in rt_info."""
+    ``dynamic_hw``), weights kept fp32 (OpenVINO would store them fp16 by default) unless ``fp16``, metadata in
+    rt_info."""
     ov = _openvino()
     with quiet_exporters():
         converted = ov.convert_model(model, example_input=example)
@@ -217,7 +229,7 @@ def _write_openvino(model: nn.Module, example: torch.Tensor, folder: Path, name:
     converted.reshape({0: ov.PartialShape([-1, c, h, w])})
     converted.set_rt_info(info.to_json(), OPENVINO_METADATA)
     xml = folder / f"{name}.xml"
-    ov.save_model(converted, str(xml), compress_to_fp16=False)
+    ov.save_model(converted, str(xml), compress_to_fp16=fp16)
     return xml
 
 
@@ -250,16 +262,47 @@ def read_export_metadata(path: str | os.PathLike) -> ModelInfo:
     return ModelInfo.from_json(text)
 
 
+class CastIO(nn.Module):
+    """``model`` with its weights in ``dtype`` behind float32 inputs and outputs: an exported file in fp16/bf16 is
+    called like the fp32 one (the same preprocessed images in, fp32 logits out)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model, self.dtype = model.to(dtype), dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to(self.dtype)).float()
+
+
+def check_export_precision(fmt: str, precision: str) -> None:
+    """UsageError for a precision the format's runtime cannot store or run."""
+    if precision not in EXPORT_PRECISIONS:
+        raise UsageError(f"--precision {precision!r} is not an export precision; use one of {', '.join(EXPORT_PRECISIONS)}")
+    if precision == "bf16" and fmt == "onnx":
+        raise UsageError("ONNX has no bf16 convolution; export --precision fp16 (or fp32), or bf16 with "
+                         "--format torch-export / torchscript")
+    if precision == "bf16" and fmt == "openvino":
+        raise UsageError("OpenVINO chooses bf16 at run time on CPUs that have it (INFERENCE_PRECISION_HINT), from an "
+                         "fp32 or fp16 IR; export --precision fp32 or fp16")
+
+
 def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, fmt: str = "onnx", *,
                  dynamic_batch: bool = True, dynamic_hw: bool = False, opset: int | None = None,
-                 tolerance: float = FP32_TOLERANCE, reference: nn.Module | None = None) -> ExportResult:
-    """Export ``model`` (fp32, eval) to ``output`` and verify it; raises ExportVerificationError past tolerance.
+                 tolerance: float | None = None, reference: nn.Module | None = None,
+                 precision: str = "fp32") -> ExportResult:
+    """Export ``model`` (eval) to ``output`` and verify it; raises ExportVerificationError past tolerance.
 
+    ``precision``: what the file stores and computes in. fp16/bf16 cast the weights (``CastIO``: inputs and
+    logits stay fp32); OpenVINO's fp16 stores fp16 weights and computes in what the runtime picks. The file is
+    verified against the PyTorch model in that precision (``tolerance``, default ``TOLERANCES[precision]``),
+    and the rounding cost against fp32 is reported (``fp32_vs_reduced``).
     ``reference``: the original model when ``model`` is a fused copy; its difference is reported too.
     TorchScript is traced, so its batch (and H/W) are dynamic whatever the flags say.
     """
     if fmt not in FORMATS:
         raise UsageError(f"export format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
+    check_export_precision(fmt, precision)
+    tolerance = TOLERANCES[precision] if tolerance is None else tolerance
     if opset is not None and fmt == "onnx":
         import onnx
 
@@ -282,12 +325,20 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
         raise UsageError(f"{fmt} output {output} should end in {SUFFIXES[fmt]}; pass -o {output.with_suffix(SUFFIXES[fmt])}")
     samples = sample_inputs(info, dynamic_hw)
     dynamic_shapes = export_dynamic_shapes(info, dynamic_batch, dynamic_hw)
-    result = ExportResult(output, fmt, tolerance)
+    result = ExportResult(output, fmt, tolerance, precision=precision)
     with torch.no_grad():
-        expected = [model(x).float() for x in samples]
+        fp32 = [model(x).float() for x in samples]
         if reference is not None:
             ref = reference.eval().float().cpu()
-            result.fused_vs_original = max((ref(x) - y).abs().max().item() for x, y in zip(samples, expected))
+            result.fused_vs_original = max((ref(x) - y).abs().max().item() for x, y in zip(samples, fp32))
+        expected = fp32
+        if precision != "fp32":
+            if fmt == "openvino":  # fp16 weights in the IR; the verifying runtime computes in fp32
+                reduced = copy.deepcopy(model).half().float().eval()
+            else:
+                model = reduced = CastIO(copy.deepcopy(model), DTYPES[precision]).eval()
+            expected = [reduced(x).float() for x in samples]
+            result.fp32_vs_reduced = max((a - b).abs().max().item() for a, b in zip(expected, fp32))
 
     def export_and_check(tmp: str) -> None:
         """Write the export to ``tmp`` (OpenVINO: the IR's .xml and .bin into the folder ``tmp``), then run
@@ -295,7 +346,7 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
         example = samples[-1] if fmt == "torchscript" else samples[0].expand(2, *samples[0].shape[1:]).contiguous()
         with torch.no_grad():
             if fmt == "openvino":
-                tmp = _write_openvino(model, example, Path(tmp), output.stem, info, dynamic_hw)
+                tmp = _write_openvino(model, example, Path(tmp), output.stem, info, dynamic_hw, fp16=precision == "fp16")
             elif fmt == "onnx":
                 write_onnx(model, example, tmp, dynamic_shapes, info, opset)
             elif fmt == "torchscript":
@@ -335,9 +386,11 @@ def export_model(model: nn.Module, info: ModelInfo, output: str | os.PathLike, f
 def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None, fmt: str = "onnx", *,
                       fast: bool = False, model_name: str | None = None, arch: dict | None = None,
                       **kw: Any) -> ExportResult:
-    """Load a checkpoint (CPU, fp32), optionally fuse it for inference, export and verify it."""
+    """Load a checkpoint (CPU, fp32), optionally fuse it for inference, export and verify it (``export_model``'s
+    keywords: precision, tolerance, dynamic_hw, opset)."""
     if fmt not in FORMATS:
         raise UsageError(f"export format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
+    check_export_precision(fmt, kw.get("precision", "fp32"))
     model, info = load_model(checkpoint, map_location="cpu", model_name=model_name, **(arch or {}))
     reference = None
     if fast:
@@ -351,7 +404,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike |
 
 
 __all__ = [
-    "FORMATS", "ExportCheck", "ExportResult", "ExportVerificationError", "default_output", "export_checkpoint",
+    "EXPORT_PRECISIONS", "FORMATS", "TOLERANCES", "CastIO", "ExportCheck", "ExportResult", "ExportVerificationError", "default_output", "export_checkpoint",
     "export_dynamic_shapes", "quiet_exporters", "write_onnx",
     "export_model", "read_export_metadata", "sample_inputs",
 ]
