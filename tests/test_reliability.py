@@ -512,14 +512,14 @@ def test_eval_warns_one_plain_line_per_bad_image_and_reports_the_count(tmp_path,
     half = root / "val" / "a" / "half.png"
     model = create_model("convnext_atto", num_classes=2)
     save_model(model, tmp_path / "m.safetensors", ModelInfo(model.cfg, "convnext_atto", class_names=["a", "b"]))
-    rc, out, err = run_cli(["eval", str(tmp_path / "m.safetensors"), "--dataset", "folder", "--data-root", str(root)],
-                           capsys)
+    rc, out, err = run_cli(["eval", str(tmp_path / "m.safetensors"), "--dataset", "folder", "--data-root", str(root),
+                            "--device", "cpu"], capsys)
     assert rc == 0, err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"warning: skipping {half}: cannot be decoded")
     assert out.splitlines()[0].startswith("4 images (1 unreadable file(s) skipped): top-1")
     rc, out, _ = run_cli(["eval", str(tmp_path / "m.safetensors"), "--dataset", "folder", "--data-root", str(root),
-                          "--json"], capsys)
+                          "--json", "--device", "cpu"], capsys)
     report = json.loads(out)
     assert report["bad_images"] == 1 and report["count"] == 4
     assert [b["path"] for b in report["bad_files"]] == [str(half)] and "truncated" in report["bad_files"][0]["reason"]
@@ -842,7 +842,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, inputs, tmp_path,
 def test_a_contradicting_model_name_is_reported_not_silently_ignored(inputs, capsys):
     """Our checkpoints carry their architecture; a --model naming another one is ignored, and says so."""
     rc, out, err = run_cli(["predict", str(inputs / "model.safetensors"), str(inputs / "x.png"),
-                            "--model", "convnext_tiny", "--topk", "1"], capsys)
+                            "--model", "convnext_tiny", "--topk", "1", "--device", "cpu"], capsys)
     assert rc == 0 and out
     assert one_line(err) == "warning: --model convnext_tiny ignored: model.safetensors carries its architecture " \
                             "(convnext_atto)"

@@ -202,7 +202,8 @@ def test_the_committed_study_still_resumes_under_its_recorded_settings(tmp_path)
 
 def _plan(tmp_path, name, data="synthetic", steps=TWO_STEPS, seeds=(0,), budget="micro"):
     return StudyPlan(out=tmp_path / name, work_dir=tmp_path / f"{name}-work", budget=get_budget(budget), data=data,
-                     steps=select_steps(steps), seeds=seeds, command=f"test {name}")
+                     steps=select_steps(steps), seeds=seeds, command=f"test {name}",
+                     device="cpu")  # bitwise resume is a CPU promise: on a CUDA machine "auto" would pick the GPU
 
 
 class _Crash(RuntimeError):

@@ -63,8 +63,21 @@ MIN_CALIBRATION_IMAGES = 32
 MAX_BATCH = 1 << 16  # the exported graph's batch dimension is symbolic up to this size
 
 
+# torch.export in torch 2.11 no longer records the source partitions the x86 quantizer matches on, so it
+# annotates nothing and the "INT8" graph is the float one (pytorch/ao#3914; fixed in torch 2.12).
+MIN_TORCH = (2, 12)
+
+
+def torch_supports_int8() -> bool:
+    return tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= MIN_TORCH
+
+
 def _pt2e():
-    """torchao's PT2E functions and the x86 Inductor quantizer module, or a one-line install hint."""
+    """torchao's PT2E functions and the x86 Inductor quantizer module, or a one-line hint (install, upgrade)."""
+    if not torch_supports_int8():
+        raise UsageError(f"INT8 quantization needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]}: torch {torch.__version__}'s "
+                         "torch.export drops what the x86 quantizer matches, so nothing would be quantized; "
+                         "upgrade torch")
     try:
         # torchao's import registers an Enum with torch's pytree, which logs a deprecation to stderr
         with _quiet("torch.utils._pytree"):
@@ -262,6 +275,9 @@ def quantize(model: ConvNeXt, calibration: torch.Tensor | Iterable, *, keep_floa
                 prepared(b.float().contiguous(memory_format=torch.channels_last))
         state = {k: v.detach().clone().contiguous() for k, v in prepared.state_dict().items()}
         graph = convert_pt2e(prepared)
+    if not any("dequantize" in str(n.target) for n in graph.graph.nodes):
+        raise RuntimeError(f"the quantizer left every layer float (torch {torch.__version__}); nothing to gain from "
+                           "this INT8 model, so none is returned")
     return QuantizedModel(graph, state, model.cfg, tuple(batches[0].shape[1:]), keep_float, compile=compile)
 
 
