@@ -9,8 +9,8 @@
 #
 # Steps, in this order (the compile step is last: it takes what is left of the budget):
 #   info       nvidia-smi -L, torch.cuda.get_device_name, versions             -> gpu_check.log
-#   tests      pytest tests -k cuda (tests/test_cuda.py and every test with cuda in its name; the module name
-#              matches -k, so the whole file runs)                               -> pytest.xml (junit), log
+#   tests      pytest tests -k "cuda or <the CPU tests that failed on the first H100 run>" (tests/test_cuda.py and
+#              every test with cuda in its name; the module name matches -k, so the whole file runs)                               -> pytest.xml (junit), log
 #   eager      train_throughput.py --device cuda, ConvNeXt-T, 224 px, batch 128, bf16, drop path 0.1, the six
 #              eager loops (ours NCHW/channels_last vs timm plain ... fused AdamW + channels_last)
 #                                                                                -> train_throughput_eager.json
@@ -138,6 +138,12 @@ json.dump({"device": dev, "budget_s": int(budget), "elapsed_s": int(elapsed), "f
 EOF
 }
 
+# CPU tests that failed on the one H100 run so far (issue #18) and pass on every CPU here, torch 2.11 included:
+# rerun with full tracebacks until a GPU machine shows them passing
+FORMER_FAILURES="test_micro_run_with_timm_peer or test_every_registered_model_round_trips_in_our_layout"
+FORMER_FAILURES="$FORMER_FAILURES or test_skipping_dropped_samples_equals_masking_them or test_gradcheck"
+FORMER_FAILURES="$FORMER_FAILURES or test_two_process_gloo_run_matches_single_process or test_ema_equals_hand_computed"
+
 say "== gpu_check ($DEV, budget ${BUDGET} s) $(date -u +%FT%TZ) in $(pwd)"
 if [ "$DEV" != cpu ]; then
   (nvidia-smi -L; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv) 2>&1 | tee -a "$LOG"
@@ -153,7 +159,8 @@ for step in $STEPS; do
   case $step in
     tests)
       run_step tests "$CAP_TESTS" "$OUTDIR/pytest.xml" \
-        "$PY" -m pytest -q -p no:cacheprovider -rs tests -k cuda --junitxml="$OUTDIR/pytest.xml" ;;
+        "$PY" -m pytest -q -p no:cacheprovider -rs --tb=long tests -k "cuda or $FORMER_FAILURES" \
+        --junitxml="$OUTDIR/pytest.xml" ;;
     eager)
       run_step eager "$CAP_EAGER" "$OUTDIR/train_throughput_eager.json" \
         "$PY" benchmarks/train_throughput.py "${TT_COMMON[@]}" --compile off --budget-s 0 \

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import convnext
 from convnext.checkpoint import ModelInfo, Preprocess, save_model
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION = Path(convnext.data.FASHION_MNIST_ROOT)  # FASHION_MNIST_ROOT overrides the system copy
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 SIZE = 32
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST pixel statistics (train split)

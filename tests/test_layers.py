@@ -61,8 +61,11 @@ def test_gradcheck(c, size, k, s, bias, cl):
     x = torch.randn(2, c, size, size, dtype=torch.float64, requires_grad=True)
     w = m.weight.detach().clone().requires_grad_()
     b = m.bias.detach().clone().requires_grad_() if bias else None
+    # nondet_tol: gradcheck runs backward twice and by default wants bitwise equal results; oneDNN's threaded
+    # weight-gradient reductions need not sum in the same order every call (float64: ~1e-16 relative)
     assert torch.autograd.gradcheck(
-        lambda x, w, b: _DepthwiseConvFunction.apply(x, w, b, m.stride, m.padding, m.dilation), (x, w, b))
+        lambda x, w, b: _DepthwiseConvFunction.apply(x, w, b, m.stride, m.padding, m.dilation), (x, w, b),
+        nondet_tol=1e-12)
 
 
 def test_weight_grad_helper_matches_aten_for_dilated_conv():
@@ -198,8 +201,10 @@ def test_skipping_dropped_samples_equals_masking_them(channels_last):
     g = torch.randn_like(y1)
     grads1 = torch.autograd.grad(y1, [x1, *block.parameters()], g)
     grads2 = torch.autograd.grad(y2, [x2, *block.parameters()], g)
+    # the weight gradients sum over 16 samples on one side and over the kept ones on the other: GEMMs of different
+    # sizes, which multi-threaded AVX-512 kernels may block and sum in another order (a wrong mask is off by O(1))
     for a, b in zip(grads1, grads2):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_all_samples_dropped_still_gives_every_parameter_a_gradient():

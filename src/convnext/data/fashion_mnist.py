@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 from ..errors import UsageError
 
-DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+# Debian's dataset-fashion-mnist package; FASHION_MNIST_ROOT points elsewhere (e.g. a copy on a machine without it)
+DEFAULT_ROOT = os.environ.get("FASHION_MNIST_ROOT") or "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
