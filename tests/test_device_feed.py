@@ -396,11 +396,12 @@ def test_trainer_on_device_run_resumes_bitwise_and_learns(tmp_path):
     from train_helpers import run_dir, tiny_config, weights
 
     over = {"data.on_device": True, "aug.random_resized_crop": True, "aug.hflip": 0.5, "aug.mixup": 0.8,
-            "aug.cutmix": 1.0, "aug.randaugment": False, "aug.random_erasing": 0.0, "opt.epochs": 2}
+            "aug.cutmix": 1.0, "aug.randaugment": False, "aug.random_erasing": 0.0, "opt.epochs": 2,
+            "data.synthetic_samples": 32}
     whole = train(tiny_config(tmp_path / "whole", **over))
-    train(tiny_config(tmp_path / "part", **over, **{"runtime.max_steps": 5}))
+    train(tiny_config(tmp_path / "part", **over, **{"runtime.max_steps": 3}))
     resumed = train(tiny_config(tmp_path / "part", **over, **{"runtime.resume": "auto"}))
-    assert resumed["steps"] == whole["steps"] == 16 and resumed["resumed_from"]
+    assert resumed["steps"] == whole["steps"] == 8 and resumed["resumed_from"]
     a, b = weights(run_dir(tmp_path / "whole") / "last.safetensors"), weights(run_dir(tmp_path / "part") / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole["history"][-1]["train_loss"] < whole["history"][0]["train_loss"]

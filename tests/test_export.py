@@ -168,7 +168,8 @@ def test_openvino_missing_is_an_install_hint(checkpoint, tmp_path, capsys, monke
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 @pytest.mark.parametrize("fmt,precision,suffix", [
-    ("onnx", "fp16", ".onnx"), ("torch-export", "bf16", ".pt2"),
+    ("onnx", "fp16", ".onnx"),
+    pytest.param("torch-export", "bf16", ".pt2", marks=pytest.mark.slow),
     pytest.param("torchscript", "fp16", ".pt", marks=pytest.mark.slow),
     pytest.param("openvino", "fp16", ".xml", marks=pytest.mark.slow)])
 def test_reduced_precision_export_stores_half_the_bytes_and_keeps_the_predictions(fmt, precision, suffix, checkpoint,
