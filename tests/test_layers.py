@@ -23,6 +23,8 @@ CASES = [  # channels, size, kernel, stride, bias, channels_last
     (6, 11, 7, 1, True, True),
     (3, 8, 5, 2, True, True),
     (8, 7, 7, 1, True, False),  # ConvNeXt's last stage: 7x7 kernel on a 7x7 map
+    (6, 1, 7, 1, True, True),  # a last stage at 32 px: 1x1 map (the weight gradient's own path)
+    (5, 2, 3, 2, False, False),  # strided down to a 1x1 output
 ]
 
 

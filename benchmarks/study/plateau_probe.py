@@ -6,7 +6,7 @@ resized crop + flip as whole-batch ops, no per-sample RandAugment).
 Validation: 10,000 images held out of the training split (data.holdout), never the test split: this probe
 chooses a budget. Usage (one run per process, one thread each, resumable through the engine's run dirs):
 
-    .venv/bin/python benchmarks/study/plateau_probe.py STEP EPOCHS OUT_DIR
+    .venv/bin/python benchmarks/study/plateau_probe.py STEP EPOCHS OUT_DIR [IMAGE_SIZE (default 64)]
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ from convnext.train import train
 
 def main() -> int:
     step_name, epochs, out = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+    size = int(sys.argv[4]) if len(sys.argv) > 4 else 64
     torch.set_num_threads(1)
-    budget = get_budget("cpu").replace(train_images=50000, epochs=epochs, val_images=10000, save_every_steps=500)
+    budget = get_budget("cpu").replace(train_images=50000, epochs=epochs, val_images=10000, save_every_steps=500,
+                                          image_size=size)
     step = roadmap_step(step_name)
     cfg = train_config(step, 0, budget, "fashion_mnist", out / "runs")
     cfg = cfg.replace({"data.holdout": 10000, "data.limit_val": 0, "data.on_device": True,
                        "aug.randaugment": False, "aug.random_erasing": 0.0,
-                       "runtime.log_every": 100, "runtime.run_name": f"{step_name}-e{epochs}"})
+                       "runtime.log_every": 100, "runtime.run_name": f"{step_name}-e{epochs}-{size}px"})
     started = time.time()
     summary = train(cfg)
     record = {"step": step_name, "epochs": epochs, "wall_s": time.time() - started,
@@ -39,8 +41,9 @@ def main() -> int:
               "final_val_top1": summary["final_val_top1"], "steps": summary["steps"],
               "config": {k: v for k, v in cfg.to_dict().items() if k in ("opt", "aug", "reg", "data")}}
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{step_name}-e{epochs}.json").write_text(json.dumps(record, indent=2))
-    print(json.dumps({k: record[k] for k in ("step", "epochs", "wall_s", "val_top1_per_epoch")}))
+    record["image_size"] = size
+    (out / f"{step_name}-e{epochs}-{size}px.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps({k: record[k] for k in ("step", "epochs", "image_size", "wall_s", "val_top1_per_epoch")}))
     return 0
 
 

@@ -35,6 +35,14 @@ def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size: tupl
     n, c = x.shape[:2]
     if n == 0:  # stochastic depth dropped every sample: the branch ran on an empty batch
         return x.new_zeros(c, 1, *kernel_size)
+    if grad.shape[-2:] == (1, 1):
+        # A 1x1 output map (a last stage at 32 px): the grouped conv below would have 1x1 "kernels", which
+        # PyTorch runs on one thread as one tiny conv per (sample, channel) group, ~100x slower than this. The
+        # one output pixel sees one input window: dW is that window weighted by the gradient, summed over samples.
+        (kh, kw), (dh, dw) = kernel_size, dilation
+        window = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))[
+            :, :, : (kh - 1) * dh + 1 : dh, : (kw - 1) * dw + 1 : dw]
+        return torch.einsum("nchw,nc->chw", window, grad[:, :, 0, 0]).unsqueeze(1)
     planes = x.contiguous()  # NCHW: each sample's channel planes are adjacent, so (n, c) -> n * c is a view
     kernels = grad.contiguous()
     out = F.conv2d(planes.view(1, n * c, *planes.shape[-2:]), kernels.view(n * c, 1, *kernels.shape[-2:]),
