@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from rounds import timed_rounds  # noqa: E402
 from train_throughput import engine_step, gpu_slug, machine_info, sync  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -198,24 +199,17 @@ def main() -> int:
             run(name, args.warmup)
             sync(device)
             print(f"warmup {name:<10} {time.perf_counter() - t0:6.1f} s", file=sys.stderr)
-        times = {k: [] for k in sources}
-        rounds_done = 0
-        for r in range(args.rounds):
-            round_t0 = time.perf_counter()
-            for name in sources:
-                run(name, settle)
-                sync(device)
-                t0 = time.perf_counter()
-                run(name, args.steps)
-                sync(device)
-                times[name].append((time.perf_counter() - t0) / args.steps)
-                print(f"round {r}: {name:<10} {args.batch / times[name][-1]:10.1f} img/s", file=sys.stderr)
-            rounds_done = r + 1
-            write(rounds_done, complete=False)
-            now = time.perf_counter()
-            if args.budget_s and now - start + (now - round_t0) > args.budget_s and r + 1 < args.rounds:
-                print(f"budget: stopping after {rounds_done} of {args.rounds} rounds", file=sys.stderr)
-                break
+        def measure(name: str) -> float:
+            run(name, settle)
+            sync(device)
+            t0 = time.perf_counter()
+            run(name, args.steps)
+            sync(device)
+            return (time.perf_counter() - t0) / args.steps
+
+        times.update({k: [] for k in sources})
+        rounds_done = timed_rounds(sources, measure, times, rounds=args.rounds, batch=args.batch, write=write,
+                                   budget_s=args.budget_s, start=start, width=10)
         # the loader's workers are still running: drop the iterators before the run dirs go
         sources.clear()
         trainers.clear()

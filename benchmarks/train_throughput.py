@@ -50,6 +50,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).parent))  # also when imported (data_pipeline.py imports this file)
+from rounds import timed_rounds  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 TIMM_LOOPS = ("timm", "timm_channels_last", "timm_fused_adamw", "timm_fused_adamw_channels_last")
 OURS_LOOPS = ("ours", "ours_channels_last", "ours_stock_dwconv")
@@ -368,24 +371,17 @@ def main() -> int:
                                 "break_reasons": [r.splitlines()[0][:160] for r in reasons][:10]}
             print(f"warmup {name:<40} {warmup_s[name]:7.1f} s", file=sys.stderr)
             write(0, complete=False)  # a run killed while compiling still says which warmups finished, and how long
-        times = {k: [] for k in loops}
-        rounds_done = 0
-        for r in range(args.rounds):
-            round_t0 = time.perf_counter()
-            for name, step in loops.items():
-                sync(device)
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    step(x, y)
-                sync(device)
-                times[name].append((time.perf_counter() - t0) / args.steps)
-                print(f"round {r}: {name:<40} {args.batch / times[name][-1]:9.2f} img/s", file=sys.stderr)
-            rounds_done = r + 1
-            write(rounds_done, complete=False)
-            now = time.perf_counter()
-            if args.budget_s and now - start + (now - round_t0) > args.budget_s and r + 1 < args.rounds:
-                print(f"budget: stopping after {rounds_done} of {args.rounds} rounds", file=sys.stderr)
-                break
+        def measure(name: str) -> float:
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                loops[name](x, y)
+            sync(device)
+            return (time.perf_counter() - t0) / args.steps
+
+        times.update({k: [] for k in loops})
+        rounds_done = timed_rounds(loops, measure, times, rounds=args.rounds, batch=args.batch, write=write,
+                                   budget_s=args.budget_s, start=start)
     result = write(rounds_done, complete=rounds_done == args.rounds and not failed)
     print(json.dumps(result, indent=2))
     return 0 if loops and not failed else 1

@@ -1,0 +1,34 @@
+"""The timing loop the training benchmarks share (train_throughput.py, data_pipeline.py): interleaved rounds.
+
+Each round times every candidate once, in turn, so machine noise hits all of them alike; the JSON is rewritten
+after every round, so a run stopped by its budget or a timeout still reports what it measured.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Iterable
+
+
+def timed_rounds(names: Iterable[str], measure: Callable[[str], float], times: dict[str, list[float]], *,
+                 rounds: int, batch: int, write: Callable[..., object], budget_s: float, start: float,
+                 width: int = 40) -> int:
+    """``rounds`` rounds of ``measure(name)`` (seconds per step) for every name, appended to ``times[name]`` and
+    printed as img/s at ``batch`` images per step; ``write(rounds_done, complete=False)`` after each round. Stops
+    early when another round would end past ``budget_s`` seconds after ``start`` (0: no budget). Returns the
+    number of rounds done."""
+    names = list(names)
+    rounds_done = 0
+    for r in range(rounds):
+        round_t0 = time.perf_counter()
+        for name in names:
+            times[name].append(measure(name))
+            print(f"round {r}: {name:<{width}} {batch / times[name][-1]:10.2f} img/s", file=sys.stderr)
+        rounds_done = r + 1
+        write(rounds_done, complete=False)
+        now = time.perf_counter()
+        if budget_s and now - start + (now - round_t0) > budget_s and r + 1 < rounds:
+            print(f"budget: stopping after {rounds_done} of {rounds} rounds", file=sys.stderr)
+            break
+    return rounds_done
