@@ -160,26 +160,30 @@ def test_cpu_benchmark_output_holds_no_native_error_lines(tmp_path):
     assert "convnext_atto" in r.stdout
 
 
-def test_runtime_peers_run_our_model_with_the_same_outputs():
-    """OpenVINO (fp32, NNCF INT8) and onnxruntime rows are our model, not some other network."""
-    pytest.importorskip("openvino")
-    pytest.importorskip("onnxruntime")
+def _tiny_model_and_outputs():
+    """A seeded tiny ConvNeXt, 5 images and its logits on them: what the runtime rows must reproduce."""
     import convnext
-    from convnext.infer.runtimes import onnxruntime_model, openvino_model
 
     torch.manual_seed(0)
     model = convnext.create_model("convnext_atto", num_classes=10, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)).eval()
     x = torch.randn(5, 3, 64, 64)
     with torch.no_grad():
-        ref = model(x)
+        return model, x, model(x)
+
+
+def test_runtime_peers_run_our_model_with_the_same_outputs():
+    """OpenVINO (fp32, NNCF INT8) and onnxruntime rows are our model, not some other network."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    from convnext.infer.runtimes import onnxruntime_model, openvino_model
+
+    model, x, ref = _tiny_model_and_outputs()
     for runtime in (openvino_model(model, x[:2]), onnxruntime_model(model, x[:2])):
         torch.testing.assert_close(runtime(x), ref, atol=1e-4, rtol=1e-4)
         assert runtime.precision == "fp32"
     ort_int8 = onnxruntime_model(model, x[:2], calibration=torch.randn(32, 3, 64, 64))
     assert ort_int8.precision == "int8"
     assert 0 < (ort_int8(x) - ref).abs().max() < ref.abs().max()  # quantized: close, not equal
-    import importlib.util
-
     if importlib.util.find_spec("nncf") is not None:  # OpenVINO's INT8 (the deploy extra; not in the test extra)
         int8 = openvino_model(model, x[:2], calibration=torch.randn(32, 3, 64, 64))
         assert int8.precision == "int8" and int8(x).shape == ref.shape
@@ -201,14 +205,9 @@ def test_runtime_rows_include_openvino_bf16_where_asked_and_say_why_not_elsewher
 
 def test_openvino_bf16_runs_our_model():
     pytest.importorskip("openvino")
-    import convnext
     from convnext.infer.runtimes import openvino_model
 
-    torch.manual_seed(0)
-    model = convnext.create_model("convnext_atto", num_classes=10, depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)).eval()
-    x = torch.randn(5, 3, 64, 64)
-    with torch.no_grad():
-        ref = model(x)
+    model, x, ref = _tiny_model_and_outputs()
     bf16 = openvino_model(model, x[:2], "bf16")
     assert bf16.precision == "bf16"
     torch.testing.assert_close(bf16(x), ref, atol=0.05 * ref.abs().max().item(), rtol=0)

@@ -30,11 +30,12 @@ from convnext.cli import COMMANDS
 from convnext.checkpoint import ModelInfo, Preprocess, load_model, read_info, save_model
 from convnext.cli import main
 from convnext.errors import CheckpointError, UsageError
-from convnext.models import ConvNeXt, create_model
+from convnext.models import create_model
 from convnext.train.logging import read_metrics
 from convnext.train.state import PREV_NAME, STATE_NAME, find_resume_state, load_train_state
 from convnext.checkpoint import export_weights
 from convnext.weights import load_weights
+from train_helpers import poison_forward
 from reliability_helpers import (STEPS_PER_EPOCH, popen_convnext, run_convnext, snapshot, train_argv,
                                  write_hostile_legacy, write_hostile_zip)
 
@@ -585,27 +586,9 @@ def test_unusable_datasets_are_clear_errors_before_training(make, tmp_path, caps
 
 # ==== 4. NaN / Inf ==============================================================================
 
-def _poison_forward(monkeypatch, bad_calls: set[int], kind: str):
-    """Training forwards number ``bad_calls`` (1-based) give a NaN/Inf loss or finite loss + NaN grads."""
-    original, calls = ConvNeXt.forward, {"n": 0}
-
-    def forward(self, x):
-        out = original(self, x)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] in bad_calls:
-                if kind == "nan_grad":  # the loss stays finite, the gradients do not
-                    out.register_hook(lambda g: g * float("nan"))
-                else:
-                    out = out * float(kind)
-        return out
-
-    monkeypatch.setattr(ConvNeXt, "forward", forward)
-
-
 @pytest.mark.parametrize("kind", ["inf", "nan", "nan_grad"])
 def test_a_non_finite_step_is_skipped_and_counted(kind, tmp_path, capsys, monkeypatch):
-    _poison_forward(monkeypatch, {3}, kind)
+    poison_forward(monkeypatch, {3}, kind)
     rc, out, err = run_cli(train_argv(tmp_path, "--opt.epochs", "1"), capsys)
     assert rc == 0, err
     assert "warning: step 3: loss/gradient is NaN or Inf; step skipped (1 in a row)" in err
@@ -623,7 +606,7 @@ def test_a_non_finite_step_is_skipped_and_counted(kind, tmp_path, capsys, monkey
 
 def test_consecutive_bad_steps_stop_the_run_and_keep_the_last_good_checkpoint(reference, tmp_path, capsys, monkeypatch):
     # steps 5 and 6 go bad; checkpoints exist for steps 2 and 4
-    _poison_forward(monkeypatch, {5, 6, 7, 8}, "nan")
+    poison_forward(monkeypatch, {5, 6, 7, 8}, "nan")
     rc, _, err = run_cli(train_argv(tmp_path, *FULL_AUG, "--runtime.max_bad_steps", "2"), capsys)
     assert rc == 1
     last = err.strip().splitlines()[-1]

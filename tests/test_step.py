@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from convnext.models import ConvNeXt, create_model
+from convnext.models import create_model
 from convnext.train import train
 from convnext.train.ema import make_ema
 from convnext.train.logging import read_metrics
@@ -13,7 +13,7 @@ from convnext.train.loop import Trainer
 from convnext.train.optim import build_optimizer
 from convnext.train.state import load_train_state
 from convnext.train.step import StepTally, _apply_update
-from train_helpers import comparable, run_dir, tiny_config, weights
+from train_helpers import comparable, poison_forward, run_dir, tiny_config, weights
 
 
 def test_tally_counts_losses_skips_and_runs_of_skips():
@@ -72,27 +72,13 @@ def test_ema_update_is_skipped_by_its_flag():
     assert int(ema.n_averaged) == 2
 
 
-def _poison(monkeypatch, bad_calls):
-    original, calls = ConvNeXt.forward, {"n": 0}
-
-    def forward(self, x):
-        out = original(self, x)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] in bad_calls:
-                out = out * float("nan")
-        return out
-
-    monkeypatch.setattr(ConvNeXt, "forward", forward)
-
-
 def test_reading_the_tally_every_few_steps_gives_the_same_run(tmp_path, monkeypatch, capsys):
     """On a GPU the engine reads the step results every log_every steps, on the CPU after every step: the same
     weights, EMA, losses and skip counts either way."""
     over = {"opt.epochs": 1, "reg.ema": True, "reg.drop_path": 0.1, "runtime.log_every": 3}
     results = {}
     for read_every in (1, 3):
-        _poison(monkeypatch, {4, 5})
+        poison_forward(monkeypatch, {4, 5}, "nan")
         init = Trainer.__init__
 
         def patched(self, *a, _n=read_every, **k):
@@ -122,7 +108,7 @@ def test_reading_the_tally_every_few_steps_gives_the_same_run(tmp_path, monkeypa
 def test_deferred_reads_still_stop_a_diverged_run(tmp_path, monkeypatch):
     from convnext.train import TrainingDiverged
 
-    _poison(monkeypatch, {3, 4, 5})
+    poison_forward(monkeypatch, {3, 4, 5}, "nan")
     init = Trainer.__init__
 
     def patched(self, *a, **k):

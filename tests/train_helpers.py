@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from convnext.models import ConvNeXt
 from convnext.train import preset
 
 TINY_ARCH = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
@@ -40,3 +41,21 @@ def comparable(records):
 
 def run_dir(out) -> Path:
     return Path(out) / "run"
+
+
+def poison_forward(monkeypatch, bad_calls: set[int], kind: str):
+    """Training forwards number ``bad_calls`` (1-based) give a NaN/Inf loss or finite loss + NaN grads."""
+    original, calls = ConvNeXt.forward, {"n": 0}
+
+    def forward(self, x):
+        out = original(self, x)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_calls:
+                if kind == "nan_grad":  # the loss stays finite, the gradients do not
+                    out.register_hook(lambda g: g * float("nan"))
+                else:
+                    out = out * float(kind)
+        return out
+
+    monkeypatch.setattr(ConvNeXt, "forward", forward)
