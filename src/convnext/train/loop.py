@@ -85,7 +85,7 @@ class Trainer:
         # Step results stay on the device and are read every `read_every` steps: on a GPU a read waits for
         # the queued work (see step.py); on the CPU it costs nothing, so skipped steps are announced at once.
         self.tally = StepTally(self.device, self.consecutive_bad)
-        self.read_every = 1 if self.device.type == "cpu" else max(t.log_every, 1)
+        self.read_every = 1 if self.device.type == "cpu" else t.log_every
         self.last_loss = float("nan")
         net = dist_mod.wrap_model(self.model, dist_info)
         self.train_net = torch.compile(net) if t.compile else net
@@ -182,7 +182,7 @@ class Trainer:
             self._train_step([next(it) for _ in range(k)])
             self.step += 1
             self.epoch_step += 1
-            if self.step % self.read_every == 0 or self.step % self.cfg.runtime.log_every == 0:
+            if self.step % self.read_every == 0:  # read_every divides log_every: step records get a fresh loss
                 self._read_tally()
             self._after_step(bar)
         if bar is not None:

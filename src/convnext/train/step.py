@@ -31,7 +31,7 @@ class StepTally:
     def __init__(self, device: torch.device, consecutive_bad: int = 0) -> None:
         z = lambda dtype: torch.zeros((), dtype=dtype, device=device)  # noqa: E731
         self.loss_sum, self.last_loss = z(torch.float64), z(torch.float32)
-        self.good, self.bad, self.steps = z(torch.long), z(torch.long), z(torch.long)
+        self.good, self.bad = z(torch.long), z(torch.long)
         self.run = torch.tensor(consecutive_bad, dtype=torch.long, device=device)  # skipped steps in a row now
         self.worst_run = self.run.clone()  # the longest such run since the last read
 
@@ -41,22 +41,20 @@ class StepTally:
         self.last_loss = loss.float()
         self.good += ok
         self.bad += 1 - ok
-        self.steps += 1
         self.run = (self.run + 1) * (1 - ok)
         self.worst_run = torch.maximum(self.worst_run, self.run)
 
     def read(self) -> dict:
         """The totals since the last read (one host sync), and start a new window."""
         values = torch.stack([self.loss_sum, self.last_loss.double(), self.good.double(), self.bad.double(),
-                              self.steps.double(), self.run.double(), self.worst_run.double()]).tolist()
-        keys = ("loss_sum", "last_loss", "good", "bad", "steps", "run", "worst_run")
-        out = dict(zip(keys, values))
-        for k in ("good", "bad", "steps", "run", "worst_run"):
+                              self.run.double(), self.worst_run.double()]).tolist()
+        out = dict(zip(("loss_sum", "last_loss", "good", "bad", "run", "worst_run"), values))
+        for k in ("good", "bad", "run", "worst_run"):
             out[k] = int(out[k])
+        out["steps"] = out["good"] + out["bad"]
         self.loss_sum.zero_()
         self.good.zero_()
         self.bad.zero_()
-        self.steps.zero_()
         self.worst_run.copy_(self.run)
         return out
 
