@@ -85,6 +85,26 @@ def test_small_input_model_params_flops_and_maps_by_hand():
         assert small.stem_patch_size == 2 and small.total_stride == 8 and small.layer_scale_init == 1.0
 
 
+def test_demo_model_params_and_flops_by_hand():
+    # convnext_micro_small_input with 5x5 depthwise convs, MLP ratio 2 and BatchNorm (the head keeps its LN)
+    model = convnext.create_model("convnext_micro_bn_small_input", in_chans=1, num_classes=10)
+    assert isinstance(model.stem.norm, torch.nn.BatchNorm2d) and isinstance(model.stages[1].downsample.norm, torch.nn.BatchNorm2d)
+    stem = 1 * 32 * 4 + 32 + 2 * 32
+    # dw 5x5 + bias, BN, 1x1 d->2d, 1x1 2d->d, layer scale
+    block = {d: 25 * d + d + 2 * d + (2 * d * d + 2 * d) + (2 * d * d + d) + d for d in (32, 64, 128)}
+    down = {(a, b): 2 * a + 4 * a * b + b for a, b in ((32, 64), (64, 128))}
+    head = 2 * 128 + 128 * 10 + 10
+    assert block[32] == 5_120
+    assert convnext.count_params(model) == stem + sum(block.values()) + sum(down.values()) + head == 136_298
+    macs = (14 * 14 * 32 * 4  # stem
+            + 196 * (25 * 32 + 2 * 32 * 64) + 49 * 64 * 32 * 4  # stage 1 + downsampling to 7x7
+            + 49 * (25 * 64 + 2 * 64 * 128) + 9 * 128 * 64 * 4  # stage 2 + downsampling to 3x3
+            + 9 * (25 * 128 + 2 * 128 * 256) + 128 * 10)  # stage 3 + classifier
+    assert convnext.count_flops(model, (1, 28, 28)) * 1e9 == pytest.approx(macs, abs=0.5) and macs == 3_182_144
+    assert get_entry("convnext_micro_bn_small_input").config == get_entry("convnext_micro_small_input").config.replace(
+        kernel_size=5, mlp_ratio=2.0, norm="batchnorm")
+
+
 def test_roadmap_order_and_every_step_within_0_2_gflops_of_paper():
     names = [s.name for s in ROADMAP]
     assert names[0] == "resnet50" and names[-1] == "roadmap_separate_downsampling"
