@@ -49,7 +49,7 @@ def test_config_files_yaml_and_toml_and_overrides(tmp_path):
     t.write_text('preset = "small"\n[opt]\nlr = 1e-3\nbetas = [0.8, 0.99]\n[model.overrides]\nkernel_size = 5\n')
     a, b = load_config(y), load_config(t)
     assert a == b and a.opt.lr == 1e-3 and a.opt.betas == (0.8, 0.99) and a.model.overrides == {"kernel_size": 5}
-    assert a.model.name == "convnext_micro_small_input"  # from the preset
+    assert a.model.name == "convnext_micro_bn_small_input"  # from the preset
     c = load_config(y, ["opt.lr=2e-4", "data.batch_size=3", "model.overrides.kernel_size=9", "opt.clip_grad=null"])
     assert (c.opt.lr, c.data.batch_size, c.model.overrides["kernel_size"], c.opt.clip_grad) == (2e-4, 3, 9, None)
     # saved config reloads to the same tree
@@ -160,9 +160,9 @@ def test_sgd_optimizer_one_step_by_hand(tmp_path):
 def test_small_preset_names_a_registered_small_input_model_as_is():
     cfg = preset("small").replace({"data.dataset": "fashion_mnist"})
     # a registered name with no overrides: checkpoints are labelled with the architecture they hold
-    assert cfg.model.name == "convnext_micro_small_input" and cfg.model.overrides == {}
+    assert cfg.model.name == "convnext_micro_bn_small_input" and cfg.model.overrides == {}
     model = build_model(cfg, num_classes=10, in_chans=1)
-    assert model.cfg == create_model("convnext_micro_small_input", num_classes=10, in_chans=1).cfg
+    assert model.cfg == create_model("convnext_micro_bn_small_input", num_classes=10, in_chans=1).cfg
     # 28 px (Fashion-MNIST's own size) fits its stride-2 stem; 27 does not, and the error names 26 and 28
     with pytest.raises(UsageError, match=r"data.image_size=27 is not a multiple of the stem's patch size 2; use 26 or 28"):
         cfg.replace({"data.image_size": 27})
@@ -353,7 +353,8 @@ def test_persistent_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsy
             "--data.synthetic_classes", "4", "--data.batch_size", "8", "--data.workers", "0", "--opt.epochs", "2",
             "--runtime.out", str(tmp_path), "--runtime.run_name", "run", "--runtime.progress", "false",
             "--runtime.tensorboard", "false", "--runtime.plots", "false", "--runtime.max_bad_steps", "2",
-            "--opt.warmup_epochs", "0.5", "--reg.ema", "false",  # the run's own values: a resume keeps them
+            "--opt.warmup_epochs", "0.5", "--reg.ema", "false", "--aug.label_smoothing", "0",  # the run's own values:
+            # a resume keeps them
             "--opt.lr", "1e300", "--resume", "auto"]
     capsys.readouterr()
     assert main(args) == 1
@@ -382,6 +383,28 @@ def test_bf16_autocast_and_channels_last_train(tmp_path):
     s = train(tiny_config(tmp_path, **{"runtime.amp": "bf16", "runtime.channels_last": True, "opt.epochs": 1,
                                        "opt.clip_grad": 1.0}))
     assert s["steps"] == 8 and s["skipped_steps"] == 0 and s["final_val_top1"] is not None
+
+
+def test_demo_model_channels_last_matches_nchw_and_resumes_bitwise(tmp_path):
+    # the `small` preset trains its batch-norm model in channels_last on CPU (with the CPU accelerations): the
+    # same run as NCHW up to float reassociation, batch-norm running statistics included, and a run stopped
+    # mid-epoch resumes to bitwise the uninterrupted run's weights
+    # eps = 1 keeps AdamW's update near-linear in the gradient (see the update_freq test): with the usual eps its
+    # sign-like steps turn float-rounding differences in near-zero gradients into lr-sized weight differences
+    demo = {"model.name": "convnext_micro_bn_small_input", "model.overrides": {}, "data.image_size": 28,
+            "opt.epochs": 2, "data.synthetic_samples": 32, "opt.eps": 1.0, "opt.lr": 0.05}
+    train(tiny_config(tmp_path / "nchw", **demo))
+    train(tiny_config(tmp_path / "nhwc", **demo, **{"runtime.channels_last": True}))
+    a, b = weights(run_dir(tmp_path / "nchw") / "last.safetensors"), weights(run_dir(tmp_path / "nhwc") / "last.safetensors")
+    assert "stem.norm.running_var" in a and not torch.equal(a["stem.norm.running_var"], torch.ones(32))
+    init = build_model(tiny_config(tmp_path, **demo), 4, 3).state_dict()
+    assert max((a[k].float() - init[k].float()).abs().max().item() for k in a) > 1e-2  # it trained
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    train(tiny_config(tmp_path / "cut", **demo, **{"runtime.channels_last": True, "runtime.max_steps": 5}))
+    train(tiny_config(tmp_path / "cut", **demo, **{"runtime.channels_last": True, "runtime.resume": "auto"}))
+    c = weights(run_dir(tmp_path / "cut") / "last.safetensors")
+    assert all(torch.equal(b[k], c[k]) for k in b)
 
 
 def test_init_from_rgb_checkpoint_fine_tunes_grayscale_model_with_new_head(tmp_path):

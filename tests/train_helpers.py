@@ -19,10 +19,10 @@ def tiny_config(out, **over):
         "data.dataset": "synthetic", "data.synthetic_samples": 64, "data.synthetic_classes": 4,
         "data.image_size": 32, "data.batch_size": 8, "data.workers": 0,
         "opt.epochs": 2, "opt.warmup_epochs": 0.5, "opt.lr": 3e-3, "opt.lr_base_batch": None,
-        "reg.drop_path": 0.0, "reg.ema": False,
+        "reg.drop_path": 0.0, "reg.ema": False, "aug.label_smoothing": 0.0,
         # these tests assert CPU semantics (bitwise resume, determinism, hand-computed values): say so, or on a
         # CUDA machine runtime.device=auto would run them on the GPU
-        "runtime.device": "cpu",
+        "runtime.device": "cpu", "runtime.channels_last": False,
         "runtime.out": str(out), "runtime.run_name": "run", "runtime.progress": False,
         "runtime.tensorboard": False, "runtime.plots": False, "runtime.log_every": 1,
     }
