@@ -1,0 +1,110 @@
+"""What one CPU thread trains per second for roadmap steps at the study's scale (issue #16), NCHW vs channels_last.
+
+The study's cost is (steps x seeds x images per run) / this speed, so the budget is chosen from it. Each step's
+network is built as the study builds it (`study.recipe.train_config`: the budget's width and resolution, 1 input
+channel, 10 classes) with the engine's CPU accelerations, and trained on random batches with its recipe's
+optimizer (SGD for ResNet-50, AdamW after). Every (step, format) pair is timed once per round, in turn
+(benchmarks/rounds.py), and its best round counts.
+
+    python benchmarks/study/step_speed.py [--size 64] [--width 0.125] [--batch 32] [--steps resnet50,...] [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from convnext.models.roadmap import roadmap_step
+from convnext.study.recipe import get_budget, train_config
+from convnext.train.accelerate import accelerate_for_training
+from convnext.train.model import build_model
+from convnext.train.optim import build_optimizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rounds import timed_rounds  # noqa: E402
+
+DEFAULT_STEPS = "resnet50,roadmap_patchify,roadmap_inverted,roadmap_kernel7,roadmap_layernorm,roadmap_separate_downsampling"
+
+
+def make_step(name: str, fmt: str, budget, batch: int, size: int) -> Callable[[], None]:
+    """One training step of roadmap step ``name`` in memory format ``fmt``, as the study builds the network."""
+    cfg = train_config(roadmap_step(name), 0, budget, "fashion_mnist", "unused")
+    torch.manual_seed(0)
+    model = build_model(cfg, num_classes=10, in_chans=1)
+    x = torch.randn(batch, 1, size, size)
+    if fmt == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    accelerate_for_training(model, "cpu")
+    opt = build_optimizer(model, cfg.opt.lr, cfg.opt.weight_decay, name=cfg.opt.optimizer, momentum=cfg.opt.momentum)
+    y = torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    step()  # warm-up: first-call allocations and kernel selection
+    return step
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--width", type=float, default=0.125)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", default=DEFAULT_STEPS)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--iters", type=int, default=8)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    budget = get_budget("cpu").replace(image_size=args.size, width_mult=args.width, batch_size=args.batch)
+    names = [f"{step}/{fmt}" for step in args.steps.split(",") for fmt in ("nchw", "channels_last")]
+    steps: dict[str, Callable[[], None]] = {}
+
+    def measure(name: str) -> float:  # seconds per step
+        if name not in steps:
+            steps[name] = make_step(*name.split("/"), budget, args.batch, args.size)
+        start = time.perf_counter()
+        for _ in range(args.iters):
+            steps[name]()
+        return (time.perf_counter() - start) / args.iters
+
+    def rows() -> list[dict]:
+        out = []
+        for step in args.steps.split(","):
+            nchw, cl = (args.batch / min(times[f"{step}/{fmt}"]) for fmt in ("nchw", "channels_last"))
+            out.append({"step": step, "nchw_img_s": round(nchw, 1), "channels_last_img_s": round(cl, 1),
+                        "channels_last_speedup": round(cl / nchw, 2)})
+        return out
+
+    def write(rounds_done: int, complete: bool = True) -> None:
+        if not args.out:
+            return
+        record = {"size": args.size, "width_mult": args.width, "batch": args.batch, "threads": 1,
+                  "rounds": rounds_done, "iters": args.iters, "best_round_counts": True, "torch": torch.__version__,
+                  "machine": platform.processor() or platform.machine(), "complete": complete, "results": rows(),
+                  "command": "python benchmarks/study/step_speed.py " + " ".join(
+                      f"--{k} {v}" for k, v in vars(args).items() if k != "out" and v is not None)}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+
+    times: dict[str, list[float]] = {name: [] for name in names}
+    done = timed_rounds(names, measure, times, rounds=args.rounds, batch=args.batch, write=write, budget_s=0,
+                        start=time.perf_counter())
+    write(done)
+    for row in rows():
+        print(f"{row['step']:34s} NCHW {row['nchw_img_s']:7.1f} img/s   channels_last {row['channels_last_img_s']:7.1f} "
+              f"img/s   x{row['channels_last_speedup']:.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
