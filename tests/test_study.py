@@ -133,6 +133,10 @@ def test_recipes_differ_as_the_paper_says(tmp_path):
     for cfg in (original, modern):  # same data, resolution, steps and seed handling
         assert (cfg.data.image_size, cfg.data.batch_size, cfg.data.limit_train, cfg.opt.epochs) == (64, 32, 5120, 1)
         assert cfg.data.grayscale == "in_chans" and cfg.runtime.resume == "auto"
+        # NHWC is how a run computes (faster on CPU for every step), not a study setting: the committed study's
+        # recorded settings stay today's (test_the_committed_study_still_resumes_under_its_recorded_settings)
+        assert cfg.runtime.channels_last
+    assert "runtime.channels_last" not in json.dumps(study_settings(budget, "fashion_mnist"))
     assert not original.aug.randaugment and original.aug.mixup == original.aug.cutmix == 0
     assert original.aug.label_smoothing == 0 and original.reg.drop_path == 0 and not original.reg.ema
     assert original.opt.lr * 32 / original.opt.lr_base_batch == pytest.approx(0.0125)  # 0.1 per 256 images
