@@ -59,21 +59,30 @@ def test_flops_match_timm_model_counted_the_same_way():
     assert convnext.count_flops(meta_model("convnext_tiny")) == pytest.approx(convnext.count_flops(ref), rel=1e-6)
 
 
+def _micro_counts_by_hand(kernel: int, mlp_ratio: int) -> tuple[int, int, int]:
+    """Parameters, MACs at 28 px and first-block parameters of the 1-1-1, 32-64-128 small-input network (1 channel,
+    10 classes), layer by layer: stem 2x2 conv 1->32 + norm; one block per stage (dw k x k, norm, 1x1 up x
+    mlp_ratio, 1x1 down, layer scale); downsampling norm + 2x2 conv; head LN + fc. LayerNorm and BatchNorm both
+    learn 2 x channels. MACs on the 14x14, 7x7 and 3x3 maps (norms and activations not counted, as in the paper's
+    tables)."""
+    k, r = kernel * kernel, mlp_ratio
+    stem = 1 * 32 * 4 + 32 + 2 * 32
+    block = {d: k * d + d + 2 * d + (d * r * d + r * d) + (r * d * d + d) + d for d in (32, 64, 128)}
+    down = {(a, b): 2 * a + 4 * a * b + b for a, b in ((32, 64), (64, 128))}
+    head = 2 * 128 + 128 * 10 + 10
+    params = stem + sum(block.values()) + sum(down.values()) + head
+    macs = (14 * 14 * 32 * 4  # stem
+            + 196 * (k * 32 + 2 * 32 * r * 32) + 49 * 64 * 32 * 4  # stage 1 + downsampling to 7x7
+            + 49 * (k * 64 + 2 * 64 * r * 64) + 9 * 128 * 64 * 4  # stage 2 + downsampling to 3x3
+            + 9 * (k * 128 + 2 * 128 * r * 128) + 128 * 10)  # stage 3 + classifier
+    return params, macs, block[32]
+
+
 def test_small_input_model_params_flops_and_maps_by_hand():
     model = convnext.create_model("convnext_micro_small_input", in_chans=1, num_classes=10).eval()
-    # stem 2x2 conv 1->32 + LN; one block per stage (dw 7x7, LN, 1x1 up x4, 1x1 down, layer scale);
-    # downsampling LN + 2x2 conv; head LN + fc, counted layer by layer in the test's comments
-    stem = 1 * 32 * 4 + 32 + 64
-    block = {d: d * 49 + d + 2 * d + (d * 4 * d + 4 * d) + (4 * d * d + d) + d for d in (32, 64, 128)}
-    down = {(a, b): 2 * a + a * b * 4 + b for a, b in ((32, 64), (64, 128))}
-    head = 2 * 128 + 128 * 10 + 10
-    assert block[32] == 10_048
-    assert convnext.count_params(model) == stem + sum(block.values()) + sum(down.values()) + head == 228_138
-    # MACs at 28 px: maps 14x14, 7x7, 3x3 (norms and activations are not counted, as in the paper's tables)
-    macs = (14 * 14 * 32 * 4  # stem
-            + 196 * (49 * 32 + 2 * 32 * 128) + 49 * 64 * 32 * 4  # stage 1 + downsampling to 7x7
-            + 49 * (49 * 64 + 2 * 64 * 256) + 9 * 128 * 64 * 4  # stage 2 + downsampling to 3x3
-            + 9 * (49 * 128 + 2 * 128 * 512) + 128 * 10)  # stage 3 + classifier
+    params, macs, first_block = _micro_counts_by_hand(kernel=7, mlp_ratio=4)
+    assert first_block == 10_048
+    assert convnext.count_params(model) == params == 228_138
     assert convnext.count_flops(model, (1, 28, 28)) * 1e9 == pytest.approx(macs, abs=0.5) and macs == 5_631_040
     feats = convnext.create_model("convnext_micro_small_input", in_chans=1, features_only=True)
     for size, maps in ((28, [14, 7, 3]), (32, [16, 8, 4]), (64, [32, 16, 8])):
@@ -89,17 +98,9 @@ def test_demo_model_params_and_flops_by_hand():
     # convnext_micro_small_input with 5x5 depthwise convs, MLP ratio 2 and BatchNorm (the head keeps its LN)
     model = convnext.create_model("convnext_micro_bn_small_input", in_chans=1, num_classes=10)
     assert isinstance(model.stem.norm, torch.nn.BatchNorm2d) and isinstance(model.stages[1].downsample.norm, torch.nn.BatchNorm2d)
-    stem = 1 * 32 * 4 + 32 + 2 * 32
-    # dw 5x5 + bias, BN, 1x1 d->2d, 1x1 2d->d, layer scale
-    block = {d: 25 * d + d + 2 * d + (2 * d * d + 2 * d) + (2 * d * d + d) + d for d in (32, 64, 128)}
-    down = {(a, b): 2 * a + 4 * a * b + b for a, b in ((32, 64), (64, 128))}
-    head = 2 * 128 + 128 * 10 + 10
-    assert block[32] == 5_120
-    assert convnext.count_params(model) == stem + sum(block.values()) + sum(down.values()) + head == 136_298
-    macs = (14 * 14 * 32 * 4  # stem
-            + 196 * (25 * 32 + 2 * 32 * 64) + 49 * 64 * 32 * 4  # stage 1 + downsampling to 7x7
-            + 49 * (25 * 64 + 2 * 64 * 128) + 9 * 128 * 64 * 4  # stage 2 + downsampling to 3x3
-            + 9 * (25 * 128 + 2 * 128 * 256) + 128 * 10)  # stage 3 + classifier
+    params, macs, first_block = _micro_counts_by_hand(kernel=5, mlp_ratio=2)
+    assert first_block == 5_120
+    assert convnext.count_params(model) == params == 136_298
     assert convnext.count_flops(model, (1, 28, 28)) * 1e9 == pytest.approx(macs, abs=0.5) and macs == 3_182_144
     assert get_entry("convnext_micro_bn_small_input").config == get_entry("convnext_micro_small_input").config.replace(
         kernel_size=5, mlp_ratio=2.0, norm="batchnorm")

@@ -43,12 +43,12 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # How much each block choice learns per image: 1 epoch, one thread per run (two runs at a time)
     "block_1ep": {name: [*PRESET_V1, "--opt.epochs", "1", "--runtime.threads", "1", *extra] for name, extra in {
         "base": [],
-        "batchnorm": ["--set", "model.overrides.norm=batchnorm"],
-        "kernel_5": ["--set", "model.overrides.kernel_size=5"],
-        "mlp_ratio_2": ["--set", "model.overrides.mlp_ratio=2.0"],
-        "relu": ["--set", "model.overrides.activation=relu"],
-        "wide_mlp_ratio_2": ["--set", "model.overrides.mlp_ratio=2.0", "--set", "model.overrides.dims=[48,96,192]"],
-        "stem_patch_1": ["--set", "model.overrides.stem_patch_size=1"],
+        "batchnorm": arch(norm="batchnorm"),
+        "kernel_5": arch(kernel_size=5),
+        "mlp_ratio_2": arch(mlp_ratio=2.0),
+        "relu": arch(activation="relu"),
+        "wide_mlp_ratio_2": arch(mlp_ratio=2.0, dims="[48,96,192]"),
+        "stem_patch_1": arch(stem_patch_size=1),
     }.items()},
     # The cheaper blocks of block_1ep given the epochs their speed buys in the demo's time (base: 3 epochs)
     "fast_blocks": {name: [*PRESET_V1, "--runtime.threads", "1", *extra] for name, extra in {
@@ -71,7 +71,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "bn_lr_8e-3": [*arch(norm="batchnorm"), "--opt.lr", "8e-3"],
         "bn_label_smoothing": [*arch(norm="batchnorm"), "--aug.label_smoothing", "0.1"],
         "bn_flip": [*arch(norm="batchnorm"), "--aug.hflip", "0.5"],
-        "bn_wide_40": [*arch(norm="batchnorm"), "--set", "model.overrides.dims=[40,80,160]"],
+        "bn_wide_40": arch(norm="batchnorm", dims="[40,80,160]"),
         "bn_lr_8e-3_label_smoothing": [*arch(norm="batchnorm"), "--opt.lr", "8e-3", "--aug.label_smoothing", "0.1"],
     }.items()},
     # The 30-minute CPU budget (2 threads): a wider batch-norm micro, 14 epochs, with the shifts, flips and

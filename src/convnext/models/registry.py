@@ -69,8 +69,7 @@ def _small_input(depths, dims) -> ArchConfig:
 # the roadmap's "BN -> LN" step reversed, which on short runs learns faster).
 register(ModelEntry(
     "convnext_micro_bn_small_input",
-    ArchConfig(depths=(1, 1, 1), dims=(32, 64, 128), stem_patch_size=2, layer_scale_init=1.0, kernel_size=5,
-               mlp_ratio=2.0, norm="batchnorm"),
+    _small_input((1, 1, 1), (32, 64, 128)).replace(kernel_size=5, mlp_ratio=2.0, norm="batchnorm"),
     "ConvNeXt for a few CPU minutes on 28-64 px images: convnext_micro_small_input with 5x5 depthwise convs, "
     "MLP ratio 2 and BatchNorm", 0.0))
 
