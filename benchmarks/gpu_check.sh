@@ -7,7 +7,8 @@
 #   benchmarks/gpu_check.sh                                   # on the GPU machine
 #   GPU_CHECK_DEVICE=cpu benchmarks/gpu_check.sh              # tiny dry run on the CPU (< 3 min)
 #
-# Steps, in this order (the compile step is last: it takes what is left of the budget):
+# Steps, in the order GPU_CHECK_STEPS names them (default: tests eager data compiled; the compile step takes what
+# is left of the budget):
 #   info       nvidia-smi -L, torch.cuda.get_device_name, versions             -> gpu_check.log
 #   tests      pytest tests -k "cuda or <the CPU tests that failed on the first H100 run>" (tests/test_cuda.py and
 #              every test with cuda in its name; the module name matches -k, so the whole file runs)                               -> pytest.xml (junit), log
@@ -17,14 +18,21 @@
 #   data       data_pipeline.py --device cuda, Fashion-MNIST 64 px             -> data_pipeline.json
 #   compiled   train_throughput.py --compile both: ours_channels_last and timm_fused_adamw_channels_last, eager
 #              and compiled, interleaved                                         -> train_throughput_compiled.json
+#   fmnist     benchmarks/recipes/sweep.py gpu: three Fashion-MNIST runs sharing the GPU (issue #15's GPU row),
+#              held-out validation, then the test split once for the run it chose -> fmnist_gpu.json,
+#              fmnist_gpu_runs.tar.gz (metrics, configs, logs); it leaves RESERVE_AFTER_FMNIST s (70) to later steps
+#   study      benchmarks/study/step_speed.py: all 17 roadmap networks at the GPU study budget's size (128 px,
+#              unscaled widths, batch 128, bf16, channels_last), one at a time (issue #16) -> study_step_speed.json
+#   wait       wait for the steps started in the background (NAME& in GPU_CHECK_STEPS)
 #   summary    rc, seconds and the headline ratios of every step                -> summary.json
 #
 # Environment:
-#   OUT                  output folder (default benchmarks/results/gpu); at most 7 files are written there
+#   OUT                  output folder (default benchmarks/results/gpu); at most 8 files are written there
 #   PYTHON               interpreter (default python3)
 #   GPU_CHECK_DEVICE     cuda (default) or cpu (dry run: tiny models and sizes, aot_eager instead of inductor)
 #   GPU_CHECK_BUDGET_S   seconds for the whole script (default 450)
-#   GPU_CHECK_STEPS      steps to run, space-separated (default "tests eager data compiled")
+#   GPU_CHECK_STEPS      steps to run, space-separated (default "tests eager data compiled"); NAME& starts one in
+#                        the background, e.g. "eager fmnist& tests wait study" (the tests beside the training runs)
 #   FASHION_MNIST_ROOT   the IDX files; else .data/fashion-mnist, shared/fashion-mnist or
 #                        /usr/share/datasets/fashion-mnist, the first that exists. A GPU machine has none of its
 #                        own: carry a copy. Here, once, in the repo root:
@@ -41,7 +49,9 @@ DEV=${GPU_CHECK_DEVICE:-cuda}
 OUTDIR=${OUT:-benchmarks/results/gpu}
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
 STEPS=${GPU_CHECK_STEPS:-tests eager data compiled}
+# e.g. GPU_CHECK_STEPS="eager fmnist& tests wait study": fmnist in the background while the tests run
 mkdir -p "$OUTDIR"
+OUTDIR=$(cd "$OUTDIR" && pwd)
 LOG="$OUTDIR/gpu_check.log"
 STEPLOG="$OUTDIR/.steps.tsv"
 : >"$LOG"
@@ -61,14 +71,24 @@ if [ "$DEV" = cpu ]; then  # dry run: every step's code path, at sizes a shared 
              --rounds 1 --steps 1 --warmup 1)
   TT_COMPILED=(--compile both --compile-backend aot_eager)
   DP_ARGS=(--device cpu --batch 8 --steps 2 --rounds 1 --warmup 1 --workers 1 --settle 1 --limit-train 512)
-  CAP_TESTS=120; CAP_EAGER=60; CAP_DATA=60
+  SS_ARGS=(--device cpu --amp bf16 --formats channels_last --size 32 --width 0.0625 --batch 4 --steps all
+           --rounds 1 --iters 1)
+  FMNIST_EXTRA="--runtime.device cpu --runtime.amp none --opt.epochs 1 --opt.warmup_epochs 0.2 --data.limit_train 1024
+                --data.holdout 512 --runtime.threads 1 --set model.overrides.depths=[1,1,1]
+                --set model.overrides.dims=[16,32,64]"
+  CAP_TESTS=120; CAP_EAGER=60; CAP_DATA=60; CAP_STUDY=60
 else
   TT_COMMON=(--device cuda --model convnext_tiny --size 224 --batch 128 --amp bf16 --drop-path 0.1
              --rounds 10 --steps 5 --warmup 3)
   TT_COMPILED=(--compile both)
   DP_ARGS=(--device cuda)
-  CAP_TESTS=100; CAP_EAGER=100; CAP_DATA=90
+  SS_ARGS=(--device cuda --amp bf16 --formats channels_last --size 128 --width 1 --batch 128 --steps all
+           --rounds 2 --iters 10)
+  FMNIST_EXTRA=""
+  CAP_TESTS=150; CAP_EAGER=75; CAP_DATA=90; CAP_STUDY=90
 fi
+SWEEP_DIR=${TMPDIR:-/tmp}/gpu_check_sweeps  # the runs' folders (their weights stay on the machine)
+RESERVE_AFTER_FMNIST=${RESERVE_AFTER_FMNIST:-70}  # seconds of the budget the fmnist step leaves to the steps after it
 
 say() { echo "$*" | tee -a "$LOG"; }
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
@@ -120,6 +140,14 @@ for line in open(steplog):
             for label, g in (d.get("groups") or {}).items():
                 step["headline"][label] = {"timm_best": g["timm_best"], "ratio_vs_timm_best": g["ratio_vs_timm_best"],
                                            "best_of_ratio_vs_timm_best": g["best_of_ratio_vs_timm_best"]}
+        elif isinstance(d, dict) and d.get("group") == "gpu":  # the Fashion-MNIST runs
+            step["headline"] = {"heldout_best": {r["run"]: max(r["heldout_top1"] + r["heldout_ema_top1"], key=lambda v: v or 0)
+                                                 for r in d.get("runs", [])},
+                                "wall_s": {r["run"]: r["wall_s"] for r in d.get("runs", [])},
+                                "test": {k: d["test"][k] for k in ("chosen", "test_top1")} if "test" in d else None}
+        elif isinstance(d, dict) and "results" in d and "width_mult" in d:  # study step speed
+            step["headline"] = {"device": d.get("device"), "complete": d.get("complete"),
+                                "img_per_s": {r["step"]: r.get("channels_last_img_s") for r in d["results"]}}
         elif isinstance(d, dict) and d.get("benchmark") == "data_pipeline":
             step["headline"] = {k: d.get(k) for k in ("gpu", "complete", "rounds", "img_per_s", "ratio_vs_synthetic",
                                                       "best_of_ratio_vs_synthetic", "met", "feeds", "notes")}
@@ -155,8 +183,8 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__ver
 print('gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 " 2>&1 | tee -a "$LOG"
 
-for step in $STEPS; do
-  case $step in
+run_one() {
+  case $1 in
     tests)
       run_step tests "$CAP_TESTS" "$OUTDIR/pytest.xml" \
         "$PY" -m pytest -q -p no:cacheprovider -rs --tb=long tests -k "cuda or $FORMER_FAILURES" \
@@ -172,9 +200,28 @@ for step in $STEPS; do
       run_step compiled 600 "$OUTDIR/train_throughput_compiled.json" \
         "$PY" benchmarks/train_throughput.py "${TT_COMMON[@]}" "${TT_COMPILED[@]}" --budget-s 0 \
         -o "$OUTDIR/train_throughput_compiled.json" ;;
-    *) say "unknown step $step (steps: tests eager data compiled)" ;;
+    fmnist)  # three Fashion-MNIST runs sharing the GPU, the best on held-out images then read on the test split
+      run_step fmnist $(( $(left) - RESERVE_AFTER_FMNIST )) "$OUTDIR/fmnist_gpu.json" \
+        "$PY" benchmarks/recipes/sweep.py gpu --jobs 3 --out "$SWEEP_DIR" --save "$OUTDIR/fmnist_gpu.json" \
+        --test-best --eval-device "$DEV" --extra "$FMNIST_EXTRA"
+      # per-epoch metrics, configs and logs of every run (no weights), for the record
+      (cd "$SWEEP_DIR" && find gpu \( -name metrics.jsonl -o -name config.yaml -o -name '*.log' -o -name done \) -print0 |
+        tar --null -czf "$OUTDIR/fmnist_gpu_runs.tar.gz" -T -) 2>&1 | tee -a "$LOG" ;;
+    study)  # every roadmap network at the GPU study budget's size, one at a time on the GPU: sizes that budget
+      run_step study "$CAP_STUDY" "$OUTDIR/study_step_speed.json" \
+        "$PY" benchmarks/study/step_speed.py "${SS_ARGS[@]}" --budget-s 0 --out "$OUTDIR/study_step_speed.json" ;;
+    wait) wait ;;  # for the steps started in the background
+    *) say "unknown step $1 (steps: tests eager data compiled fmnist study wait; NAME& runs in the background)" ;;
+  esac
+}
+
+for step in $STEPS; do
+  case $step in
+    *'&') run_one "${step%&}" & ;;
+    *) run_one "$step" ;;
   esac
 done
+wait
 summary
 rm -f "$STEPLOG"
 say "== done in $(( $(date +%s) - T0 )) s; summary: $OUTDIR/summary.json"
