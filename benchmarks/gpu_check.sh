@@ -90,6 +90,7 @@ fi
 SWEEP_DIR=${TMPDIR:-/tmp}/gpu_check_sweeps  # the runs' folders (their weights stay on the machine)
 RESERVE_AFTER_FMNIST=${RESERVE_AFTER_FMNIST:-70}  # seconds of the budget the fmnist step leaves to the steps after it
 
+PYTEST_TIMEOUT=$("$PY" -c "import pytest_timeout" 2>/dev/null && echo "--timeout=${GPU_CHECK_TEST_TIMEOUT_S:-100}")
 say() { echo "$*" | tee -a "$LOG"; }
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 
@@ -186,9 +187,12 @@ print('gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None
 run_one() {
   case $1 in
     tests)
+      # -v names each test as it ends; with pytest-timeout (the GPU machine has it) one slow test fails alone
+      # instead of taking the step's whole timeout: on the first H100 try (2026-11-27) the step timed out twice
+      # (150 s beside three training runs; 180 s alone with -n 8) with no test named
       run_step tests "$CAP_TESTS" "$OUTDIR/pytest.xml" \
-        "$PY" -m pytest -q -p no:cacheprovider -rs --tb=long tests -k "cuda or $FORMER_FAILURES" \
-        --junitxml="$OUTDIR/pytest.xml" ;;
+        "$PY" -m pytest -v -p no:cacheprovider -rs --tb=long --durations=0 $PYTEST_TIMEOUT tests \
+        -k "cuda or $FORMER_FAILURES" --junitxml="$OUTDIR/pytest.xml" ;;
     eager)
       run_step eager "$CAP_EAGER" "$OUTDIR/train_throughput_eager.json" \
         "$PY" benchmarks/train_throughput.py "${TT_COMMON[@]}" --compile off --budget-s 0 \

@@ -100,6 +100,8 @@ BUDGETS: dict[str, StudyBudget] = {
     # The committed CPU study: 160 optimizer steps of 32 images per run (1/12 of Fashion-MNIST, seen once).
     "cpu": StudyBudget(),
     # Unscaled widths for a GPU: full ConvNeXt-T / ResNet-50 widths, 128 px, 10 passes over the training set.
+    # Measured on one H100 (benchmarks/results/gpu/study_step_speed.json, 1,843-4,880 img/s per network): ~49
+    # minutes of training steps for 17 networks x 1 seed, beyond the 10 minutes issue #16 asks for.
     "gpu": StudyBudget(image_size=128, width_mult=1.0, batch_size=128, train_images=60000, epochs=10,
                        val_images=10000, warmup_fraction=0.05, save_every_steps=200),
     # Seconds per run: for tests and for trying the command.
