@@ -18,11 +18,13 @@
 #   data       data_pipeline.py --device cuda, Fashion-MNIST 64 px             -> data_pipeline.json
 #   compiled   train_throughput.py --compile both: ours_channels_last and timm_fused_adamw_channels_last, eager
 #              and compiled, interleaved                                         -> train_throughput_compiled.json
-#   fmnist     benchmarks/recipes/sweep.py gpu: three Fashion-MNIST runs sharing the GPU (issue #15's GPU row),
-#              held-out validation, then the test split once for the run it chose -> fmnist_gpu.json,
-#              fmnist_gpu_runs.tar.gz (metrics, configs, logs); it leaves RESERVE_AFTER_FMNIST s (70) to later steps
-#   study      benchmarks/study/step_speed.py: all 17 roadmap networks at the GPU study budget's size (128 px,
-#              unscaled widths, batch 128, bf16, channels_last), one at a time (issue #16) -> study_step_speed.json
+#   fmnist     benchmarks/recipes/sweep.py gpu (or GPU_CHECK_FMNIST_GROUP): three Fashion-MNIST runs sharing the
+#              GPU (issue #15's GPU row), held-out validation, then the test split once for the run it chose
+#                                                                                -> fmnist_GROUP.json,
+#              fmnist_GROUP_runs.tar.gz (metrics, configs, logs); it leaves RESERVE_AFTER_FMNIST s (70) to later steps
+#   study      benchmarks/study/step_speed.py: all 17 roadmap networks at each size:width of GPU_CHECK_STUDY_SHAPES
+#              (default "128:1 64:1 128:0.5"; batch 128, bf16, channels_last), one at a time (issue #16), each shape
+#              a step of its own                                                 -> study_step_speed.json
 #   wait       wait for the steps started in the background (NAME& in GPU_CHECK_STEPS)
 #   summary    rc, seconds and the headline ratios of every step                -> summary.json
 #
@@ -71,8 +73,8 @@ if [ "$DEV" = cpu ]; then  # dry run: every step's code path, at sizes a shared 
              --rounds 1 --steps 1 --warmup 1)
   TT_COMPILED=(--compile both --compile-backend aot_eager)
   DP_ARGS=(--device cpu --batch 8 --steps 2 --rounds 1 --warmup 1 --workers 1 --settle 1 --limit-train 512)
-  SS_ARGS=(--device cpu --amp bf16 --formats channels_last --size 32 --width 0.0625 --batch 4 --steps all
-           --rounds 1 --iters 1)
+  SS_ARGS=(--device cpu --amp bf16 --formats channels_last --batch 4 --steps all --rounds 1 --iters 1)
+  STUDY_SHAPES=${GPU_CHECK_STUDY_SHAPES:-32:0.0625}
   FMNIST_EXTRA="--runtime.device cpu --runtime.amp none --opt.epochs 1 --opt.warmup_epochs 0.2 --data.limit_train 1024
                 --data.holdout 512 --runtime.threads 1 --set model.overrides.depths=[1,1,1]
                 --set model.overrides.dims=[16,32,64]"
@@ -82,11 +84,14 @@ else
              --rounds 10 --steps 5 --warmup 3)
   TT_COMPILED=(--compile both)
   DP_ARGS=(--device cuda)
-  SS_ARGS=(--device cuda --amp bf16 --formats channels_last --size 128 --width 1 --batch 128 --steps all
-           --rounds 2 --iters 10)
+  SS_ARGS=(--device cuda --amp bf16 --formats channels_last --batch 128 --steps all --rounds 2 --iters 10)
+  # size:width pairs: the GPU budget's (128 px, unscaled; 2026-11-27: ~49 GPU-minutes at 10 passes), and the two
+  # cheaper ways to a plateau in issue #16's 10 minutes
+  STUDY_SHAPES=${GPU_CHECK_STUDY_SHAPES:-128:1 64:1 128:0.5}
   FMNIST_EXTRA=""
-  CAP_TESTS=150; CAP_EAGER=75; CAP_DATA=90; CAP_STUDY=90
+  CAP_TESTS=150; CAP_EAGER=75; CAP_DATA=90; CAP_STUDY=80
 fi
+FMNIST_GROUP=${GPU_CHECK_FMNIST_GROUP:-gpu}  # the sweep.py group the fmnist step runs (gpu, gpu_60ep)
 SWEEP_DIR=${TMPDIR:-/tmp}/gpu_check_sweeps  # the runs' folders (their weights stay on the machine)
 RESERVE_AFTER_FMNIST=${RESERVE_AFTER_FMNIST:-70}  # seconds of the budget the fmnist step leaves to the steps after it
 
@@ -141,7 +146,7 @@ for line in open(steplog):
             for label, g in (d.get("groups") or {}).items():
                 step["headline"][label] = {"timm_best": g["timm_best"], "ratio_vs_timm_best": g["ratio_vs_timm_best"],
                                            "best_of_ratio_vs_timm_best": g["best_of_ratio_vs_timm_best"]}
-        elif isinstance(d, dict) and d.get("group") == "gpu":  # the Fashion-MNIST runs
+        elif isinstance(d, dict) and str(d.get("group")).startswith("gpu"):  # the Fashion-MNIST runs
             step["headline"] = {"heldout_best": {r["run"]: max(r["heldout_top1"] + r["heldout_ema_top1"], key=lambda v: v or 0)
                                                  for r in d.get("runs", [])},
                                 "wall_s": {r["run"]: r["wall_s"] for r in d.get("runs", [])},
@@ -205,15 +210,25 @@ run_one() {
         "$PY" benchmarks/train_throughput.py "${TT_COMMON[@]}" "${TT_COMPILED[@]}" --budget-s 0 \
         -o "$OUTDIR/train_throughput_compiled.json" ;;
     fmnist)  # three Fashion-MNIST runs sharing the GPU, the best on held-out images then read on the test split
-      run_step fmnist $(( $(left) - RESERVE_AFTER_FMNIST )) "$OUTDIR/fmnist_gpu.json" \
-        "$PY" benchmarks/recipes/sweep.py gpu --jobs 3 --out "$SWEEP_DIR" --save "$OUTDIR/fmnist_gpu.json" \
+      run_step fmnist $(( $(left) - RESERVE_AFTER_FMNIST )) "$OUTDIR/fmnist_$FMNIST_GROUP.json" \
+        "$PY" benchmarks/recipes/sweep.py "$FMNIST_GROUP" --jobs 3 --out "$SWEEP_DIR" --save "$OUTDIR/fmnist_$FMNIST_GROUP.json" \
         --test-best --eval-device "$DEV" --extra "$FMNIST_EXTRA"
       # per-epoch metrics, configs and logs of every run (no weights), for the record
-      (cd "$SWEEP_DIR" && find gpu \( -name metrics.jsonl -o -name config.yaml -o -name '*.log' -o -name done \) -print0 |
-        tar --null -czf "$OUTDIR/fmnist_gpu_runs.tar.gz" -T -) 2>&1 | tee -a "$LOG" ;;
-    study)  # every roadmap network at the GPU study budget's size, one at a time on the GPU: sizes that budget
-      run_step study "$CAP_STUDY" "$OUTDIR/study_step_speed.json" \
-        "$PY" benchmarks/study/step_speed.py "${SS_ARGS[@]}" --budget-s 0 --out "$OUTDIR/study_step_speed.json" ;;
+      (cd "$SWEEP_DIR" && find "$FMNIST_GROUP" \( -name metrics.jsonl -o -name config.yaml -o -name '*.log' -o -name done \) -print0 |
+        tar --null -czf "$OUTDIR/fmnist_${FMNIST_GROUP}_runs.tar.gz" -T -) 2>&1 | tee -a "$LOG" ;;
+    study)  # every roadmap network at each size:width of STUDY_SHAPES, one at a time on the GPU: sizes its budget
+      mkdir -p "$SWEEP_DIR/study"
+      for shape in $STUDY_SHAPES; do
+        run_step "study_${shape%%:*}px_w${shape#*:}" "$CAP_STUDY" "$SWEEP_DIR/study/${shape%%:*}_${shape#*:}.json" \
+          "$PY" benchmarks/study/step_speed.py "${SS_ARGS[@]}" --size "${shape%%:*}" --width "${shape#*:}" \
+          --budget-s 0 --out "$SWEEP_DIR/study/${shape%%:*}_${shape#*:}.json"
+      done
+      # one file back for all shapes (a GPU session returns at most 8)
+      "$PY" -c "
+import json, os, sys
+shapes = [json.load(open(f)) for f in sys.argv[2:] if os.path.isfile(f)]
+json.dump({'shapes': shapes}, open(sys.argv[1], 'w'), indent=2)
+" "$OUTDIR/study_step_speed.json" $(for shape in $STUDY_SHAPES; do echo "$SWEEP_DIR/study/${shape%%:*}_${shape#*:}.json"; done) ;;
     wait) wait ;;  # for the steps started in the background
     *) say "unknown step $1 (steps: tests eager data compiled fmnist study wait; NAME& runs in the background)" ;;
   esac

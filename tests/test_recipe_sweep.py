@@ -1,0 +1,105 @@
+"""benchmarks/recipes/sweep.py's choice of the one run read on the test split, and benchmarks/gpu_check.sh's
+dry run on the CPU (its fmnist and study steps, the ones a GPU session trains with).
+
+The rule fixed before a sweep runs: among finished runs, the highest held-out top-1 of a run's best checkpoint
+(model or EMA, whichever best.safetensors holds); the test split is read for that run alone."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sweep():
+    spec = importlib.util.spec_from_file_location("sweep", ROOT / "benchmarks" / "recipes" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_dir(root: Path, name: str, epochs: list[tuple[float, float | None]], done: bool = True) -> None:
+    d = root / name
+    d.mkdir(parents=True)
+    lines = [{"type": "step", "step": 1, "img_per_s": 100.0}]
+    lines += [{"type": "epoch", "epoch": i, "val_top1": m, "ema_top1": e} for i, (m, e) in enumerate(epochs)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    if done:
+        (d / "done").write_text("cmd\n")
+
+
+def test_best_heldout_is_the_best_of_model_and_ema_over_all_epochs(tmp_path):
+    sweep = _sweep()
+    _run_dir(tmp_path, "a", [(90.0, 91.5), (92.25, None), (91.0, 92.0)])
+    assert sweep.best_heldout(tmp_path / "a") == 92.25  # a model epoch beats every EMA epoch
+    _run_dir(tmp_path, "b", [(90.0, 93.0)])
+    assert sweep.best_heldout(tmp_path / "b") == 93.0  # the EMA's
+    _run_dir(tmp_path, "c", [(99.0, 99.0)], done=False)
+    assert sweep.best_heldout(tmp_path / "c") is None  # unfinished: its best may not be saved as final
+
+
+def test_test_best_reads_the_test_split_once_for_the_chosen_finished_run(tmp_path, monkeypatch):
+    sweep = _sweep()
+    monkeypatch.setitem(sweep.GROUPS, "g", {"low": [], "high": [], "unfinished": []})
+    _run_dir(tmp_path / "g", "low", [(93.0, 93.5)])
+    _run_dir(tmp_path / "g", "high", [(93.9, 94.2)])
+    _run_dir(tmp_path / "g", "unfinished", [(99.0, 99.0)], done=False)
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        report = {"top1": 93.8, "count": 10000, "per_class": [{"class": "Shirt", "top1": 81.0}]}
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(report), stderr="")
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    save = tmp_path / "g.json"
+    save.write_text(json.dumps({"group": "g", "runs": []}))
+    record = sweep.test_best("g", tmp_path, save, "cpu")
+    assert len(calls) == 1  # one evaluation, of one checkpoint
+    assert calls[0][3:5] == ["eval", str(tmp_path / "g" / "high" / "best.safetensors")]
+    assert calls[0][calls[0].index("--dataset") + 1] == "fashion_mnist"
+    assert "--split" not in calls[0]  # the dataset's val split: Fashion-MNIST's test images
+    assert record["chosen"] == "high" and record["test_top1"] == 93.8
+    assert record["heldout_top1"] == {"low": 93.5, "high": 94.2, "unfinished": None}
+    saved = json.loads(save.read_text())
+    assert saved["group"] == "g" and saved["test"]["chosen"] == "high"  # added to the report, which stays
+
+
+def test_test_best_refuses_a_group_with_no_finished_run(tmp_path, monkeypatch):
+    sweep = _sweep()
+    monkeypatch.setitem(sweep.GROUPS, "g", {"a": []})
+    _run_dir(tmp_path / "g", "a", [(90.0, 90.0)], done=False)
+    with pytest.raises(SystemExit, match="no finished run"):
+        sweep.test_best("g", tmp_path, None, "cpu")
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_trains_chooses_and_reports(tmp_path):
+    """The GPU session's training steps, on the CPU at tiny sizes: three runs at once, the held-out choice, the
+    test split for it alone, every roadmap network timed, and a summary that names each."""
+    fmnist = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
+    if not fmnist.exists():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "GPU_CHECK_DEVICE": "cpu", "PYTHON": sys.executable,
+           "GPU_CHECK_STEPS": "fmnist study", "TMPDIR": str(tmp_path), "FASHION_MNIST_ROOT": str(fmnist)}
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, check=True, capture_output=True,
+                   timeout=600)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert summary["all_ok"] and set(steps) == {"fmnist", "study_32px_w0.0625"}
+    heldout = steps["fmnist"]["headline"]["heldout_best"]
+    assert set(heldout) == {"tiny_30ep", "tiny_30ep_mix", "pico_40ep"}
+    assert steps["fmnist"]["headline"]["test"]["chosen"] == max(heldout, key=heldout.get)
+    speeds = steps["study_32px_w0.0625"]["headline"]["img_per_s"]
+    assert len(speeds) == 17 and all(speeds.values())
+    shapes = json.loads((tmp_path / "out" / "study_step_speed.json").read_text())["shapes"]
+    assert [(s["size"], s["width_mult"]) for s in shapes] == [(32, 0.0625)]
+    assert (tmp_path / "out" / "fmnist_gpu_runs.tar.gz").stat().st_size > 0
+    assert len(list((tmp_path / "out").iterdir())) <= 8  # what a GPU session can bring back
