@@ -424,3 +424,41 @@ def test_init_from_rgb_checkpoint_fine_tunes_grayscale_model_with_new_head(tmp_p
     assert "stem kernel adapted from 3 to 1" in text and "head.fc keeps its fresh initialisation" in text
     torch.testing.assert_close(model.stem.conv.weight, src.stem.conv.weight.sum(1, keepdim=True))
     torch.testing.assert_close(model.stages[0].blocks[0].pwconv1.weight, src.stages[0].blocks[0].pwconv1.weight)
+
+
+@pytest.mark.parametrize("name, channels_last", [("convnext_micro_bn_small_input", True), ("convnext_atto", False),
+                                                 ("resnet50", True)])
+def test_validation_runs_the_fused_copy_with_the_models_numbers(name, channels_last):
+    """Epoch-end validation on the CPU evaluates the fused inference copy (BatchNorm, LayerNorm and layer scale
+    folded): the same loss and top-1 as the model itself, to float rounding, and the model untouched."""
+    from convnext.train import distributed as dist_mod
+    from convnext.train.accelerate import accelerate_for_training
+    from convnext.train.evaluate import evaluate, inference_copy, validate
+
+    torch.manual_seed(0)
+    smaller = {"dims": (64, 128, 256, 512), "stem_dim": 16} if name == "resnet50" else {}  # bottlenecks / 4
+    model = create_model(name, num_classes=10, in_chans=1, **smaller)
+    accelerate_for_training(model, "cpu")  # as the trainer runs it
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    with torch.no_grad():  # trained-looking norms: running statistics and affine parameters off their init values
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3), m.running_var.uniform_(0.5, 2.0)
+            if isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, LayerNorm2d)):
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.2)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [(torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))) for _ in range(3)]
+    cpu = torch.device("cpu")
+    copy = inference_copy(model, cpu, "none")
+    assert copy is not model
+    reference = evaluate(model, batches, cpu, channels_last=channels_last)
+    val = validate(model, model, batches, cpu, "none", dist_mod.DistInfo(device=cpu), channels_last)
+    assert val["val_loss"] == pytest.approx(reference["loss"], rel=1e-5)
+    assert val["val_top1"] == reference["top1"] and val["ema_top1"] == reference["top1"]
+    assert model.training  # its mode, and every weight and statistic, as before
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # reduced precision and other devices evaluate the model itself
+    assert inference_copy(model, cpu, "bf16") is model
+    assert inference_copy(model, torch.device("meta"), "none") is model

@@ -8,6 +8,7 @@ with the checkpoint's own preprocessing (``convnext eval``).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..data.folders import print_warnings_as_lines
 from ..errors import UsageError, check_choice
 from ..files import check_output_path
 from ..infer.fuse import PRECISIONS, optimize_for_inference
+from ..models import ConvNeXt
 from ..infer.quantize import calibration_images as calibration_images_of
 from ..infer.quantize import int8_device, load_quantized, quantize
 from ..runtime import autocast, resolve_device
@@ -77,13 +79,26 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: str = "none", 
     return out
 
 
+def inference_copy(model: nn.Module, device: torch.device, amp: str) -> nn.Module:
+    """What validation runs for ``model``: on the CPU in fp32, its fused inference copy (``optimize_for_inference``:
+    norms folded into the convs, blocks as GEMMs on the NHWC view; the model is not changed), equal to float
+    rounding and ~1.85x faster there (the demo's network on its 10,000 validation images, 3 interleaved rounds:
+    2.8 s -> 1.5 s, ~10 s of the demo's 3 minutes); elsewhere the model itself (a GPU's gain is not measured)."""
+    if device.type != "cpu" or amp != "none" or not isinstance(model, ConvNeXt):
+        return model
+    with warnings.catch_warnings():  # "nothing to fold": the model comes back as it is, which is what we want
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return optimize_for_inference(model, precision="fp32")
+
+
 def validate(model: nn.Module, ema_model: nn.Module | None, loader, device: torch.device, amp: str,
              dist_info: dist_mod.DistInfo, channels_last: bool = False) -> dict[str, Any]:
-    """Training's end-of-epoch validation of ``model`` and, if given, its EMA: the val_* and ema_* fields
-    of the epoch record."""
-    raw = evaluate(model, loader, device, amp, dist_info=dist_info, channels_last=channels_last)
-    ema = (evaluate(ema_model, loader, device, amp, dist_info=dist_info, channels_last=channels_last)
-           if ema_model is not None else None)
+    """Training's end-of-epoch validation of ``model`` and, if given, its EMA (each as ``inference_copy``): the
+    val_* and ema_* fields of the epoch record."""
+    raw = evaluate(inference_copy(model, device, amp), loader, device, amp, dist_info=dist_info,
+                   channels_last=channels_last)
+    ema = (evaluate(inference_copy(ema_model, device, amp), loader, device, amp, dist_info=dist_info,
+                    channels_last=channels_last) if ema_model is not None else None)
     return {"val_loss": raw["loss"], "val_top1": raw["top1"], "val_top5": raw["top5"],
             "ema_top1": ema["top1"] if ema else None, "ema_val_loss": ema["loss"] if ema else None,
             "val_count": raw["count"]}
