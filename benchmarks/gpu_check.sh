@@ -42,6 +42,15 @@
 #                          echo /.data/ >> .git/info/exclude
 #                        then run it with the device tool as: command "bash benchmarks/gpu_check.sh",
 #                        carry [".data"], timeout_s 540 (the tool sets OUT; 7 files come back)
+#
+# What ran, and what the next GPU session should run (15 minutes of device time in all; a start costs 1-2):
+#   2026-11-27, one H100: GPU_CHECK_BUDGET_S=480 GPU_CHECK_STEPS="eager fmnist& tests wait study", 438 s, then
+#   `pytest -k cuda -n 6` alone (13 passed); results in benchmarks/results/gpu/. Still to take: the six former CPU
+#   failures on a GPU machine (the tests step now names a slow one), the compiled and data steps, the study's
+#   other shapes, and #15's gpu_60ep group. Each fits one call (timeout_s 540), not both:
+#     GPU_CHECK_BUDGET_S=480 GPU_CHECK_FMNIST_GROUP=gpu_60ep RESERVE_AFTER_FMNIST=20 GPU_CHECK_STEPS="fmnist& tests wait"
+#     GPU_CHECK_BUDGET_S=480 GPU_CHECK_STEPS="tests study data"          (#16's sizing, the tests, the data path)
+#   Issue #16's GPU study itself needs ~10 minutes alone: a session that runs it should run little else.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
