@@ -34,8 +34,7 @@ PRESET_V1 = ["--model.name", "convnext_micro_small_input", "--opt.lr", "4e-3", "
 # batches, a checkpoint at epoch ends only, and 4 CPU threads each (runs share the machine).
 GPU = ["--runtime.device", "cuda", "--runtime.amp", "bf16", "--data.on_device", "true", "--data.batch_size", "256",
        "--runtime.save_every_steps", "0", "--runtime.threads", "4"]
-# Shifts of up to 2 px, flips and label smoothing 0.1: what the 30-minute CPU run used (cpu30)
-SHIFT_FLIP = ["--aug.crop_padding", "2", "--aug.hflip", "0.5", "--aug.label_smoothing", "0.1"]
+# Shifts of up to 2 px, flips and label smoothing 0.1 (the cpu30 and gpu groups')
 LIGHT_AUG = ["--aug.crop_padding", "2", "--aug.hflip", "0.5", "--aug.label_smoothing", "0.1"]
 
 def arch(**fields: object) -> list[str]:
@@ -91,18 +90,16 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     "cpu30": {
         "bn_64_14ep": ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", "14",
                        *arch(dims="[64,128,256]"), "--model.name", "convnext_micro_bn_small_input",
-                       "--aug.crop_padding", "2", "--aug.hflip", "0.5", "--aug.label_smoothing", "0.1",
-                       "--reg.ema_decay", "0.999"],
+                       *LIGHT_AUG, "--reg.ema_decay", "0.999"],
         # narrower (~0.55x the MACs of the 64-wide) for more epochs: the GPU runs' curves rose until their last epoch
         "bn_48_20ep": ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", "20",
                        *arch(dims="[48,96,192]"), "--model.name", "convnext_micro_bn_small_input",
-                       "--aug.crop_padding", "2", "--aug.hflip", "0.5", "--aug.label_smoothing", "0.1",
-                       "--reg.ema_decay", "0.999"],
+                       *LIGHT_AUG, "--reg.ema_decay", "0.999"],
     },
     # The GPU budget (#15: >= 95.5 %): three runs sharing one H100 for ~5 minutes, chosen before any GPU time was
     # spent (no GPU sweep yet): the family's tiny first three stages, with and without Mixup/CutMix on half the
     # batches (on the GPU there is no random erasing), and the smaller pico for more epochs.
-    "gpu": {name: [*GPU, *SHIFT_FLIP, "--opt.warmup_epochs", "2", "--reg.ema_decay", "0.9995", *extra]
+    "gpu": {name: [*GPU, *LIGHT_AUG, "--opt.warmup_epochs", "2", "--reg.ema_decay", "0.9995", *extra]
             for name, extra in {
         "tiny_30ep": ["--model.name", "convnext_tiny_small_input", "--opt.epochs", "30", "--opt.lr", "3e-3",
                       "--reg.drop_path", "0.1"],
@@ -115,7 +112,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # The next GPU session's (not yet run): the gpu group's winner (tiny_30ep_mix, 94.23 % held out, still gaining
     # 0.2-0.3 points over its last five epochs) for twice the epochs (~6.5 minutes at the 7,900 img/s it trained at
     # sharing the GPU with two others), alone and with more stochastic depth or Mixup/CutMix on every batch
-    "gpu_60ep": {name: [*GPU, *SHIFT_FLIP, "--opt.warmup_epochs", "2", "--reg.ema_decay", "0.9995",
+    "gpu_60ep": {name: [*GPU, *LIGHT_AUG, "--opt.warmup_epochs", "2", "--reg.ema_decay", "0.9995",
                         "--model.name", "convnext_tiny_small_input", "--opt.epochs", "60", "--opt.lr", "3e-3",
                         "--aug.mixup", "0.8", "--aug.cutmix", "1.0", *extra] for name, extra in {
         "tiny_mix_60ep": ["--reg.drop_path", "0.1", "--aug.mixup_prob", "0.5"],
