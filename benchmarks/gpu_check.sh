@@ -156,8 +156,8 @@ for line in open(steplog):
                 step["headline"][label] = {"timm_best": g["timm_best"], "ratio_vs_timm_best": g["ratio_vs_timm_best"],
                                            "best_of_ratio_vs_timm_best": g["best_of_ratio_vs_timm_best"]}
         elif isinstance(d, dict) and str(d.get("group")).startswith("gpu"):  # the Fashion-MNIST runs
-            step["headline"] = {"heldout_best": {r["run"]: max(r["heldout_top1"] + r["heldout_ema_top1"], key=lambda v: v or 0)
-                                                 for r in d.get("runs", [])},
+            # the held-out scores sweep.py --test-best chose by (its best_heldout), not a second computation of them
+            step["headline"] = {"heldout_best": d["test"]["heldout_top1"] if "test" in d else None,
                                 "wall_s": {r["run"]: r["wall_s"] for r in d.get("runs", [])},
                                 "test": {k: d["test"][k] for k in ("chosen", "test_top1")} if "test" in d else None}
         elif isinstance(d, dict) and "results" in d and "width_mult" in d:  # study step speed
@@ -227,17 +227,20 @@ run_one() {
         tar --null -czf "$OUTDIR/fmnist_${FMNIST_GROUP}_runs.tar.gz" -T -) 2>&1 | tee -a "$LOG" ;;
     study)  # every roadmap network at each size:width of STUDY_SHAPES, one at a time on the GPU: sizes its budget
       mkdir -p "$SWEEP_DIR/study"
+      local shape size width shape_files=()
       for shape in $STUDY_SHAPES; do
-        run_step "study_${shape%%:*}px_w${shape#*:}" "$CAP_STUDY" "$SWEEP_DIR/study/${shape%%:*}_${shape#*:}.json" \
-          "$PY" benchmarks/study/step_speed.py "${SS_ARGS[@]}" --size "${shape%%:*}" --width "${shape#*:}" \
-          --budget-s 0 --out "$SWEEP_DIR/study/${shape%%:*}_${shape#*:}.json"
+        size=${shape%%:*} width=${shape#*:}
+        shape_files+=("$SWEEP_DIR/study/${size}_${width}.json")
+        run_step "study_${size}px_w${width}" "$CAP_STUDY" "${shape_files[-1]}" \
+          "$PY" benchmarks/study/step_speed.py "${SS_ARGS[@]}" --size "$size" --width "$width" \
+          --budget-s 0 --out "${shape_files[-1]}"
       done
       # one file back for all shapes (a GPU session returns at most 8)
       "$PY" -c "
 import json, os, sys
 shapes = [json.load(open(f)) for f in sys.argv[2:] if os.path.isfile(f)]
 json.dump({'shapes': shapes}, open(sys.argv[1], 'w'), indent=2)
-" "$OUTDIR/study_step_speed.json" $(for shape in $STUDY_SHAPES; do echo "$SWEEP_DIR/study/${shape%%:*}_${shape#*:}.json"; done) ;;
+" "$OUTDIR/study_step_speed.json" "${shape_files[@]}" ;;
     wait) wait ;;  # for the steps started in the background
     *) say "unknown step $1 (steps: tests eager data compiled fmnist study wait; NAME& runs in the background)" ;;
   esac

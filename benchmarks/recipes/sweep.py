@@ -37,6 +37,11 @@ GPU = ["--runtime.device", "cuda", "--runtime.amp", "bf16", "--data.on_device", 
 # Shifts of up to 2 px, flips and label smoothing 0.1 (the cpu30 and gpu groups')
 LIGHT_AUG = ["--aug.crop_padding", "2", "--aug.hflip", "0.5", "--aug.label_smoothing", "0.1"]
 
+# The gpu group's tiny runs: the family's tiny first three stages for 30 epochs
+TINY_30EP = ["--model.name", "convnext_tiny_small_input", "--opt.epochs", "30", "--opt.lr", "3e-3",
+             "--reg.drop_path", "0.1"]
+
+
 def arch(**fields: object) -> list[str]:
     """ArchConfig overrides of the preset's model as --set flags."""
     return [a for k, v in fields.items() for a in ("--set", f"model.overrides.{k}={v}")]
@@ -87,25 +92,20 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # The 30-minute CPU budget (2 threads): a wider batch-norm micro, 14 epochs, with the shifts, flips and
     # label smoothing a longer run can use. One run, held-out validation; the test split is read once afterwards
     # (`convnext eval runs/recipe-sweeps/cpu30/<name>/best.safetensors --dataset fashion_mnist`).
-    "cpu30": {
-        "bn_64_14ep": ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", "14",
-                       *arch(dims="[64,128,256]"), "--model.name", "convnext_micro_bn_small_input",
-                       *LIGHT_AUG, "--reg.ema_decay", "0.999"],
+    "cpu30": {name: ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", epochs,
+                     *arch(dims=dims), "--model.name", "convnext_micro_bn_small_input", *LIGHT_AUG,
+                     "--reg.ema_decay", "0.999"] for name, (epochs, dims) in {
+        "bn_64_14ep": ("14", "[64,128,256]"),
         # narrower (~0.55x the MACs of the 64-wide) for more epochs: the GPU runs' curves rose until their last epoch
-        "bn_48_20ep": ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", "20",
-                       *arch(dims="[48,96,192]"), "--model.name", "convnext_micro_bn_small_input",
-                       *LIGHT_AUG, "--reg.ema_decay", "0.999"],
-    },
+        "bn_48_20ep": ("20", "[48,96,192]"),
+    }.items()},
     # The GPU budget (#15: >= 95.5 %): three runs sharing one H100 for ~5 minutes, chosen before any GPU time was
     # spent (no GPU sweep yet): the family's tiny first three stages, with and without Mixup/CutMix on half the
     # batches (on the GPU there is no random erasing), and the smaller pico for more epochs.
     "gpu": {name: [*GPU, *LIGHT_AUG, "--opt.warmup_epochs", "2", "--reg.ema_decay", "0.9995", *extra]
             for name, extra in {
-        "tiny_30ep": ["--model.name", "convnext_tiny_small_input", "--opt.epochs", "30", "--opt.lr", "3e-3",
-                      "--reg.drop_path", "0.1"],
-        "tiny_30ep_mix": ["--model.name", "convnext_tiny_small_input", "--opt.epochs", "30", "--opt.lr", "3e-3",
-                          "--reg.drop_path", "0.1", "--aug.mixup", "0.8", "--aug.cutmix", "1.0",
-                          "--aug.mixup_prob", "0.5"],
+        "tiny_30ep": TINY_30EP,
+        "tiny_30ep_mix": [*TINY_30EP, "--aug.mixup", "0.8", "--aug.cutmix", "1.0", "--aug.mixup_prob", "0.5"],
         "pico_40ep": ["--model.name", "convnext_pico_small_input", "--opt.epochs", "40", "--opt.lr", "4e-3",
                       "--reg.drop_path", "0.05"],
     }.items()},

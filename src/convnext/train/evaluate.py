@@ -23,9 +23,9 @@ from ..data.folders import print_warnings_as_lines
 from ..errors import UsageError, check_choice
 from ..files import check_output_path
 from ..infer.fuse import PRECISIONS, optimize_for_inference
-from ..models import ConvNeXt
 from ..infer.quantize import calibration_images as calibration_images_of
 from ..infer.quantize import int8_device, load_quantized, quantize
+from ..models import ConvNeXt
 from ..runtime import autocast, resolve_device
 from . import distributed as dist_mod
 
