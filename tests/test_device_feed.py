@@ -284,6 +284,100 @@ def test_resident_random_resized_crop_of_a_constant_image_is_that_constant():
     assert x.shape == (16, 3, 16, 16) and torch.allclose(x, want.view(1, 3, 1, 1).expand_as(x), atol=1e-5)
 
 
+# ---- random erasing in batch form (the device feed and ShiftFlip) ------------------------------------------------
+
+def erased_boxes(mask: torch.Tensor) -> torch.Tensor:
+    """(top, left, h, w) of each (H, W) mask's True region, checking that it is one filled rectangle."""
+    rows, cols = mask.any(2), mask.any(1)
+    h, w = rows.sum(1), cols.sum(1)
+    top, left = rows.float().argmax(1), cols.float().argmax(1)
+    assert torch.equal(mask.sum((1, 2)), h * w)  # the region fills its bounding box: a rectangle
+    return torch.stack([top, left, h, w], 1)
+
+
+def test_erasing_boxes_follow_torchvision_random_erasing():
+    """draw_erasing against torchvision's RandomErasing itself: the erase rate, and the distribution of the boxes'
+    height, width and place (two-sample Kolmogorov-Smirnov distance), on a square and an oblong image."""
+    from torchvision.transforms import v2
+
+    from convnext.data.transforms import draw_erasing
+
+    def ks(a: torch.Tensor, b: torch.Tensor) -> float:
+        grid = torch.cat([a, b]).unique().double()
+        cdf = lambda x: (x.double()[:, None] <= grid).double().mean(0)  # noqa: E731
+        return (cdf(a) - cdf(b)).abs().max().item()
+
+    n = 3000
+    torch.manual_seed(0)
+    for height, width, p in [(28, 28, 0.6), (20, 32, 0.6)]:
+        ref_tf = v2.RandomErasing(p=p, value=1.0)
+        ref_masks = torch.stack([ref_tf(torch.zeros(1, height, width))[0] > 0 for _ in range(n)])
+        ours = draw_erasing(n, height, width, p, torch.Generator().manual_seed(1))
+        top, left, h, w = ours.unbind(1)
+        assert ours.dtype == torch.long and (h >= 0).all() and ((h == 0) == (w == 0)).all()
+        assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+        assert ((h < height) & (w < width)).all()  # strictly inside, as torchvision requires
+        hit, ref_hit = h > 0, ref_masks.flatten(1).any(1)
+        assert abs(hit.float().mean() - ref_hit.float().mean()) < 0.04
+        ref = erased_boxes(ref_masks[ref_hit])
+        for k, name in enumerate(("top", "left", "h", "w")):
+            assert ks(ours[hit][:, k], ref[:, k]) < 0.06, name
+        assert ks(h[hit] * w[hit], ref[:, 2] * ref[:, 3]) < 0.06  # the area, the rule's first draw
+    # a box strictly inside a 1 x 1 image is empty: nothing is ever erased there
+    assert (draw_erasing(50, 1, 1, 1.0)[:, 2:] == 0).all()
+    assert (draw_erasing(500, 16, 16, 0.0)[:, 2] == 0).all()
+
+
+@pytest.mark.parametrize("rrc", [False, True])
+def test_resident_erasing_fills_one_box_with_unit_noise_and_keeps_the_crops(rrc):
+    n, size = 400, 16
+    aug = small_aug(random_resized_crop=rrc, crop_padding=0 if rrc else 2, hflip=0.5)
+    ds = Tensors(torch.full((n, 1, size, size), 100, dtype=torch.uint8))
+    bundle = bundle_of(ds, size, aug, 3)
+
+    def batches(erasing: float):
+        a = AugmentConfig(**{**aug.__dict__, "random_erasing": erasing})
+        return torch.cat([x for x, _ in resident_feed(bundle, ShardedSampler(n, seed=2, drop_last_batch=100),
+                                                      data_cfg(size, 100), a, "cpu")])
+
+    plain, erased = batches(0.0), batches(0.5)
+    changed = (erased != plain).any(1)  # (n, H, W): noise never equals the constant's normalised value
+    kept = ~changed
+    assert torch.equal(erased.permute(0, 2, 3, 1)[kept], plain.permute(0, 2, 3, 1)[kept])  # the crops are unchanged
+    hit = changed.flatten(1).any(1)
+    assert abs(hit.float().mean().item() - 0.5) < 0.07
+    boxes = erased_boxes(changed[hit])
+    area = (boxes[:, 2] * boxes[:, 3]).float() / size**2
+    assert area.min() >= 0.02 - 1 / size and area.max() <= 0.33 + 2 / size
+    noise = erased.permute(0, 2, 3, 1)[changed]  # every channel of an erased pixel is noise
+    assert abs(noise.mean().item()) < 0.05 and abs(noise.std().item() - 1) < 0.05
+    assert torch.equal(batches(0.5), erased)  # still a function of the seeds
+
+
+def test_shiftflip_erasing_keeps_each_seeds_shift_and_flip_and_depends_on_its_own_seed():
+    n, size = 300, 12
+    images = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    seeds = list(range(1000, 1000 + n))
+    args = dict(mean=(0.5,), std=(0.25,), channels=1, src_channels=1, interpolation="bilinear")
+    plain = ShiftFlip(size, padding=2, hflip=0.5, **args)
+    erasing = ShiftFlip(size, padding=2, hflip=0.5, erasing=0.4, **args)
+    a, b = plain(images, seeds), erasing(images, seeds)
+    changed = (a != b)[:, 0]
+    hit = changed.flatten(1).any(1)
+    assert abs(hit.float().mean().item() - 0.4) < 0.07
+    erased_boxes(changed[hit])  # one rectangle each (where noise happens to equal a pixel, a hole: never in float)
+    assert erasing.draws(5) == plain.draws(5)
+    assert torch.equal(erasing(images[7:], seeds[7:])[0], b[7])  # a sample's result depends only on its seed
+    # the batched fetch goes through it, and the GPU feed's uint8 detour is refused (noise follows normalisation)
+    aug = small_aug(crop_padding=2, hflip=0.5, random_erasing=0.4)
+    tf = batched_train_transform(aug, size, (0.5,), (0.25,), 1, 1)
+    assert isinstance(tf, ShiftFlip) and tf.erasing == 0.4
+    dataset = SeededTransform(Tensors(images), build_train_transform(aug, size, (0.5,), (0.25,), 1, 1), tf)
+    assert deferred_normalization(dataset) is dataset
+    with pytest.raises(ValueError, match="erasing"):
+        tf.with_uint8_output()
+
+
 # ---- which datasets, which settings ----------------------------------------------------------------------------
 
 def test_split_tensors_indexes_in_memory_views_and_decodes_same_size_folders():
@@ -312,12 +406,12 @@ def test_on_device_refuses_what_it_cannot_do_in_one_line_naming_the_fix():
     # the config says it before any work starts
     for overrides, fix in [
         (["data.on_device=true"], "set aug.randaugment false"),
-        (["data.on_device=true", "aug.randaugment=false"], "set aug.random_erasing 0"),
-        (["data.on_device=true", "aug.randaugment=false", "aug.random_erasing=0", "aug.interpolation=lanczos"],
+        (["data.on_device=true", "aug.randaugment=false", "aug.interpolation=lanczos"],
          "set aug.interpolation to one of nearest, bilinear, bicubic"),
     ]:
         one_line_error(fix, load_config, None, overrides, preset_name="paper")
     assert load_config(None, ["data.on_device=true"], preset_name="small").data.on_device
+    assert load_config(None, ["data.on_device=true", "aug.randaugment=false"], preset_name="paper").aug.random_erasing
     # lanczos is fine without random resized crop: that path resizes once, on the host, as ShiftFlip does
     load_config(None, ["data.on_device=true", "aug.interpolation=lanczos"], preset_name="small")
     # the library says it too, for callers that bypass the config
@@ -390,13 +484,13 @@ def test_cuda_resident_feed_and_mixer_never_wait_for_the_gpu():
 
 
 def test_trainer_on_device_run_resumes_bitwise_and_learns(tmp_path):
-    """The engine with data.on_device (random resized crop, flips, Mixup/CutMix on the device): stopped mid-epoch
-    and resumed, it ends bitwise where the uninterrupted run ends."""
+    """The engine with data.on_device (random resized crop, flips, random erasing, Mixup/CutMix on the device):
+    stopped mid-epoch and resumed, it ends bitwise where the uninterrupted run ends."""
     from convnext.train import train
     from train_helpers import run_dir, tiny_config, weights
 
     over = {"data.on_device": True, "aug.random_resized_crop": True, "aug.hflip": 0.5, "aug.mixup": 0.8,
-            "aug.cutmix": 1.0, "aug.randaugment": False, "aug.random_erasing": 0.0, "opt.epochs": 2,
+            "aug.cutmix": 1.0, "aug.randaugment": False, "aug.random_erasing": 0.25, "opt.epochs": 2,
             "data.synthetic_samples": 32}
     whole = train(tiny_config(tmp_path / "whole", **over))
     train(tiny_config(tmp_path / "part", **over, **{"runtime.max_steps": 3}))

@@ -10,7 +10,7 @@ an iterator is created, so DDP and mid-epoch resume work unchanged):
   CPU it passes the loader's batches through unchanged.
 - ``DeviceResidentFeed`` (``data.on_device``): the whole uint8 split and its labels live on the device and each
   batch is gathered and augmented there in batch form (``BatchAugment``): random resized crop or pad-and-shift,
-  horizontal flip, grey -> RGB, normalisation. Its randomness is a per-batch generator seeded from the
+  horizontal flip, grey -> RGB, normalisation, random erasing. Its randomness is a per-batch generator seeded from the
   sampler's seed for the batch's first position, so it is a pure function of (run seed, epoch, position, rank)
   and a resumed run sees exactly the batches of an uninterrupted one. Mixup/CutMix stay in ``BatchMixer``.
 
@@ -29,7 +29,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UsageError
 from .assembly import DataBundle, make_loader
-from .transforms import SeededTransform, ShiftFlip, _channel_fix, interpolation_mode
+from .transforms import SeededTransform, ShiftFlip, _channel_fix, draw_erasing, erase, interpolation_mode
 
 # torchvision's RandomResizedCrop default aspect ratios (the per-sample pipeline uses them too)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -140,7 +140,8 @@ class PrefetchFeed:
 def deferred_normalization(dataset):
     """``dataset`` with its batched small-image pipeline (``ShiftFlip``) returning uint8 crops, for a feed that
     normalises on the device; any other dataset as it is (its per-sample pipeline normalises on the host)."""
-    if isinstance(dataset, SeededTransform) and isinstance(dataset.batch_transform, ShiftFlip):
+    if (isinstance(dataset, SeededTransform) and isinstance(dataset.batch_transform, ShiftFlip)
+            and dataset.batch_transform.erasing == 0):  # erasing's noise follows the normalisation: left on the host
         return SeededTransform(dataset.dataset, dataset.transform, dataset.batch_transform.with_uint8_output())
     return dataset
 
@@ -222,20 +223,23 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: 
 class BatchAugment:
     """The train augmentation of a uint8 batch, in batch form on its own device: random resized crop (or
     pad-and-shift by ``padding`` when ``random_resized_crop`` is off), horizontal flip with probability ``hflip``,
-    grey -> RGB when ``channels`` is 3 and the images have 1, scaling and normalisation.
+    grey -> RGB when ``channels`` is 3 and the images have 1, scaling and normalisation, then Random Erasing with
+    probability ``erasing`` (``transforms.draw_erasing``'s boxes filled with unit normal noise, as the per-sample
+    pipeline's ``RandomErasing(value="random")``).
 
     Every draw comes from the ``generator`` passed in, so a batch is a pure function of its images and the
     generator's seed. ``interpolation`` filters the resized crops (nearest, bilinear or bicubic).
     """
 
     def __init__(self, size: int, mean, std, channels: int, *, random_resized_crop: bool, scale_min: float = 0.08,
-                 padding: int = 0, hflip: float = 0.5, interpolation: str = "bilinear",
+                 padding: int = 0, hflip: float = 0.5, interpolation: str = "bilinear", erasing: float = 0.0,
                  device: torch.device | str = "cpu") -> None:
         if random_resized_crop and interpolation not in GRID_MODES:
             raise UsageError(f"data.on_device resizes crops with grid_sample, which has no {interpolation!r} filter; "
                              f"set aug.interpolation to one of {', '.join(GRID_MODES)}")
         self.size, self.channels, self.random_resized_crop = size, channels, random_resized_crop
         self.scale_min, self.padding, self.hflip, self.mode = scale_min, padding, hflip, interpolation
+        self.erasing = erasing
         self.normalize = Normalize(mean, std, torch.device(device))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -251,7 +255,11 @@ class BatchAugment:
             out = shift_flip(images, top, left, flip, self.padding)
         if out.shape[1] != self.channels:  # grey stored once, repeated here (exactly what v2.RGB does first)
             out = out.expand(-1, self.channels, -1, -1)
-        return self.normalize(out)
+        out = self.normalize(out)
+        if self.erasing > 0:  # drawn after the crops and flips: a seed's crops are the same with erasing off
+            boxes = draw_erasing(n, self.size, self.size, self.erasing, generator, device)
+            out = erase(out, boxes, torch.randn(out.shape, generator=generator, device=device))
+        return out
 
 
 def split_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,9 +363,9 @@ class DeviceResidentFeed:
 def resident_feed(bundle: DataBundle, sampler, data, aug, device: torch.device | str) -> DeviceResidentFeed:
     """``DeviceResidentFeed`` over ``bundle``'s train split with ``data``/``aug``'s settings (duck-typed
     ``train.config.DataConfig`` / ``AugmentConfig``, as ``build_data`` takes them)."""
-    if aug.randaugment or aug.random_erasing > 0:
-        raise UsageError("data.on_device cannot run RandAugment or random erasing on the device; set aug.randaugment "
-                         "false and aug.random_erasing 0, or data.on_device false")
+    if aug.randaugment:
+        raise UsageError("data.on_device cannot run RandAugment on the device; set aug.randaugment false, or "
+                         "data.on_device false")
     device = torch.device(device)
     dataset = bundle.train.dataset if isinstance(bundle.train, SeededTransform) else bundle.train
     images, labels = split_tensors(dataset)
@@ -365,7 +373,8 @@ def resident_feed(bundle: DataBundle, sampler, data, aug, device: torch.device |
     images = _store(images, bundle.in_chans, size, aug.interpolation)
     augment = BatchAugment(data.image_size, bundle.mean, bundle.std, bundle.in_chans,
                            random_resized_crop=aug.random_resized_crop, scale_min=aug.crop_scale_min,
-                           padding=aug.crop_padding, hflip=aug.hflip, interpolation=aug.interpolation, device=device)
+                           padding=aug.crop_padding, hflip=aug.hflip, interpolation=aug.interpolation,
+                           erasing=aug.random_erasing, device=device)
     return DeviceResidentFeed(images, labels, sampler, data.batch_size, augment, device)
 
 

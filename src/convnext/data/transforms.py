@@ -9,6 +9,7 @@ label smoothing act on whole batches, so they live in ``BatchMixer``, applied in
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -139,21 +140,76 @@ class BatchMixer:
         return images, targets
 
 
+# torchvision's RandomErasing defaults: the erased box's share of the image area and its aspect ratio (h / w)
+ERASE_SCALE = (0.02, 0.33)
+ERASE_RATIO = (0.3, 3.3)
+ERASE_ATTEMPTS = 10  # boxes drawn before giving up on a sample (nothing erased), as torchvision does
+
+
+ERASING_DRAWS = 1 + 2 * ERASE_ATTEMPTS + 2  # uniforms per sample: erase or not, (area, ratio) per attempt, place
+
+
+def draw_erasing(n: int, height: int, width: int, p: float, generator: torch.Generator | None = None,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """Random Erasing boxes for ``n`` images of ``height`` x ``width``, drawn at once: (top, left, h, w) per row,
+    integers, h = w = 0 where nothing is erased (``erasing_boxes`` of ``ERASING_DRAWS`` uniforms per sample)."""
+    u = torch.rand(n, ERASING_DRAWS, generator=generator, device=device, dtype=torch.float64)
+    return erasing_boxes(u, height, width, p)
+
+
+def erasing_boxes(u: torch.Tensor, height: int, width: int, p: float) -> torch.Tensor:
+    """Random Erasing boxes from uniforms ``u`` (N, ``ERASING_DRAWS``): (top, left, h, w) per row, integers,
+    h = w = 0 where nothing is erased.
+
+    torchvision's ``RandomErasing`` rule, vectorised: a sample is erased with probability ``p``; its box has an
+    area uniform in ``ERASE_SCALE`` of the image and an aspect ratio log-uniform in ``ERASE_RATIO``, sides rounded
+    to whole pixels; of ``ERASE_ATTEMPTS`` draws the first strictly inside the image is kept (none fits: nothing
+    erased), and its position is uniform over the places it fits.
+    """
+    erased = u[:, 0] < p
+    attempts = u[:, 1:1 + 2 * ERASE_ATTEMPTS].view(-1, ERASE_ATTEMPTS, 2)
+    area = height * width * (ERASE_SCALE[0] + (ERASE_SCALE[1] - ERASE_SCALE[0]) * attempts[..., 0])
+    log_lo, log_hi = math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * attempts[..., 1])
+    h, w = (area * aspect).sqrt().round(), (area / aspect).sqrt().round()  # round half to even, as Python's round
+    fits = (h < height) & (w < width)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
+    h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+    erased &= fits.any(dim=1) & (h > 0) & (w > 0)  # a side rounded to 0 (tiny images) erases nothing
+    h, w = torch.where(erased, h, 0).long(), torch.where(erased, w, 0).long()
+    pos = u[:, -2:]
+    top = (pos[:, 0] * (height - h + 1)).floor().long().clamp_(max=height - h)  # uniform in 0..height - h
+    left = (pos[:, 1] * (width - w + 1)).floor().long().clamp_(max=width - w)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def erase(x: torch.Tensor, boxes: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, C, H, W) with each image's box (a row of ``draw_erasing``) replaced by ``fill`` (same shape as ``x``,
+    e.g. unit normal noise: RandomErasing's ``value="random"`` on a normalised image)."""
+    top, left, h, w = boxes.unbind(1)
+    rows = torch.arange(x.shape[-2], device=x.device)
+    cols = torch.arange(x.shape[-1], device=x.device)
+    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])  # (N, H)
+    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])  # (N, W)
+    return torch.where(in_rows[:, None, :, None] & in_cols[:, None, None, :], fill, x)
+
+
 class ShiftFlip:
     """The small-image train pipeline for a whole batch of same-size uint8 tensors: convert channels, resize to
     ``size`` (center crop), shift (zero-pad every side by ``padding`` and crop ``size`` at a random place), flip
-    horizontally with probability ``hflip``, scale to [0, 1] and normalise.
+    horizontally with probability ``hflip``, scale to [0, 1], normalise, and erase a random box with probability
+    ``erasing`` (filled with unit normal noise).
 
     The same result distribution as the per-sample v2 pipeline (``build_train_transform`` with
-    random_resized_crop off and no RandAugment or erasing), at a small fraction of its cost: Python makes
+    random_resized_crop off and no RandAugment), at a small fraction of its cost: Python makes
     ~10 transform calls per image there, which on small images costs more than the network's training step.
     torchvision's v2 ops draw one crop for a whole batch, so the per-sample draws are made here, each from
     the sample's own seed (as ``SeededTransform`` seeds the per-sample pipeline), and applied in one gather.
     """
 
     def __init__(self, size: int, padding: int, hflip: float, mean, std, channels: int,
-                 src_channels: int | None, interpolation: str) -> None:
-        self.size, self.padding, self.hflip = size, padding, hflip
+                 src_channels: int | None, interpolation: str, erasing: float = 0.0) -> None:
+        self.size, self.padding, self.hflip, self.erasing = size, padding, hflip, erasing
         self.prepare = v2.Compose([
             *_channel_fix(src_channels, channels),
             v2.Resize(size, interpolation=interpolation_mode(interpolation), antialias=True), v2.CenterCrop(size),
@@ -163,20 +219,33 @@ class ShiftFlip:
 
     def with_uint8_output(self) -> "ShiftFlip":
         """A copy returning the uint8 crops, unscaled: a GPU feed (``device_feed.PrefetchFeed``) copies a quarter of
-        float32's bytes and scales and normalises them on the device, with the same ops as ``__call__``."""
+        float32's bytes and scales and normalises them on the device, with the same ops as ``__call__``. Not with
+        erasing, whose noise is drawn here after normalisation."""
+        if self.erasing > 0:
+            raise ValueError("ShiftFlip with erasing cannot defer its normalisation: the noise follows it")
         twin = copy.copy(self)
         twin.emit_uint8 = True
         return twin
 
     def draws(self, seed: int | None) -> tuple[int, int, bool]:
         """(top, left, flip) for one sample; from ``seed``, or the global RNG when it is None."""
+        return self._draws(seed)[:3]
+
+    def _draws(self, seed: int | None, channels: int = 1):
+        """(top, left, flip, erasing uniforms, noise) for one sample, all from one generator; the erasing draws come
+        last (and only with erasing on), so they leave the shift and flip of a seed as they were without them."""
         g = None if seed is None else torch.Generator().manual_seed(seed)
         top, left = torch.randint(0, 2 * self.padding + 1, (2,), generator=g).tolist()
-        return top, left, bool(torch.rand((), generator=g) < self.hflip)
+        flip = bool(torch.rand((), generator=g) < self.hflip)
+        if self.erasing <= 0:
+            return top, left, flip, None, None
+        uniforms = torch.rand(ERASING_DRAWS, generator=g, dtype=torch.float64)  # the box, from erasing_boxes
+        return top, left, flip, uniforms, torch.randn(channels, self.size, self.size, generator=g)
 
     def __call__(self, images: torch.Tensor, seeds: list[int | None]) -> torch.Tensor:
         x = self.prepare(images)  # (N, C, size, size) uint8
-        top, left, flip = (torch.tensor(v) for v in zip(*(self.draws(s) for s in seeds)))
+        draws = [self._draws(s, x.shape[1]) for s in seeds]
+        top, left, flip = (torch.tensor(v) for v in zip(*(d[:3] for d in draws)))
         p, line = self.padding, torch.arange(self.size)
         rows = (top[:, None] + line)[:, :, None]  # (N, size, 1) rows of the padded image
         cols = left[:, None] + torch.where(flip[:, None], line.flip(0), line)  # (N, size) flipped where drawn
@@ -184,16 +253,20 @@ class ShiftFlip:
         out = padded[torch.arange(len(x))[:, None, None], :, rows, cols[:, None, :]]  # (N, size, size, C)
         if self.emit_uint8:
             return out.permute(0, 3, 1, 2)
-        out = out.permute(0, 3, 1, 2).float().div_(255)
-        return self.normalize(out)
+        out = self.normalize(out.permute(0, 3, 1, 2).float().div_(255))
+        if self.erasing > 0:
+            boxes = erasing_boxes(torch.stack([d[3] for d in draws]), self.size, self.size, self.erasing)
+            out = erase(out, boxes, torch.stack([d[4] for d in draws]))
+        return out
 
 
 def batched_train_transform(aug, input_size: int, mean, std, channels: int, src_channels: int | None):
-    """``ShiftFlip`` when ``aug`` asks for nothing more than it does (no random resized crop, RandAugment or
-    erasing); else None, and the per-sample pipeline of ``build_train_transform`` applies."""
-    if aug.random_resized_crop or aug.randaugment or aug.random_erasing > 0:
+    """``ShiftFlip`` when ``aug`` asks for nothing more than it does (no random resized crop or RandAugment); else
+    None, and the per-sample pipeline of ``build_train_transform`` applies."""
+    if aug.random_resized_crop or aug.randaugment:
         return None
-    return ShiftFlip(input_size, aug.crop_padding, aug.hflip, mean, std, channels, src_channels, aug.interpolation)
+    return ShiftFlip(input_size, aug.crop_padding, aug.hflip, mean, std, channels, src_channels, aug.interpolation,
+                     aug.random_erasing)
 
 
 class SeededTransform(torch.utils.data.Dataset):

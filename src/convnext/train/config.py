@@ -74,7 +74,7 @@ class DataConfig:
     std: tuple[float, ...] | None = None  # per-channel normalisation std, given together with mean
     # Keep the whole train split (uint8) on the training device and augment each batch there (random resized crop or
     # aug.crop_padding shifts, flip, normalisation; Mixup/CutMix as usual), so Python data loading cannot starve a
-    # GPU: for datasets that fit in its memory (Fashion-MNIST, folders of same-size images). No RandAugment or erasing.
+    # GPU: for datasets that fit in its memory (Fashion-MNIST, folders of same-size images). No RandAugment.
     on_device: bool = False
 
 
@@ -533,8 +533,6 @@ def _validate(c: TrainConfig) -> None:
     if c.data.on_device:  # what the device's batch augmentation (data.device_feed) does not do
         _check(not a.randaugment, "data.on_device cannot run RandAugment on the device; set aug.randaugment false "
                                   "(or data.on_device false)")
-        _check(a.random_erasing == 0, "data.on_device cannot run random erasing on the device; set "
-                                      "aug.random_erasing 0 (or data.on_device false)")
         _check(not a.random_resized_crop or a.interpolation in ON_DEVICE_INTERPOLATIONS,
                f"data.on_device resizes random crops with grid_sample, which has no {a.interpolation!r} filter; set "
                f"aug.interpolation to one of {', '.join(ON_DEVICE_INTERPOLATIONS)} (or data.on_device false)")
