@@ -248,6 +248,18 @@ def test_shift_flip_matches_hand_computed_pad_crop_and_flip():
     assert {d[0] for d in draws} == {0, 1, 2} and {d[2] for d in draws} == {True, False}
 
 
+def test_shift_flip_without_shifts_or_flips_skips_the_draws_and_returns_the_gathers_bytes_and_layout():
+    from convnext.data.transforms import ShiftFlip
+
+    images = torch.randint(0, 256, (6, 3, 10, 10), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    tf = ShiftFlip(8, padding=0, hflip=0.0, mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4), channels=3, src_channels=3,
+                   interpolation="bilinear")
+    fast = tf(images, list(range(6)))
+    gathered = tf(images, [None] * 6)  # unseeded samples take the drawing path (it uses the global RNG)
+    assert torch.equal(fast, gathered) and fast.stride() == gathered.stride()
+    assert torch.equal(fast, tf.normalize(tf.prepare(images).float() / 255))  # the center crop, normalised
+
+
 def test_batched_train_transform_is_used_only_when_it_covers_the_augmentation():
     from convnext.data.transforms import ShiftFlip, batched_train_transform
 
