@@ -25,6 +25,11 @@
 #   study      benchmarks/study/step_speed.py: all 17 roadmap networks at each size:width of GPU_CHECK_STUDY_SHAPES
 #              (default "128:1 64:1 128:0.5"; batch 128, bf16, channels_last), one at a time (issue #16), each shape
 #              a step of its own                                                 -> study_step_speed.json
+#   roadmap    issue #16's GPU study: convnext study roadmap --budget gpu (the CPU study's 17 networks, 30 passes over
+#              the 60,000 training images, data on the GPU), one seed, GPU_CHECK_ROADMAP_JOBS (8) runs sharing the GPU;
+#              beside it the first and last steps at 60 passes (a second study), and plateau_check.py comparing them
+#                                                                                -> roadmap_gpu.json, roadmap_gpu.tar.gz
+#                                                                                   (results, records, logs, figures)
 #   wait       wait for the steps started in the background (NAME& in GPU_CHECK_STEPS)
 #   summary    rc, seconds and the headline ratios of every step                -> summary.json
 #
@@ -50,7 +55,11 @@
 #   other shapes, and #15's gpu_60ep group. Each fits one call (timeout_s 540), not both:
 #     GPU_CHECK_BUDGET_S=480 GPU_CHECK_FMNIST_GROUP=gpu_60ep RESERVE_AFTER_FMNIST=20 GPU_CHECK_STEPS="fmnist& tests wait"
 #     GPU_CHECK_BUDGET_S=480 GPU_CHECK_STEPS="tests study data"          (#16's sizing, the tests, the data path)
-#   Issue #16's GPU study itself needs ~10 minutes alone: a session that runs it should run little else.
+#   Issue #16's GPU study itself needs ~10 minutes alone: a session that runs it should run little else:
+#     GPU_CHECK_BUDGET_S=560 GPU_CHECK_STEPS="roadmap"   (timeout_s 590; its cost is an estimate, not yet measured:
+#     the networks are small enough that eager PyTorch's per-step overhead, not the GPU, sets their speed; if it
+#     times out, the records of the finished runs still come back; committed in results/roadmap-gpu, a rerun
+#     trains only the others)
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -88,6 +97,9 @@ if [ "$DEV" = cpu ]; then  # dry run: every step's code path, at sizes a shared 
                 --data.holdout 512 --runtime.threads 1 --set model.overrides.depths=[1,1,1]
                 --set model.overrides.dims=[16,32,64]"
   CAP_TESTS=120; CAP_EAGER=60; CAP_DATA=60; CAP_STUDY=60
+  ROADMAP_ARGS=(--image-size 32 --width-mult 0.0625 --batch-size 8 --train-images 32 --val-images 16 --threads 1)
+  ROADMAP_EPOCHS=2 ROADMAP_STEPS=resnet50,roadmap_patchify,roadmap_separate_downsampling ROADMAP_JOBS=2
+  ROADMAP_OUT=${TMPDIR:-/tmp}/gpu_check_sweeps/roadmap-gpu  # never the repo's results/
 else
   TT_COMMON=(--device cuda --model convnext_tiny --size 224 --batch 128 --amp bf16 --drop-path 0.1
              --rounds 10 --steps 5 --warmup 3)
@@ -99,6 +111,10 @@ else
   STUDY_SHAPES=${GPU_CHECK_STUDY_SHAPES:-128:1 64:1 128:0.5}
   FMNIST_EXTRA=""
   CAP_TESTS=150; CAP_EAGER=75; CAP_DATA=90; CAP_STUDY=80
+  ROADMAP_ARGS=(--threads 1)  # each run's host side is one Python thread issuing small kernels
+  ROADMAP_EPOCHS=$("$PY" -c "from convnext.study import get_budget; print(get_budget('gpu').epochs)")
+  ROADMAP_STEPS="" ROADMAP_JOBS=${GPU_CHECK_ROADMAP_JOBS:-8}
+  ROADMAP_OUT=results/roadmap-gpu  # issue #16's output folder: a partial study committed from a timed-out run resumes
 fi
 FMNIST_GROUP=${GPU_CHECK_FMNIST_GROUP:-gpu}  # the sweep.py group the fmnist step runs (gpu, gpu_60ep)
 SWEEP_DIR=${TMPDIR:-/tmp}/gpu_check_sweeps  # the runs' folders (their weights stay on the machine)
@@ -163,6 +179,9 @@ for line in open(steplog):
         elif isinstance(d, dict) and "results" in d and "width_mult" in d:  # study step speed
             step["headline"] = {"device": d.get("device"), "complete": d.get("complete"),
                                 "img_per_s": {r["step"]: r.get("channels_last_img_s") for r in d["results"]}}
+        elif isinstance(d, dict) and str(d.get("check", "")).startswith("plateau"):  # the roadmap step's
+            step["headline"] = {k: d.get(k) for k in ("study_complete", "runs_done", "runs_planned", "wall_time_s",
+                                                      "epochs", "steps")}
         elif isinstance(d, dict) and d.get("benchmark") == "data_pipeline":
             step["headline"] = {k: d.get(k) for k in ("gpu", "complete", "rounds", "img_per_s", "ratio_vs_synthetic",
                                                       "best_of_ratio_vs_synthetic", "met", "feeds", "notes")}
@@ -241,8 +260,25 @@ import json, os, sys
 shapes = [json.load(open(f)) for f in sys.argv[2:] if os.path.isfile(f)]
 json.dump({'shapes': shapes}, open(sys.argv[1], 'w'), indent=2)
 " "$OUTDIR/study_step_speed.json" "${shape_files[@]}" ;;
+    roadmap)  # issue #16's GPU study (--budget gpu, one seed, ROADMAP_JOBS runs sharing the GPU) and beside it the
+      # plateau check: the first and last steps at twice the epochs, a study of their own (in plateau-2x/). Records
+      # already in ROADMAP_OUT (a partial study brought back and committed) are not trained again.
+      local common=(--data fashion_mnist --data-root "$FASHION_MNIST_ROOT" --budget gpu --seeds 1 --device "$DEV"
+                    "${ROADMAP_ARGS[@]}")
+      mkdir -p "$ROADMAP_OUT" "$SWEEP_DIR"
+      run_step roadmap $(( $(left) - 10 )) "$OUTDIR/roadmap_gpu.tar.gz" bash -c '
+        "$0" -m convnext study roadmap "${@:6}" --epochs "$1" ${2:+--steps "$2"} --jobs "$3" --out "$4" \
+          --work-dir "$5/roadmap-work" &
+        "$0" -m convnext study roadmap "${@:6}" --epochs $(( 2 * $1 )) --steps resnet50,roadmap_separate_downsampling \
+          --jobs 2 --out "$4/plateau-2x" --work-dir "$5/roadmap-work-2x" &
+        wait' "$PY" "$ROADMAP_EPOCHS" "$ROADMAP_STEPS" "$ROADMAP_JOBS" "$ROADMAP_OUT" "$SWEEP_DIR" "${common[@]}"
+      # what the studies wrote (results, records, logs, figures), finished or not; the weights stay here
+      tar -czf "$OUTDIR/roadmap_gpu.tar.gz" -C "$(dirname "$ROADMAP_OUT")" "$(basename "$ROADMAP_OUT")" 2>&1 | tee -a "$LOG"
+      "$PY" benchmarks/study/plateau_check.py "$ROADMAP_OUT" "$ROADMAP_OUT/plateau-2x" "$OUTDIR/roadmap_gpu.json" 2>&1 |
+        tee -a "$LOG"
+      printf '%s\t%s\t%s\t%s\t%s\n' roadmap_plateau 0 0 0 "$OUTDIR/roadmap_gpu.json" >>"$STEPLOG" ;;
     wait) wait ;;  # for the steps started in the background
-    *) say "unknown step $1 (steps: tests eager data compiled fmnist study wait; NAME& runs in the background)" ;;
+    *) say "unknown step $1 (steps: tests eager data compiled fmnist study roadmap wait; NAME& runs in the background)" ;;
   esac
 }
 

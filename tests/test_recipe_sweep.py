@@ -1,5 +1,6 @@
-"""benchmarks/recipes/sweep.py's choice of the one run read on the test split, and benchmarks/gpu_check.sh's
-dry run on the CPU (its fmnist and study steps, the ones a GPU session trains with).
+"""benchmarks/recipes/sweep.py's choice of the one run read on the test split, benchmarks/study/plateau_check.py's
+comparison, and benchmarks/gpu_check.sh's dry run on the CPU (its fmnist, study and roadmap steps, the ones a GPU
+session trains with).
 
 The rule fixed before a sweep runs: among finished runs, the highest held-out top-1 of a run's best checkpoint
 (model or EMA, whichever best.safetensors holds); the test split is read for that run alone."""
@@ -80,6 +81,39 @@ def test_test_best_refuses_a_group_with_no_finished_run(tmp_path, monkeypatch):
         sweep.test_best("g", tmp_path, None, "cpu")
 
 
+def _plateau_check():
+    spec = importlib.util.spec_from_file_location("plateau_check", ROOT / "benchmarks" / "study" / "plateau_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _study(epochs: int, rows: dict[str, dict[int, float]], lr: float = 0.1) -> dict:
+    return {"settings": {"budget": {"epochs": epochs, "image_size": 64, "lr": lr}}, "command": f"study --epochs {epochs}",
+            "complete": True, "runs_done": sum(map(len, rows.values())), "runs_planned": 4, "wall_time_s": 10.0,
+            "steps": [{"name": n, "seeds": sorted(r), "top1": [r[s] for s in sorted(r)],
+                       "top1_mean": sum(r.values()) / len(r)} for n, r in rows.items()]}
+
+
+def test_plateau_check_compares_the_seeds_both_budgets_hold():
+    check = _plateau_check().check
+    study = _study(30, {"resnet50": {0: 90.0, 1: 91.0}, "roadmap_kernel7": {0: 88.0},
+                        "roadmap_separate_downsampling": {0: 92.0, 1: 92.4}})
+    double = _study(60, {"resnet50": {0: 90.2}, "roadmap_separate_downsampling": {0: 93.0, 1: 93.0}})
+    out = check(study, double, 0.3)
+    # seed 0 only for resnet50 (90.0 -> 90.2); both seeds for the last step (mean 92.2 -> 93.0)
+    assert out["steps"]["resnet50"] == {"seeds": [0], "top1": 90.0, "top1_2x": 90.2, "gain_2x": 0.2,
+                                        "at_plateau": True}
+    last = out["steps"]["roadmap_separate_downsampling"]
+    assert (last["top1"], last["top1_2x"], last["gain_2x"], last["at_plateau"]) == (92.2, 93.0, 0.8, False)
+    assert out["epochs"] == 30 and out["epochs_2x"] == 60 and out["top1"]["roadmap_kernel7"] == 88.0
+    unfinished = check(study, _study(60, {"roadmap_kernel11": {0: 80.0}}), 0.3)["steps"]["roadmap_kernel11"]
+    assert unfinished["seeds"] == [] and "not finished" in unfinished["note"]
+    for other in (_study(40, {}), _study(60, {}, lr=0.2)):  # not twice the epochs, or another change too
+        with pytest.raises(SystemExit, match="not the first at twice the epochs"):
+            check(study, other, 0.3)
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_trains_chooses_and_reports(tmp_path):
     """The GPU session's training steps, on the CPU at tiny sizes: three runs at once, the held-out choice, the
@@ -88,12 +122,12 @@ def test_gpu_check_dry_run_trains_chooses_and_reports(tmp_path):
     if not fmnist.exists():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     env = {**os.environ, "OUT": str(tmp_path / "out"), "GPU_CHECK_DEVICE": "cpu", "PYTHON": sys.executable,
-           "GPU_CHECK_STEPS": "fmnist study", "TMPDIR": str(tmp_path), "FASHION_MNIST_ROOT": str(fmnist)}
+           "GPU_CHECK_STEPS": "fmnist study roadmap", "TMPDIR": str(tmp_path), "FASHION_MNIST_ROOT": str(fmnist)}
     subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, check=True, capture_output=True,
                    timeout=600)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}
-    assert summary["all_ok"] and set(steps) == {"fmnist", "study_32px_w0.0625"}
+    assert summary["all_ok"] and set(steps) == {"fmnist", "study_32px_w0.0625", "roadmap", "roadmap_plateau"}
     heldout = steps["fmnist"]["headline"]["heldout_best"]
     assert set(heldout) == {"tiny_30ep", "tiny_30ep_mix", "pico_40ep"}
     assert steps["fmnist"]["headline"]["test"]["chosen"] == max(heldout, key=heldout.get)
@@ -102,4 +136,10 @@ def test_gpu_check_dry_run_trains_chooses_and_reports(tmp_path):
     shapes = json.loads((tmp_path / "out" / "study_step_speed.json").read_text())["shapes"]
     assert [(s["size"], s["width_mult"]) for s in shapes] == [(32, 0.0625)]
     assert (tmp_path / "out" / "fmnist_gpu_runs.tar.gz").stat().st_size > 0
+    # the roadmap study at --budget gpu (micro sizes here) and its plateau check of the first and last steps
+    plateau = steps["roadmap_plateau"]["headline"]
+    assert plateau["study_complete"] and plateau["runs_done"] == 3
+    assert set(plateau["steps"]) == {"resnet50", "roadmap_separate_downsampling"}
+    assert all(s["seeds"] == [0] for s in plateau["steps"].values())
+    assert (tmp_path / "out" / "roadmap_gpu.tar.gz").stat().st_size > 0
     assert len(list((tmp_path / "out").iterdir())) <= 8  # what a GPU session can bring back

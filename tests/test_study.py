@@ -22,6 +22,7 @@ from convnext.study import (BUDGETS, STUDY_DATASETS, StudyPlan, config_diff, get
 from convnext.study.recipe import data_channels
 from convnext.study.runner import _check_settings
 from convnext.study.scaling import WIDTH_FIELDS
+from convnext.train.config import load_config
 from convnext.train.loop import Trainer
 from convnext.train.state import load_train_state
 
@@ -152,6 +153,28 @@ def test_every_budget_gives_every_step_a_valid_engine_config(tmp_path, budget):
         cfg = train_config(step, 1, b, "fashion_mnist", tmp_path).validate()
         assert cfg.runtime.run_name == f"{step.name}-seed1" and cfg.runtime.seed == 1
         assert cfg.model.overrides["dims"] == [d * b.width_mult for d in step.config.dims]
+
+
+def test_gpu_budget_keeps_the_cpu_studys_networks_and_holds_the_data_on_the_device(tmp_path):
+    cpu, gpu = get_budget("cpu"), get_budget("gpu")
+    assert (gpu.image_size, gpu.width_mult) == (cpu.image_size, cpu.width_mult)  # the same 17 networks
+    assert gpu.train_images == 60000 and gpu.val_images == 10000  # every training image, the whole test split
+    original = train_config(ROADMAP[0], 0, gpu, "fashion_mnist", tmp_path)
+    modern = train_config(ROADMAP[-1], 0, gpu, "fashion_mnist", tmp_path)
+    assert original.data.on_device and modern.data.on_device
+    # the device has no RandAugment: the modern recipe runs without it and keeps every other regulariser
+    assert not modern.aug.randaugment and modern.aug.random_erasing == 0.1 and modern.aug.mixup == 0.8
+    cpu_modern = train_config(ROADMAP[-1], 0, cpu, "fashion_mnist", tmp_path)
+    assert cpu_modern.aug.randaugment and not cpu_modern.data.on_device
+    differ = {k for k, v in cpu_modern.aug.__dict__.items() if getattr(modern.aug, k) != v}
+    assert differ == {"randaugment"}
+    # and the study's recorded settings say so: a GPU study's records never mix with a CPU study's
+    settings = study_settings(gpu, "fashion_mnist")
+    assert settings["recipes"]["modern"]["aug.randaugment"] is False and settings["budget"]["on_device"] is True
+    assert study_settings(cpu, "fashion_mnist")["recipes"]["modern"]["aug.randaugment"] is True
+    with pytest.raises(UsageError, match="set randaugment False"):
+        cpu.replace(on_device=True)
+    assert cpu.replace(on_device=True, randaugment=False).on_device
 
 
 def test_bad_budget_and_steps_are_refused():
@@ -358,6 +381,25 @@ def test_cli_runs_a_micro_study_on_fashion_mnist(tmp_path, capsys):
     assert read_records(out)[0]["val_count"] == get_budget("micro").val_images
     assert sorted(os.listdir(out)) == ["log.jsonl", "records", "results.json", "results.md", "roadmap.png",
                                        "study.json"]
+
+
+def test_cli_dry_run_of_the_gpu_budget_on_the_cpu(tmp_path, capsys):
+    """The GPU study's configuration (train split on the device, no RandAugment, several runs at once) runs end to
+    end on the CPU at micro sizes: what `convnext study roadmap --budget gpu --device cuda --jobs N` does on a GPU."""
+    out, work = tmp_path / "study", tmp_path / "work"
+    micro = ["--image-size", "32", "--width-mult", "0.0625", "--batch-size", "8", "--train-images", "32",
+             "--epochs", "2", "--val-images", "16"]
+    args = ["study", "roadmap", "--data", "synthetic", "--budget", "gpu", "--seeds", "1", "--steps",
+            "resnet50,roadmap_separate_downsampling", *micro, "--out", str(out), "--work-dir", str(work),
+            "--device", "cpu", "--jobs", "2", "--threads", "1"]
+    assert main(args) == 0
+    assert "study complete: 2/2 runs" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["budget"]["on_device"] is True and results["settings"]["budget"]["epochs"] == 2
+    for name in ("resnet50", "roadmap_separate_downsampling"):  # what each run trained with
+        cfg = load_config(work / f"{name}-seed0" / "config.yaml")
+        assert cfg.data.on_device and not cfg.aug.randaugment and cfg.data.image_size == 32
+    assert [r["optimizer_steps"] for r in read_records(out)] == [8, 8]  # 32 images / 8 x 2 epochs
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -27,7 +27,8 @@ def register(sub, formatter) -> None:
                    help="training data (the old spelling fashion-mnist is read as fashion_mnist)")
     r.add_argument("--data-root", default=None, help="directory of the Fashion-MNIST IDX files (default: system copy)")
     r.add_argument("--budget", choices=list(BUDGETS), default="cpu",
-                   help="named budget: cpu (the committed study), gpu (unscaled widths), micro (seconds)")
+                   help="named budget: cpu (the committed study), gpu (its networks to a plateau, data on the "
+                        "device), micro (seconds)")
     r.add_argument("--seeds", type=int, default=2, help="number of seeds per step (seeds 0..N-1)")
     r.add_argument("--steps", default=None, help="comma-separated roadmap step names (default: every step)")
     r.add_argument("--out", default="results/roadmap", help="study outputs (records, results, figure, log)")

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..models.roadmap import ROADMAP, RoadmapStep
-from .recipe import COMMON, DATA_ALIASES, RECIPES, StudyBudget, study_data
+from .recipe import DATA_ALIASES, RECIPES, StudyBudget, recipe_values, study_data
 
 
 @dataclass
@@ -50,7 +50,7 @@ def study_settings(budget: StudyBudget, data: str) -> dict[str, Any]:
     settings must never share records."""
     return {
         "budget": budget.to_dict(), "steps_per_run": budget.steps, "data": study_data(data),
-        "recipes": {name: {**COMMON, **RECIPES[name]} for name in RECIPES},
+        "recipes": {name: recipe_values(name, budget) for name in RECIPES},
     }
 
 
@@ -58,6 +58,10 @@ def study_settings(budget: StudyBudget, data: str) -> dict[str, Any]:
 # optimizer became engine config (opt.optimizer, opt.momentum) that RECIPES itself carries.
 _OLD_OPTIMIZER_TEXT = {"SGD, momentum 0.9": {"opt.optimizer": "sgd", "opt.momentum": 0.9},
                        "AdamW, betas (0.9, 0.999)": {"opt.optimizer": "adamw"}}
+
+
+# Budget fields that earlier versions did not record, and the value every study made then had.
+_NEW_BUDGET_FIELDS = {"on_device": False, "randaugment": True}
 
 
 def upgrade_settings(recorded: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +72,8 @@ def upgrade_settings(recorded: dict[str, Any]) -> dict[str, Any]:
     out = dict(recorded)
     if isinstance(out.get("data"), str):
         out["data"] = DATA_ALIASES.get(out["data"], out["data"])
+    if isinstance(out.get("budget"), dict):  # budget fields added since, at the values earlier studies ran with
+        out["budget"] = {**_NEW_BUDGET_FIELDS, **out["budget"]}
     recipes = out.get("recipes")
     if isinstance(recipes, dict):
         upgraded = {}
