@@ -7,6 +7,7 @@ import json
 import torch
 
 from ..data import DATASETS
+from ..infer.tta import TTA_MODES
 from ..train.evaluate import evaluate_checkpoint
 from .options import add_model_options, arch_overrides
 from . import COMMANDS
@@ -27,7 +28,13 @@ def register(sub, formatter) -> None:
                         "(fashion_mnist), else folder")
     p.add_argument("--data-root", default=None,
                    help="folder: ROOT with <split>/CLASS/* (or ROOT/CLASS/*); fashion_mnist: IDX directory")
-    p.add_argument("--split", default="val", choices=("train", "val"))
+    p.add_argument("--split", default=None, choices=("train", "val"),
+                   help="default: val, or train with --holdout")
+    p.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="score the N training images a run with --data.holdout N validated on (the same fixed cut), "
+                        "to choose e.g. --tta without the test split")
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="test-time augmentation: flip averages each image's and its mirror image's probabilities")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N samples (0 = all)")
@@ -49,7 +56,9 @@ def register(sub, formatter) -> None:
 def run(args) -> int:
     with torch.inference_mode(False):
         r = evaluate_checkpoint(args.checkpoint, model_name=args.model, arch=arch_overrides(args),
-                                dataset=args.dataset, data_root=args.data_root, split=args.split,
+                                dataset=args.dataset, data_root=args.data_root,
+                                split=args.split or ("train" if args.holdout else "val"), holdout=args.holdout,
+                                tta=args.tta,
                                 batch_size=args.batch_size, workers=args.workers, limit=args.limit,
                                 device=args.device, amp=args.amp, fast=args.fast, confusion_png=args.confusion,
                                 precisions=[p.strip() for p in args.precision.split(",") if p.strip()],
@@ -59,6 +68,10 @@ def run(args) -> int:
         return 0
     skipped = f" ({r['bad_images']} unreadable file(s) skipped)" if r["bad_images"] else ""
     precision = f" ({r['precision']})" if r.get("precision") else ""
+    if r["holdout"]:
+        precision += f" (held out of {r['split']}, as data.holdout {r['holdout']} cuts it)"
+    if r["tta"] != "none":
+        precision += f" (tta {r['tta']})"
     print(f"{r['count']} images{skipped}{precision}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}")
     if len(r.get("precisions", [])) > 1:
         first = r["precisions"][0]["precision"]

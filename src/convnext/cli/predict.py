@@ -6,6 +6,7 @@ import json
 import sys
 
 from ..infer.predict import Prediction, Predictor, check_inputs, results_json
+from ..infer.tta import TTA_MODES
 from .options import add_model_options, arch_overrides
 from . import COMMANDS
 
@@ -32,6 +33,9 @@ def register(sub, formatter) -> None:
                    help="run the fused inference model in this precision (auto: bf16 on CPUs with native bf16 "
                         "and on CUDA, else fp32); INT8 files from convnext quantize run as they are")
     add_model_options(p)
+    p.add_argument("--tta", default="none", choices=TTA_MODES,
+                   help="test-time augmentation: flip averages each image's and its mirror image's probabilities "
+                        "(for classes a horizontal flip keeps)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.set_defaults(func=run)
 
@@ -51,7 +55,7 @@ def format_table(results: list[Prediction]) -> str:
 def run(args) -> int:
     check_inputs(args.images)
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, fast=args.fast, model_name=args.model,
-                                          precision=args.precision,
+                                          precision=args.precision, tta=args.tta,
                                           arch=arch_overrides(args), batch_size=args.batch_size, workers=args.workers)
     results = predictor.predict_inputs(args.images, args.topk)
     for r in results:

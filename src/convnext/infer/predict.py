@@ -21,11 +21,12 @@ from torch import nn
 from ..checkpoint import ModelInfo, load_model, read_quantization
 from ..data.images import ImageError, collect_images, load_tensor
 from ..data.transforms import eval_transform
-from ..errors import UsageError
+from ..errors import UsageError, check_choice
 from ..preprocess import Preprocess
 from ..runtime import resolve_device
 from .fuse import optimize_for_inference
 from .quantize import QuantizedModel, int8_device, load_quantized
+from .tta import TTA_MODES, with_tta
 
 
 @dataclass
@@ -107,19 +108,21 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | os.PathLike, device: str | torch.device | None = "auto",
                         fast: bool = False, model_name: str | None = None, arch: dict | None = None,
-                        precision: str | None = None, **kw: Any) -> "Predictor":
+                        precision: str | None = None, tta: str = "none", **kw: Any) -> "Predictor":
         """``fast``: the fused fp32 model; ``precision`` (auto/fp32/bf16/fp16): the fused model in that
-        precision. INT8 files run as they are."""
+        precision. INT8 files run as they are. ``tta="flip"`` averages each image's and its mirror's class
+        distributions (``infer.tta``)."""
+        check_choice("--tta", tta, TTA_MODES)  # before loading anything
         model, info = load_for_inference(checkpoint, device, model_name, arch)
         if isinstance(model, QuantizedModel):
             if precision not in (None, "int8"):
                 raise UsageError(f"{checkpoint} is an INT8 model; it runs without --precision {precision}")
-            return cls(model, info, device="cpu", **kw)
+            return cls(with_tta(model, tta), info, device="cpu", **kw)
         if precision is not None:
             model = optimize_for_inference(model, precision=precision, device=resolve_device(device))
         elif fast:
             model = make_fast(model)
-        return cls(model, info, device=resolve_device(device), **kw)
+        return cls(with_tta(model, tta), info, device=resolve_device(device), **kw)
 
     def _load(self, path: Path) -> torch.Tensor | ImageError:
         try:
@@ -187,12 +190,12 @@ class Predictor:
 
 def predict(checkpoint: str | os.PathLike, inputs: Iterable[str | os.PathLike], topk: int = 5,
             batch_size: int = 32, device: str | torch.device | None = "auto", fast: bool = False,
-            workers: int = 2, model_name: str | None = None) -> list[Prediction]:
+            workers: int = 2, model_name: str | None = None, tta: str = "none") -> list[Prediction]:
     """Classify files/directories/globs with a checkpoint (see ``Predictor.predict_inputs``)."""
     inputs = list(inputs)
     check_inputs(inputs)
     predictor = Predictor.from_checkpoint(checkpoint, device=device, fast=fast, model_name=model_name,
-                                          batch_size=batch_size, workers=workers)
+                                          batch_size=batch_size, workers=workers, tta=tta)
     return predictor.predict_inputs(inputs, topk)
 
 

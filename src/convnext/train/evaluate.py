@@ -18,13 +18,14 @@ from torch import nn
 
 from ..checkpoint import load_model, read_quantization
 from ..data.assembly import eval_dataset, load_eval_split, make_loader
-from ..data.datasets import DATASETS
+from ..data.datasets import DATASETS, split_holdout
 from ..data.folders import print_warnings_as_lines
 from ..errors import UsageError, check_choice
 from ..files import check_output_path
 from ..infer.fuse import PRECISIONS, optimize_for_inference
 from ..infer.quantize import calibration_images as calibration_images_of
 from ..infer.quantize import int8_device, load_quantized, quantize
+from ..infer.tta import TTA_MODES, with_tta
 from ..models import ConvNeXt
 from ..runtime import autocast, resolve_device
 from . import distributed as dist_mod
@@ -109,7 +110,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
                         batch_size: int = 64, workers: int = 2, limit: int = 0, device: str = "auto", amp: str = "none",
                         fast: bool = False, confusion_png: str | os.PathLike | None = None,
                         precisions: Sequence[str] = (), calibration: str | os.PathLike | None = None,
-                        calibration_images: int = 512) -> dict[str, Any]:
+                        calibration_images: int = 512, tta: str = "none", holdout: int = 0) -> dict[str, Any]:
     """Score ``checkpoint`` on one split of ``dataset`` (the first ``limit`` samples, 0 = all); ``dataset=None``
     takes the one the checkpoint was trained on when its name is enough to load it (Fashion-MNIST), else folder.
 
@@ -121,6 +122,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
     main fields are the first one's, and ``precisions`` lists every one with its top-1 agreement with the
     first. ``int8`` quantizes with ``calibration`` (image folder or dataset name; its training split), never
     with the evaluated images. An INT8 file (``convnext quantize``) is evaluated as it is, on CPU.
+
+    ``tta="flip"`` scores every network through ``infer.tta.FlipAverage`` (each image and its mirror).
+    ``holdout=N`` scores the N training images a run with ``data.holdout N`` validated on (the same fixed cut,
+    ``split_holdout``), so a choice such as ``tta`` is made on them, not on the test split.
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be >= 1")
@@ -130,6 +135,11 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
         raise UsageError(f"--workers {workers} must be >= 0 (0 = load in the main process)")
     if calibration_images < 1:
         raise UsageError(f"--calibration-images {calibration_images} must be >= 1")
+    check_choice("--tta", tta, TTA_MODES)
+    if holdout < 0:
+        raise UsageError(f"--holdout {holdout} must be >= 0 (0 = the whole split)")
+    if holdout and split != "train":
+        raise UsageError(f"--holdout {holdout} cuts its images from the train split; use --split train (not {split})")
     if confusion_png:
         check_output_path(confusion_png)
     quantized = read_quantization(checkpoint) is not None
@@ -154,6 +164,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
         dataset = trained_on if trained_on in DATASETS and DATASETS[trained_on].standalone else "folder"
     with print_warnings_as_lines():
         ds = load_eval_split(dataset, split, data_root, pre.channels)
+    if holdout:  # the images training's data.holdout validated on, classes and all
+        ds = split_holdout(ds, holdout)[1]
     bad_files = [{"path": str(b.path), "reason": b.reason} for b in getattr(ds, "bad_files", [])]
     classes = list(ds.classes)
     if model.cfg.num_classes != len(classes):
@@ -176,10 +188,10 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
             net = quantize(model, calibration_images_of(calibration, pre, calibration_images, data_root))
         else:
             net = optimize_for_inference(model, precision=p, device=dev)
-        runs.append((net.precision, score(net, "none")))
+        runs.append((net.precision, score(with_tta(net, tta), "none")))
     if not runs:
         net = optimize_for_inference(model, device=dev) if fast else model
-        runs.append((getattr(net, "precision", None), score(net, amp)))
+        runs.append((getattr(net, "precision", None), score(with_tta(net, tta), amp)))
     first_precision, result = runs[0]
     if precisions:
         reference = result["predictions"]
@@ -188,6 +200,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
                                 for name, r in runs]
     if first_precision is not None:
         result["precision"] = first_precision
+    result.update(tta=tta, split=split, holdout=holdout)
     matrix = result.pop("confusion")
     per_class = []
     for i, name in enumerate(classes):
