@@ -73,6 +73,32 @@ def test_test_best_reads_the_test_split_once_for_the_chosen_finished_run(tmp_pat
     assert saved["group"] == "g" and saved["test"]["chosen"] == "high"  # added to the report, which stays
 
 
+@pytest.mark.parametrize("flip_heldout, expected", [(94.3, "flip"), (94.1, "none"), (94.2, "none")])
+def test_test_best_chooses_flip_tta_on_the_held_out_images_then_reads_the_test_split_once(
+        tmp_path, monkeypatch, flip_heldout, expected):
+    sweep = _sweep()
+    monkeypatch.setitem(sweep.GROUPS, "g", {"only": []})
+    _run_dir(tmp_path / "g", "only", [(93.9, 94.2)])
+    (tmp_path / "g" / "only" / "config.yaml").write_text("data:\n  holdout: 1000\n  dataset: fashion_mnist\n")
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        held, tta = "--holdout" in cmd, cmd[cmd.index("--tta") + 1]
+        top1 = (flip_heldout if tta == "flip" else 94.2) if held else 93.5
+        report = {"top1": top1, "count": 1000 if held else 10000, "per_class": [{"class": "Shirt", "top1": 80.0}]}
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(report), stderr="")
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    record = sweep.test_best("g", tmp_path, None, "cpu", tta="heldout")
+    held = [c for c in calls if "--holdout" in c]
+    test = [c for c in calls if "--holdout" not in c]
+    assert [c[c.index("--holdout") + 1] for c in held] == ["1000", "1000"]  # the run's own held-out images
+    assert len(test) == 1 and test[0][test[0].index("--tta") + 1] == expected  # the test split once, after
+    assert calls.index(test[0]) == len(calls) - 1
+    assert record["tta"] == expected and record["tta_heldout"]["top1"] == {"none": 94.2, "flip": flip_heldout}
+
+
 def test_test_best_refuses_a_group_with_no_finished_run(tmp_path, monkeypatch):
     sweep = _sweep()
     monkeypatch.setitem(sweep.GROUPS, "g", {"a": []})
