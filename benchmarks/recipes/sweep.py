@@ -110,6 +110,18 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "bn_48_20ep_mix": ["--aug.mixup", "0.8", "--aug.cutmix", "1.0", "--aug.mixup_prob", "0.5"],
         "bn_48_20ep_erase": ["--aug.random_erasing", "0.25"],
     }.items()},
+    # The 30-minute CPU budget with the machine to itself. cpu30's runs shared the 2 cores two at a time (723 img/s
+    # for the 48-wide network), and cpu30_reg's ran two at a time with one thread each (830-946 img/s): alone, with
+    # 2 threads, that network trains at ~1,660 img/s (benchmarks/results/cpu_processes.json), so 30 minutes buy
+    # ~2.3x the images. cpu30_reg: Mixup/CutMix on half the batches +0.07 points at 20 epochs, erasing -0.05
+    # (noise), so the longer runs keep Mixup/CutMix, which a longer run is likelier to need. One run at a time.
+    "cpu30_full": {name: ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", epochs,
+                          *arch(dims=dims), "--model.name", "convnext_micro_bn_small_input", *LIGHT_AUG,
+                          "--reg.ema_decay", "0.999", "--aug.mixup", "0.8", "--aug.cutmix", "1.0",
+                          "--aug.mixup_prob", "0.5"] for name, (epochs, dims) in {
+        "bn_48_44ep_mix": ("44", "[48,96,192]"),
+        "bn_64_26ep_mix": ("26", "[64,128,256]"),
+    }.items()},
     # The GPU budget (#15: >= 95.5 %): three runs sharing one H100 for ~5 minutes, chosen before any GPU time was
     # spent (no GPU sweep yet): the family's tiny first three stages, with and without Mixup/CutMix on half the
     # batches (on the GPU there is no random erasing), and the smaller pico for more epochs.
