@@ -118,10 +118,10 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "bn_48_20ep_mix": ["--aug.mixup", "0.8", "--aug.cutmix", "1.0", "--aug.mixup_prob", "0.5"],
         "bn_48_20ep_erase": ["--aug.random_erasing", "0.25"],
     }.items()},
-    # The 30-minute CPU budget with the machine to itself. cpu30's runs shared the 2 cores two at a time (723 img/s
-    # for the 48-wide network), and cpu30_reg's ran two at a time with one thread each (830-946 img/s): alone, with
-    # 2 threads, that network trains at ~1,660 img/s (benchmarks/results/cpu_processes.json), so 30 minutes buy
-    # ~2.3x the images. cpu30_reg: Mixup/CutMix on half the batches +0.07 points at 20 epochs, erasing -0.05
+    # The 30-minute CPU budget with the machine to itself, on 2026-12-05's machine (about twice as fast as the one
+    # cpu30 ran on: make demo's training 94 s there, 178-231 s before). cpu30's 48-wide run trained at 723 img/s;
+    # cpu30_reg's ran two at a time with one thread each (830-946 img/s); alone, with 2 threads, that network trained
+    # at ~1,660 img/s that day (benchmarks/results/cpu_processes.json), so 30 minutes bought ~2.2x the images. cpu30_reg: Mixup/CutMix on half the batches +0.07 points at 20 epochs, erasing -0.05
     # (noise), so the longer runs keep Mixup/CutMix, which a longer run is likelier to need. One run at a time.
     "cpu30_full": {name: cpu30_full(epochs, dims) for name, (epochs, dims) in {
         "bn_48_44ep_mix": ("44", "[48,96,192]"),
