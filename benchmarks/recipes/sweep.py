@@ -38,6 +38,8 @@ GPU = ["--runtime.device", "cuda", "--runtime.amp", "bf16", "--data.on_device", 
        "--runtime.save_every_steps", "0", "--runtime.threads", "4"]
 # Shifts of up to 2 px, flips and label smoothing 0.1 (the cpu30 and gpu groups')
 LIGHT_AUG = ["--aug.crop_padding", "2", "--aug.hflip", "0.5", "--aug.label_smoothing", "0.1"]
+# Mixup 0.8 / CutMix 1.0 on half the batches
+MIX_HALF = ["--aug.mixup", "0.8", "--aug.cutmix", "1.0", "--aug.mixup_prob", "0.5"]
 
 # The gpu group's tiny runs: the family's tiny first three stages for 30 epochs
 TINY_30EP = ["--model.name", "convnext_tiny_small_input", "--opt.epochs", "30", "--opt.lr", "3e-3",
@@ -49,12 +51,11 @@ def arch(**fields: object) -> list[str]:
     return [a for k, v in fields.items() for a in ("--set", f"model.overrides.{k}={v}")]
 
 
-def cpu30_full(epochs: str, dims: str) -> list[str]:
-    """A 30-minute CPU run with the machine to itself (groups cpu30_full, cpu30_final): 2 threads, the BN micro at
-    ``dims`` for ``epochs``, light augmentation, EMA 0.999 and Mixup/CutMix on half the batches."""
+def cpu30(epochs: str, dims: str, *extra: str) -> list[str]:
+    """A 30-minute CPU run (groups cpu30, cpu30_reg, cpu30_full, cpu30_final): 2 threads, channels_last, the BN micro
+    at ``dims`` for ``epochs``, light augmentation and EMA 0.999, then ``extra``."""
     return ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", epochs, *arch(dims=dims),
-            "--model.name", "convnext_micro_bn_small_input", *LIGHT_AUG, "--reg.ema_decay", "0.999",
-            "--aug.mixup", "0.8", "--aug.cutmix", "1.0", "--aug.mixup_prob", "0.5"]
+            "--model.name", "convnext_micro_bn_small_input", *LIGHT_AUG, "--reg.ema_decay", "0.999", *extra]
 
 
 GROUPS: dict[str, dict[str, list[str]]] = {
@@ -102,9 +103,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # The 30-minute CPU budget (2 threads): a wider batch-norm micro, 14 epochs, with the shifts, flips and
     # label smoothing a longer run can use. One run, held-out validation; the test split is read once afterwards
     # (`convnext eval runs/recipe-sweeps/cpu30/<name>/best.safetensors --dataset fashion_mnist`).
-    "cpu30": {name: ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", epochs,
-                     *arch(dims=dims), "--model.name", "convnext_micro_bn_small_input", *LIGHT_AUG,
-                     "--reg.ema_decay", "0.999"] for name, (epochs, dims) in {
+    "cpu30": {name: cpu30(epochs, dims) for name, (epochs, dims) in {
         "bn_64_14ep": ("14", "[64,128,256]"),
         # narrower (~0.55x the MACs of the 64-wide) for more epochs: the GPU runs' curves rose until their last epoch
         "bn_48_20ep": ("20", "[48,96,192]"),
@@ -112,18 +111,17 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # The 30-minute CPU budget, second round: cpu30's winner (bn_48_20ep, 93.08 % held out) with the two regularisers
     # that fight the overfitting of longer runs: Mixup/CutMix on half the batches (+0.45 points held out on the GPU's
     # 30-epoch runs) and random erasing (p 0.25, torchvision's box distribution, batched)
-    "cpu30_reg": {name: ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", "20",
-                         *arch(dims="[48,96,192]"), "--model.name", "convnext_micro_bn_small_input", *LIGHT_AUG,
-                         "--reg.ema_decay", "0.999", *extra] for name, extra in {
-        "bn_48_20ep_mix": ["--aug.mixup", "0.8", "--aug.cutmix", "1.0", "--aug.mixup_prob", "0.5"],
+    "cpu30_reg": {name: cpu30("20", "[48,96,192]", *extra) for name, extra in {
+        "bn_48_20ep_mix": MIX_HALF,
         "bn_48_20ep_erase": ["--aug.random_erasing", "0.25"],
     }.items()},
     # The 30-minute CPU budget with the machine to itself, on 2026-12-05's machine (about twice as fast as the one
     # cpu30 ran on: make demo's training 94 s there, 178-231 s before). cpu30's 48-wide run trained at 723 img/s;
     # cpu30_reg's ran two at a time with one thread each (830-946 img/s); alone, with 2 threads, that network trained
-    # at ~1,660 img/s that day (benchmarks/results/cpu_processes.json), so 30 minutes bought ~2.2x the images. cpu30_reg: Mixup/CutMix on half the batches +0.07 points at 20 epochs, erasing -0.05
-    # (noise), so the longer runs keep Mixup/CutMix, which a longer run is likelier to need. One run at a time.
-    "cpu30_full": {name: cpu30_full(epochs, dims) for name, (epochs, dims) in {
+    # at ~1,660 img/s that day (benchmarks/results/cpu_processes.json), so 30 minutes bought ~2.2x the images.
+    # cpu30_reg: Mixup/CutMix on half the batches +0.07 points at 20 epochs, erasing -0.05 (noise), so the longer runs
+    # keep Mixup/CutMix, which a longer run is likelier to need. One run at a time.
+    "cpu30_full": {name: cpu30(epochs, dims, *MIX_HALF) for name, (epochs, dims) in {
         "bn_48_44ep_mix": ("44", "[48,96,192]"),
         "bn_64_26ep_mix": ("26", "[64,128,256]"),
     }.items()},
@@ -132,14 +130,14 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # is fixed, the 1,000 held-out images only pick best.safetensors, and the test split is read once afterwards.
     # Ran after cpu30_full's test read. Result: 1,000 images are too few to pick a checkpoint: their noise chose the
     # EMA of epoch 22 of 37 (92.60 % on them), which scored 92.65 % on the test split.
-    "cpu30_final": {"bn_48_37ep_mix_59k": [*cpu30_full("37", "[48,96,192]"), "--data.holdout", "1000"]},
+    "cpu30_final": {"bn_48_37ep_mix_59k": cpu30("37", "[48,96,192]", *MIX_HALF, "--data.holdout", "1000")},
     # The GPU budget (#15: >= 95.5 %): three runs sharing one H100 for ~5 minutes, chosen before any GPU time was
     # spent (no GPU sweep yet): the family's tiny first three stages, with and without Mixup/CutMix on half the
     # batches (on the GPU there is no random erasing), and the smaller pico for more epochs.
     "gpu": {name: [*GPU, *LIGHT_AUG, "--opt.warmup_epochs", "2", "--reg.ema_decay", "0.9995", *extra]
             for name, extra in {
         "tiny_30ep": TINY_30EP,
-        "tiny_30ep_mix": [*TINY_30EP, "--aug.mixup", "0.8", "--aug.cutmix", "1.0", "--aug.mixup_prob", "0.5"],
+        "tiny_30ep_mix": [*TINY_30EP, *MIX_HALF],
         "pico_40ep": ["--model.name", "convnext_pico_small_input", "--opt.epochs", "40", "--opt.lr", "4e-3",
                       "--reg.drop_path", "0.05"],
     }.items()},
