@@ -33,7 +33,8 @@ def check(study: dict, double: dict, tolerance: float) -> dict:
     same = {k: v for k, v in budget.items() if k != "epochs"}
     if same != {k: v for k, v in budget_2x.items() if k != "epochs"} or budget_2x["epochs"] != 2 * budget["epochs"]:
         raise SystemExit("the second study is not the first at twice the epochs: "
-                         f"{budget} vs {budget_2x}; run it with --epochs {2 * budget['epochs']} and nothing else changed")
+                         f"{budget} vs {budget_2x}; run it with --epochs {2 * budget['epochs']} and nothing else "
+                         "changed")
     rows = {r["name"]: r for r in study["steps"]}
     steps = {}
     for row in double["steps"]:

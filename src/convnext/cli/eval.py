@@ -37,7 +37,8 @@ def register(sub, formatter) -> None:
                    help="test-time augmentation: flip averages each image's and its mirror image's probabilities")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--limit", type=int, default=0, help="evaluate only N samples, the first N of a fixed shuffle (the same every time; 0 = all)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="evaluate only N samples, the first N of a fixed shuffle (the same every time; 0 = all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"))
     p.add_argument("--fast", action="store_true", help="run the inference-optimised copy (optimize_for_inference)")

@@ -57,8 +57,8 @@ def model_channels(dataset: str, grayscale: str, in_chans: int | None = None) ->
 
 
 def eval_dataset(ds, pre: Preprocess, limit: int = 0) -> SeededTransform:
-    """``limit`` samples of ``ds`` (the first of a fixed shuffle, 0 = all) through the one eval pipeline of ``pre``, converting
-    the dataset's own channel count to ``pre.channels``."""
+    """``limit`` samples of ``ds`` (the first of a fixed shuffle, 0 = all) through the one eval pipeline of ``pre``,
+    converting the dataset's own channel count to ``pre.channels``."""
     src_channels = getattr(ds, "channels", pre.channels)
     return SeededTransform(limit_samples(ds, limit), eval_transform(pre, src_channels))
 

@@ -27,10 +27,6 @@ class FlipAverage(nn.Module):
         super().__init__()
         self.model = model
         self.training = model.training  # the wrapped model's mode (an inference copy refuses train())
-        # what the wrapped model says of itself (fused copies carry .precision; every ConvNeXt a .cfg)
-        for name in ("precision", "cfg"):
-            if hasattr(model, name):
-                setattr(self, name, getattr(model, name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

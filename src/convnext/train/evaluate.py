@@ -111,8 +111,9 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, *, model_name: str | None
                         fast: bool = False, confusion_png: str | os.PathLike | None = None,
                         precisions: Sequence[str] = (), calibration: str | os.PathLike | None = None,
                         calibration_images: int = 512, tta: str = "none", holdout: int = 0) -> dict[str, Any]:
-    """Score ``checkpoint`` on one split of ``dataset`` (``limit`` samples of a fixed shuffle, 0 = all); ``dataset=None``
-    takes the one the checkpoint was trained on when its name is enough to load it (Fashion-MNIST), else folder.
+    """Score ``checkpoint`` on one split of ``dataset`` (``limit`` samples of a fixed shuffle, 0 = all);
+    ``dataset=None`` takes the one the checkpoint was trained on when its name is enough to load it (Fashion-MNIST),
+    else folder.
 
     Returns loss, top-1, top-5, count, per-class accuracy, the confusion matrix (rows = true class),
     the class names and the unreadable files skipped; with ``confusion_png`` also draws the matrix there.
