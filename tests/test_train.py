@@ -77,6 +77,7 @@ def test_config_files_yaml_and_toml_and_overrides(tmp_path):
     ("data.image_size=225", r"data.image_size=225 is not a multiple of the stem's patch size 4; use 224 or 228"),
     ("data.image_size=30", r"smaller than the network's total stride 32 .*the smallest valid size is 32"),
     ("data.holdout=-1", r"data.holdout=-1 must be >= 0"),
+    ("runtime.val_every=-1", r"runtime.val_every=-1 must be >= 0"),
     ("aug.crop_padding=2", r"aug.crop_padding applies without random_resized_crop; set aug.random_resized_crop false"),
 ])
 def test_bad_config_fails_fast_with_a_clear_message(override, message):
@@ -175,6 +176,46 @@ def test_holdout_validates_on_held_out_training_images(tmp_path):
     assert epochs[0]["val_count"] == 12  # the held-out images, not the 10-image val split
     assert epochs[0]["step"] == 28 // 4  # trained on the other 28
     assert summary["best_checkpoint"] is not None
+
+
+def test_val_every_validates_every_nth_and_the_last_epoch_or_never(tmp_path, monkeypatch):
+    validated = []
+    original = Trainer._end_epoch
+
+    def spy(self):
+        record = original(self)
+        validated.append("val_top1" in record)
+        return record
+
+    monkeypatch.setattr(Trainer, "_end_epoch", spy)
+    summary = train(tiny_config(tmp_path / "every2", **{"opt.epochs": 5, "runtime.val_every": 2}))
+    assert validated == [False, True, False, True, True]  # epochs 2 and 4, and the last (5)
+    assert summary["best_epoch"] in (1, 3, 4) and summary["final_val_top1"] is not None
+
+    validated.clear()
+    out = tmp_path / "never"
+    summary = train(tiny_config(out, **{"opt.epochs": 2, "runtime.val_every": 0, "reg.ema": True,
+                                        "reg.ema_decay": 0.5}))
+    assert validated == [False, False]
+    assert summary["final_val_top1"] is None and summary["best_checkpoint"] is None
+    assert not (run_dir(out) / "best.safetensors").exists()
+    epochs = [r for r in read_metrics(run_dir(out) / "metrics.jsonl") if r["type"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1] and all("val_top1" not in r for r in epochs)
+    # the result of such a run: the last weights, and the EMA's own (those of train_state.pt, as a model file)
+    state = load_train_state(run_dir(out))
+    ema_file = weights(summary["last_ema_checkpoint"])
+    assert ema_file.keys() == {k.removeprefix("module.") for k in state["ema"] if k != "n_averaged"}
+    for k, v in ema_file.items():
+        torch.testing.assert_close(v, state["ema"]["module." + k], rtol=0, atol=0)
+    model_file = weights(summary["last_checkpoint"])
+    assert any(not torch.equal(model_file[k], ema_file[k]) for k in model_file)  # two different files
+    ema_model, info = load_model(summary["last_ema_checkpoint"])
+    assert info.train["weights"] == "ema" and info.train["epoch"] == 2
+
+
+def test_without_ema_no_last_ema_file(tmp_path):
+    summary = train(tiny_config(tmp_path, **{"opt.epochs": 1}))
+    assert summary["last_ema_checkpoint"] is None and not (run_dir(tmp_path) / "last_ema.safetensors").exists()
 
 
 def test_layer_decay_scales_and_linear_lr_scaling(tmp_path):

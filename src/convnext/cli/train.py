@@ -87,8 +87,9 @@ def run(args) -> int:
           + (f", {summary['skipped_steps']} NaN/Inf step(s) skipped" if summary["skipped_steps"] else "")
           + (f", {summary['bad_images']} bad image file(s) skipped" if summary["bad_images"] else ""))
     print(f"run directory: {summary['run_dir']}")
-    if summary["best_checkpoint"]:
-        print(f"checkpoint:    {summary['best_checkpoint']} (best), {summary['last_checkpoint']} (last)")
+    kept = [(summary["best_checkpoint"], "best"), (summary["last_checkpoint"], "last"),
+            (summary["last_ema_checkpoint"], "last EMA")]
+    print("checkpoint:    " + ", ".join(f"{path} ({what})" for path, what in kept if path))
     if summary["plots"]:
         print(f"curves:        {', '.join(summary['plots'])}")
     print(f"tensorboard:   tensorboard --logdir {os.path.join(summary['run_dir'], 'tb')}")

@@ -146,6 +146,9 @@ class RuntimeConfig:
     overwrite: bool = False  # allow starting fresh over an existing run dir
     save_every_steps: int = 0  # crash-safe checkpoint every N optimizer steps (0: end of epoch only)
     log_every: int = 10  # metrics.jsonl step record every N optimizer steps
+    # Validate after every N-th epoch and after the last one. 0 = never: train on all the images (data.holdout 0)
+    # without reading the val/test split; the result is then last.safetensors or, with EMA, last_ema.safetensors.
+    val_every: int = 1
     max_bad_steps: int = 5  # stop after this many consecutive NaN/Inf steps
     max_steps: int = 0  # stop after N optimizer steps in total (0: run all epochs)
     progress: bool = True  # progress bar (only when stderr is a terminal)
@@ -561,7 +564,7 @@ def _validate(c: TrainConfig) -> None:
            f"runtime.device={t.device!r} is not valid; use auto, cpu, cuda or cuda:N")
     _check(0 <= t.seed < 2**63, f"runtime.seed={t.seed} must be in [0, 2**63) (torch seeds are 64-bit)")
     _check(t.threads >= 0, f"runtime.threads={t.threads} must be >= 0 (0 = PyTorch's default)")
-    for name in ("save_every_steps", "max_steps"):
+    for name in ("save_every_steps", "max_steps", "val_every"):
         _check(getattr(t, name) >= 0, f"runtime.{name}={getattr(t, name)} must be >= 0")
     _check(t.log_every >= 1, f"runtime.log_every={t.log_every} must be >= 1")
     _check(t.max_bad_steps >= 1, f"runtime.max_bad_steps={t.max_bad_steps} must be >= 1")

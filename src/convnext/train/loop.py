@@ -104,6 +104,8 @@ class Trainer:
         """best/last.safetensors and train_state.pt (``RunDir.save``); every rank calls it."""
         self._read_tally()  # the counters the state records
         bad = first_non_finite(self.model.state_dict())
+        if bad is None and self.ema is not None:
+            bad = first_non_finite(self.ema.module.state_dict())
         if bad is not None:  # a finite loss, but the update overflowed (e.g. a huge lr): nothing may be saved
             raise TrainingDiverged(f"training diverged: the weights hold NaN/Inf ({bad}) at step {self.step}; nothing "
                                    f"written, {self.rundir.what_is_kept()}. Try a lower --opt.lr "
@@ -112,8 +114,14 @@ class Trainer:
         if not self.dist.is_main:
             return
         last = (self.model, snapshot.model_info(self, "model", last_metrics or {}))
+        # the EMA's own last weights: a run that fixes "the last epoch's EMA" as its result in advance (e.g. one
+        # trained with runtime.val_every 0) needs them as a file, not only inside train_state.pt
+        last_ema = None
+        if self.ema is not None:
+            ema_metrics = {k: v for k, v in (last_metrics or {}).items() if k == "ema_top1"}
+            last_ema = (self.ema.module, snapshot.model_info(self, "ema", ema_metrics))
         best_info = None if best is None else (best[0], snapshot.model_info(self, best[1], best[2]))
-        self.rundir.save(state, last, best_info)
+        self.rundir.save(state, last, best_info, last_ema)
 
     # -- training ----------------------------------------------------------------------------------
     def _train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -188,30 +196,41 @@ class Trainer:
         if bar is not None:
             bar.close()
 
+    def _validates_now(self) -> bool:
+        """Whether the epoch ending now is validated: every runtime.val_every-th and the last (never at 0)."""
+        every = self.cfg.runtime.val_every
+        return every > 0 and ((self.epoch + 1) % every == 0 or self.epoch + 1 == self.cfg.opt.epochs)
+
     def _end_epoch(self) -> dict[str, Any]:
-        """Validate the model (and its EMA), log and print the epoch, save last (and best) checkpoints."""
+        """Validate the model (and its EMA) where due, log and print the epoch, save last (and best) checkpoints."""
         c = self.cfg
         self._read_tally()
         train_loss = self.epoch_loss_sum / max(self.epoch_loss_count, 1)
-        val = validate(self.model, self.ema.module if self.ema is not None else None, self.val_loader, self.device,
-                       c.runtime.amp, self.dist, c.runtime.channels_last)
+        val = {}
+        if self._validates_now():
+            val = validate(self.model, self.ema.module if self.ema is not None else None, self.val_loader,
+                           self.device, c.runtime.amp, self.dist, c.runtime.channels_last)
         record = {"type": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss, **val,
                   "lr": self.step_lr, "time": time.time(), "skipped_steps": self.bad_steps_total,
                   "bad_images": self.data.bad_images}
         self.logger.log(record)
         if self.dist.is_main:
-            ema_txt = f", EMA top-1 {val['ema_top1']:.2f}" if val["ema_top1"] is not None else ""
-            print(f"epoch {self.epoch}: train loss {train_loss:.4f}, val loss {val['val_loss']:.4f}, "
-                  f"val top-1 {val['val_top1']:.2f}, top-5 {val['val_top5']:.2f}{ema_txt}", file=sys.stderr)
-        candidates = [(val["val_top1"], self.model, "model")]
-        if self.ema is not None:
-            candidates.append((val["ema_top1"], self.ema.module, "ema"))
-        top, module, which = max(candidates, key=lambda x: x[0])
-        metrics = {"val_top1": val["val_top1"], "val_top5": val["val_top5"], "ema_top1": val["ema_top1"]}
-        best = None
-        if top > self.best_top1:
-            self.best_top1, self.best_epoch = top, self.epoch
-            best = (module, which, {**metrics, "best_top1": top})
+            text = f"epoch {self.epoch}: train loss {train_loss:.4f}"
+            if val:
+                ema_txt = f", EMA top-1 {val['ema_top1']:.2f}" if val["ema_top1"] is not None else ""
+                text += (f", val loss {val['val_loss']:.4f}, val top-1 {val['val_top1']:.2f}, "
+                         f"top-5 {val['val_top5']:.2f}{ema_txt}")
+            print(text, file=sys.stderr)
+        metrics, best = {}, None
+        if val:
+            candidates = [(val["val_top1"], self.model, "model")]
+            if self.ema is not None:
+                candidates.append((val["ema_top1"], self.ema.module, "ema"))
+            top, module, which = max(candidates, key=lambda x: x[0])
+            metrics = {"val_top1": val["val_top1"], "val_top5": val["val_top5"], "ema_top1": val["ema_top1"]}
+            if top > self.best_top1:
+                self.best_top1, self.best_epoch = top, self.epoch
+                best = (module, which, {**metrics, "best_top1": top})
         self.epoch += 1
         self.epoch_step = 0
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
@@ -247,6 +266,7 @@ class Trainer:
             "stopped_early": stopped_early,
             "resumed_from": str(self.rundir.resumed_from) if self.rundir.resumed_from else None,
             "history": history, "plots": plots, "last_checkpoint": str(self.rundir.last),
+            "last_ema_checkpoint": str(self.rundir.last_ema) if self.ema is not None else None,
             "best_checkpoint": str(self.rundir.best) if self.best_top1 >= 0 else None,
         }
 

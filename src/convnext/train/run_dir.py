@@ -1,5 +1,5 @@
 """The run directory ``<runtime.out>/<run_name>``: whether a run starts fresh or resumes there, and the
-files it keeps there (config.yaml, metrics.jsonl + tb/, best/last.safetensors, train_state.pt, figures).
+files it keeps there (config.yaml, metrics.jsonl + tb/, best/last/last_ema.safetensors, train_state.pt, figures).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ class RunDir:
         self.restart = restart
         self.metrics = path / "metrics.jsonl"
         self.best, self.last = path / "best.safetensors", path / "last.safetensors"
+        self.last_ema = path / "last_ema.safetensors"  # the EMA's weights at the last save (runs with EMA)
 
     @classmethod
     def resolve(cls, cfg: TrainConfig) -> tuple["RunDir", dict[str, Any] | None]:
@@ -83,8 +84,10 @@ class RunDir:
                          resume_step=step if self.resumed_from is not None else None)
 
     def save(self, state: dict[str, Any], last: tuple[nn.Module, ModelInfo],
-             best: tuple[nn.Module, ModelInfo] | None = None) -> None:
-        """Write best.safetensors (if given), last.safetensors, then train_state.pt.
+             best: tuple[nn.Module, ModelInfo] | None = None,
+             last_ema: tuple[nn.Module, ModelInfo] | None = None) -> None:
+        """Write best.safetensors (if given), last.safetensors, last_ema.safetensors (if given), then
+        train_state.pt.
 
         train_state.pt goes last because it is what --resume trusts: a crash before it is written
         resumes from the previous state, which replays the steps and rewrites the weights files.
@@ -94,6 +97,8 @@ class RunDir:
             if best is not None:
                 save_model(best[0], self.best, best[1])
             save_model(last[0], self.last, last[1])
+            if last_ema is not None:
+                save_model(last_ema[0], self.last_ema, last_ema[1])
             save_train_state(self.path, state)
         except Exception as e:  # noqa: BLE001 - a full disk comes as OSError, RuntimeError (torch) or SafetensorError
             if isinstance(e, OSError) and e.strerror:
