@@ -6,6 +6,7 @@ Run as a script, this file is `convnext` with one fault injected, chosen by the 
   CONVNEXT_KILL_AT=step:N    SIGKILL right after optimizer step N (mid-epoch, between checkpoints)
   CONVNEXT_KILL_AT=state:N   SIGKILL halfway through writing the N-th train_state.pt (torn temp file)
   CONVNEXT_KILL_AT=model:N   SIGKILL halfway through writing the N-th last.safetensors (torn temp file)
+  CONVNEXT_KILL_AT=ema:N     SIGKILL halfway through writing the N-th last_ema.safetensors (torn temp file)
   CONVNEXT_KILL_AT=link:N    SIGKILL after the N-th backup hard link, before the new state is written
   CONVNEXT_MARK_AT=step:N    write the file $CONVNEXT_MARK_FILE after step N and go on (the parent
                              kills from outside at whatever moment its SIGKILL lands)
@@ -143,8 +144,8 @@ def _install_faults() -> None:
                 return out
 
             loop.Trainer._train_step = step_then_die
-        elif what in ("state", "model"):
-            target = {"state": state.STATE_NAME, "model": "last.safetensors"}[what]
+        elif what in ("state", "model", "ema"):
+            target = {"state": state.STATE_NAME, "model": "last.safetensors", "ema": "last_ema.safetensors"}[what]
             real_atomic_write = checkpoint.atomic_write
 
             def atomic_write_then_die(path, write):

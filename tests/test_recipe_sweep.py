@@ -107,6 +107,32 @@ def test_test_best_refuses_a_group_with_no_finished_run(tmp_path, monkeypatch):
         sweep.test_best("g", tmp_path, None, "cpu")
 
 
+def test_test_last_reads_each_final_runs_last_ema_once_and_refuses_a_validated_run(tmp_path, monkeypatch):
+    sweep = _sweep()
+    monkeypatch.setitem(sweep.GROUPS, "g", {"final": [*sweep.FINAL], "unfinished": [*sweep.FINAL]})
+    for name, done in (("final", True), ("unfinished", False)):
+        _run_dir(tmp_path / "g", name, [], done=done)  # epoch records without val_top1: nothing validated
+        (tmp_path / "g" / name / "config.yaml").write_text("data:\n  holdout: 0\n")
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        report = {"top1": 94.1, "count": 10000, "per_class": [{"class": "Shirt", "top1": 80.0}]}
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(report), stderr="")
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    record = sweep.test_last("g", tmp_path, None, "cpu")
+    assert [c[3:5] for c in calls] == [["eval", str(tmp_path / "g" / "final" / "last_ema.safetensors")]]
+    assert "--holdout" not in calls[0] and calls[0][calls[0].index("--tta") + 1] == "none"
+    assert record["runs"] == {"final": {"test_top1": 94.1, "test_count": 10000, "test_per_class": {"Shirt": 80.0},
+                                        "command": record["runs"]["final"]["command"]}}
+    # a run that held images out, or validated while it trained, is not a final run: --test-best is its rule
+    (tmp_path / "g" / "final" / "config.yaml").write_text("data:\n  holdout: 10000\n")
+    with pytest.raises(SystemExit, match="validated while training"):
+        sweep.test_last("g", tmp_path, None, "cpu")
+    assert len(calls) == 1
+
+
 def _plateau_check():
     spec = importlib.util.spec_from_file_location("plateau_check", ROOT / "benchmarks" / "study" / "plateau_check.py")
     module = importlib.util.module_from_spec(spec)

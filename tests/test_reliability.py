@@ -97,7 +97,8 @@ def reference(tmp_path_factory):
         torch.set_num_threads(before)
     run = out / "run"
     return {"run": run, "weights": load_file(str(run / "last.safetensors")),
-            "best": load_file(str(run / "best.safetensors")), "records": records(run)}
+            "best": load_file(str(run / "best.safetensors")), "ema": load_file(str(run / "last_ema.safetensors")),
+            "records": records(run)}
 
 
 def assert_same_as_reference(run: Path, reference: dict) -> None:
@@ -106,6 +107,8 @@ def assert_same_as_reference(run: Path, reference: dict) -> None:
     assert all(torch.equal(got[k], reference["weights"][k]) for k in got), "weights differ from the uninterrupted run"
     best = load_file(str(run / "best.safetensors"))
     assert all(torch.equal(best[k], reference["best"][k]) for k in best)
+    ema = load_file(str(run / "last_ema.safetensors"))
+    assert ema.keys() == reference["ema"].keys() and all(torch.equal(ema[k], reference["ema"][k]) for k in ema)
     assert records(run) == reference["records"]
 
 
@@ -251,7 +254,7 @@ def test_weights_for_a_different_architecture_name_both(tmp_path, capsys):
 # ==== 2. crash safety ===========================================================================
 
 def _check_every_named_checkpoint_is_readable(run: Path) -> None:
-    for name in ("last.safetensors", "best.safetensors"):
+    for name in ("last.safetensors", "last_ema.safetensors", "best.safetensors"):
         if (run / name).exists():
             load_model(run / name)
     for name in (STATE_NAME, PREV_NAME):
@@ -270,10 +273,11 @@ def _resume_and_check(out: Path, reference: dict, capsys) -> None:
 
 # (fault, checkpoint step --resume auto must find). Saves happen every 2 steps and at the end of
 # each epoch (step 8); each save writes best.safetensors (end of an epoch that improved), then
-# last.safetensors, then train_state.pt, the file --resume trusts.
+# last.safetensors, last_ema.safetensors, then train_state.pt, the file --resume trusts.
 KILLS = [
     ("step:5", 4),    # mid-epoch, between two checkpoints
     ("state:3", 4),   # tearing the third train_state.pt write (step 6)
+    ("ema:3", 4),     # tearing the third last_ema.safetensors write (step 6), after its last.safetensors
     ("step:1", None),  # before the first checkpoint exists: resume must start over
 ]
 SLOW_KILLS = [
