@@ -36,6 +36,19 @@ def _run_dir(root: Path, name: str, epochs: list[tuple[float, float | None]], do
         (d / "done").write_text("cmd\n")
 
 
+def _fake_eval(monkeypatch, sweep, top1: float, shirt: float) -> list[list[str]]:
+    """Every `convnext eval --json` the sweep runs answers ``top1`` (Shirt ``shirt``); returns the commands."""
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        report = {"top1": top1, "count": 10000, "per_class": [{"class": "Shirt", "top1": shirt}]}
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(report), stderr="")
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    return calls
+
+
 def test_best_heldout_is_the_best_of_model_and_ema_over_all_epochs(tmp_path):
     sweep = _sweep()
     _run_dir(tmp_path, "a", [(90.0, 91.5), (92.25, None), (91.0, 92.0)])
@@ -52,14 +65,7 @@ def test_test_best_reads_the_test_split_once_for_the_chosen_finished_run(tmp_pat
     _run_dir(tmp_path / "g", "low", [(93.0, 93.5)])
     _run_dir(tmp_path / "g", "high", [(93.9, 94.2)])
     _run_dir(tmp_path / "g", "unfinished", [(99.0, 99.0)], done=False)
-    calls = []
-
-    def fake_run(cmd, **kwargs):
-        calls.append(cmd)
-        report = {"top1": 93.8, "count": 10000, "per_class": [{"class": "Shirt", "top1": 81.0}]}
-        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(report), stderr="")
-
-    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    calls = _fake_eval(monkeypatch, sweep, 93.8, 81.0)
     save = tmp_path / "g.json"
     save.write_text(json.dumps({"group": "g", "runs": []}))
     record = sweep.test_best("g", tmp_path, save, "cpu")
@@ -111,16 +117,9 @@ def test_test_last_reads_each_final_runs_last_ema_once_and_refuses_a_validated_r
     sweep = _sweep()
     monkeypatch.setitem(sweep.GROUPS, "g", {"final": [*sweep.FINAL], "unfinished": [*sweep.FINAL]})
     for name, done in (("final", True), ("unfinished", False)):
-        _run_dir(tmp_path / "g", name, [], done=done)  # epoch records without val_top1: nothing validated
+        _run_dir(tmp_path / "g", name, [], done=done)  # no validated epoch
         (tmp_path / "g" / name / "config.yaml").write_text("data:\n  holdout: 0\n")
-    calls = []
-
-    def fake_run(cmd, **kwargs):
-        calls.append(cmd)
-        report = {"top1": 94.1, "count": 10000, "per_class": [{"class": "Shirt", "top1": 80.0}]}
-        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps(report), stderr="")
-
-    monkeypatch.setattr(sweep.subprocess, "run", fake_run)
+    calls = _fake_eval(monkeypatch, sweep, 94.1, 80.0)
     record = sweep.test_last("g", tmp_path, None, "cpu")
     assert [c[3:5] for c in calls] == [["eval", str(tmp_path / "g" / "final" / "last_ema.safetensors")]]
     assert "--holdout" not in calls[0] and calls[0][calls[0].index("--tta") + 1] == "none"
