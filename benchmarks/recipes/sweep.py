@@ -152,6 +152,13 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "bn_40_53ep_mix": ("53", "[40,80,160]", []),
         "bn_48_44ep_mix_erase": ("44", "[48,96,192]", ["--aug.random_erasing", "0.25"]),
     }.items()},
+    # Neither beat 94.05 % (bn_40_53ep_mix 93.83, bn_48_44ep_mix_erase 94.00): no final run, no test read. The two
+    # untried candidates, held out the same way (side by side, one thread each) under the same rule: shifts of up to
+    # 4 px instead of 2, and two blocks per stage (depths 2-2-2, ~1.8x the cost per image, so 24 epochs)
+    "cpu30_more": {name: cpu30(epochs, "[48,96,192]", *MIX_HALF, *extra) for name, (epochs, extra) in {
+        "bn_48_44ep_mix_pad4": ("44", ["--aug.crop_padding", "4"]),
+        "bn_48_d222_24ep_mix": ("24", arch(depths="[2,2,2]")),
+    }.items()},
     # The GPU budget (#15: >= 95.5 %): three runs sharing one H100 for ~5 minutes, chosen before any GPU time was
     # spent (no GPU sweep yet): the family's tiny first three stages, with and without Mixup/CutMix on half the
     # batches (on the GPU there is no random erasing), and the smaller pico for more epochs.
