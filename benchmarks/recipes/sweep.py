@@ -56,6 +56,12 @@ def arch(**fields: object) -> list[str]:
     return [a for k, v in fields.items() for a in ("--set", f"model.overrides.{k}={v}")]
 
 
+def is_final(flags: list[str]) -> bool:
+    """Whether a run's flags make it a final run: every FINAL flag followed by its value."""
+    pairs = set(zip(flags, flags[1:]))
+    return all((FINAL[i], FINAL[i + 1]) in pairs for i in range(0, len(FINAL), 2))
+
+
 def cpu30(epochs: str, dims: str, *extra: str) -> list[str]:
     """A 30-minute CPU run (groups cpu30, cpu30_reg, cpu30_full, cpu30_final): 2 threads, channels_last, the BN micro
     at ``dims`` for ``epochs``, light augmentation and EMA 0.999, then ``extra``."""
@@ -205,8 +211,7 @@ def report(group: str, out: Path, save: Path | None = None) -> list[dict]:
             print(f"{name:24s} (not run)")
             continue
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        epochs = [r for r in records if r["type"] == "epoch"]
-        epochs = [e for e in epochs if "val_top1" in e]  # a final run (FINAL) validates none
+        epochs = [r for r in records if r["type"] == "epoch" and "val_top1" in r]  # a final run (FINAL) validates none
         curve = " ".join(f"{e['val_top1']:.2f}/{e.get('ema_top1') or 0:.2f}" for e in epochs) or "(not validated)"
         steps = [r for r in records if r["type"] == "step"]
         speed = sum(s["img_per_s"] for s in steps) / max(len(steps), 1)
@@ -222,7 +227,7 @@ def report(group: str, out: Path, save: Path | None = None) -> list[dict]:
                      "ran_as": done.read_text().strip() if done.exists() else None})
     if save is not None:
         save.parent.mkdir(parents=True, exist_ok=True)
-        final = all("--runtime.val_every" in GROUPS[group][name] for name in GROUPS[group])
+        final = all(is_final(GROUPS[group][name]) for name in GROUPS[group])
         split = "none: trained on all 60,000 images, nothing validated" if final else \
             "10,000 held-out training images (data.holdout)"
         save.write_text(json.dumps({"group": group, "split": split, "runs": rows}, indent=2) + "\n")

@@ -118,7 +118,7 @@ class Trainer:
         # trained with runtime.val_every 0) needs them as a file, not only inside train_state.pt
         last_ema = None
         if self.ema is not None:
-            ema_metrics = {k: v for k, v in (last_metrics or {}).items() if k == "ema_top1"}
+            ema_metrics = {"ema_top1": last_metrics["ema_top1"]} if last_metrics else {}
             last_ema = (self.ema.module, snapshot.model_info(self, "ema", ema_metrics))
         best_info = None if best is None else (best[0], snapshot.model_info(self, best[1], best[2]))
         self.rundir.save(state, last, best_info, last_ema)
