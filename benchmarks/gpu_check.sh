@@ -25,7 +25,7 @@
 #   study      benchmarks/study/step_speed.py: all 17 roadmap networks at each size:width of GPU_CHECK_STUDY_SHAPES
 #              (default "128:1 64:1 128:0.5"; batch 128, bf16, channels_last), one at a time (issue #16), each shape
 #              a step of its own                                                 -> study_step_speed.json
-#   roadmap    issue #16's GPU study: convnext study roadmap --budget gpu (the CPU study's 17 networks, 30 passes over
+#   roadmap    issue #16's GPU study: convnext study roadmap --budget gpu (the 17 networks at 64 px, width / 8, 30 passes over
 #              the 60,000 training images, data on the GPU), one seed, GPU_CHECK_ROADMAP_JOBS (8) runs sharing the GPU;
 #              beside it the first and last steps at 60 passes (a second study), and plateau_check.py comparing them
 #                                                                                -> roadmap_gpu.json, roadmap_gpu.tar.gz

@@ -1,6 +1,6 @@
 """benchmarks/recipes/sweep.py's choice of the one run read on the test split, benchmarks/study/plateau_check.py's
-comparison, and benchmarks/gpu_check.sh's dry run on the CPU (its fmnist, study and roadmap steps, the ones a GPU
-session trains with).
+comparison, benchmarks/study/ablation.py's runs and comparison, and benchmarks/gpu_check.sh's dry run on the CPU (its
+fmnist, study and roadmap steps, the ones a GPU session trains with).
 
 The rule fixed before a sweep runs: among finished runs, the highest held-out top-1 of a run's best checkpoint
 (model or EMA, whichever best.safetensors holds); the test split is read for that run alone."""
@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -194,3 +195,38 @@ def test_gpu_check_dry_run_trains_chooses_and_reports(tmp_path):
     assert all(s["seeds"] == [0] for s in plateau["steps"].values())
     assert (tmp_path / "out" / "roadmap_gpu.tar.gz").stat().st_size > 0
     assert len(list((tmp_path / "out").iterdir())) <= 8  # what a GPU session can bring back
+
+
+def test_study_ablation_trains_the_step_with_its_change_and_compares_with_the_study(tmp_path):
+    """benchmarks/study/ablation.py: the step as the study trains it plus the --arch change, each seed once (a rerun
+    trains nothing), and the difference to the study's runs of the unchanged step with its standard error."""
+    study = tmp_path / "study"
+    subprocess.run([sys.executable, "-m", "convnext", "study", "roadmap", "--budget", "micro", "--data", "synthetic",
+                    "--steps", "roadmap_gelu", "--seeds", "2", "--out", str(study), "--work-dir",
+                    str(tmp_path / "study-work")], check=True, cwd=ROOT, capture_output=True)
+    cmd = [sys.executable, "benchmarks/study/ablation.py", "roadmap_gelu", "ls1", "--arch", "layer_scale_init=1.0",
+           "--budget", "micro", "--data", "synthetic", "--seeds", "2", "--jobs", "2", "--study", str(study),
+           "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
+    out = json.loads((tmp_path / "out" / "ls1.json").read_text())
+    config = (tmp_path / "work" / "ls1" / "roadmap_gelu-seed1" / "config.yaml").read_text()
+    assert "layer_scale_init: 1.0" in config and "dims:" in config  # the change, on the study's scaled widths
+    base = json.loads((study / "results.json").read_text())["steps"][0]["top1"]
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    var = lambda v: sum((x - mean(v)) ** 2 for x in v) / (len(v) - 1)  # noqa: E731
+    assert out["seeds"] == [0, 1] and out["study"]["top1"] == base
+    assert out["delta_vs_study"] == pytest.approx(mean(out["top1"]) - mean(base), abs=0.011)
+    assert out["delta_se"] == pytest.approx((var(out["top1"]) / 2 + var(base) / 2) ** 0.5, abs=0.011)
+    # finished seeds are records: a rerun trains nothing (training would recreate the deleted run dirs)
+    shutil.rmtree(tmp_path / "work")
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
+    assert not (tmp_path / "work").exists()
+    # a baseline trained under another budget is refused, and so is an unknown field, in one line
+    bad = subprocess.run([*cmd[:2], "roadmap_gelu", "x", "--arch", "bogus=1"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("--arch: unknown ArchConfig field")
+    other = subprocess.run([*cmd, "--data", "fashion_mnist", "--work-dir", str(tmp_path / "w2")], cwd=ROOT, env=env,
+                           capture_output=True, text=True)
+    assert other.returncode != 0 and "not the ablation's baseline" in other.stderr
+    assert not (tmp_path / "w2").exists()  # refused before anything trained

@@ -127,7 +127,7 @@ def test_study_modules_import_each_other_one_way():
 # ---- recipes --------------------------------------------------------------------------------------
 
 def test_recipes_differ_as_the_paper_says(tmp_path):
-    budget = get_budget("cpu")
+    budget = get_budget("cpu_short")  # the paper's regularisers, per-sample RandAugment
     original = train_config(ROADMAP[0], 0, budget, "fashion_mnist", tmp_path)
     modern = train_config(ROADMAP[1], 0, budget, "fashion_mnist", tmp_path)
     assert original.model.overrides == {"dims": [32, 64, 128, 256], "stem_dim": 8}
@@ -146,6 +146,29 @@ def test_recipes_differ_as_the_paper_says(tmp_path):
     assert budget.steps == 160
 
 
+def test_cpu_budget_regularises_lightly_and_the_same_for_every_modern_step(tmp_path):
+    cpu, short = get_budget("cpu"), get_budget("cpu_short")
+    assert (cpu.image_size, cpu.width_mult, cpu.batch_size, cpu.epochs) == (32, 0.125, 128, 5)
+    assert cpu.train_images == 60000 and cpu.val_images == 10000  # every training image, the whole test split
+    assert cpu.steps == 5 * (60000 // 128)
+    configs = {s.name: train_config(s, 0, cpu, "fashion_mnist", tmp_path) for s in ROADMAP}
+    assert all(c.data.on_device for c in configs.values())  # the batched input path, in the CPU's memory
+    # ResNet-50 keeps its original recipe: the same settings as the short study's
+    original, original_short = configs["resnet50"], train_config(ROADMAP[0], 0, short, "fashion_mnist", tmp_path)
+    assert original.aug == original_short.aug and original.opt.lr == original_short.opt.lr and not original.reg.ema
+    # every modern step gets one recipe: shifts and flips, label smoothing and stochastic depth, nothing stronger
+    modern = {name: c for name, c in configs.items() if name != "resnet50"}
+    assert len({(json.dumps(c.aug.__dict__), c.opt.lr, c.opt.weight_decay, c.reg.drop_path) for c in modern.values()}) == 1
+    m = modern["roadmap_separate_downsampling"]
+    assert not m.aug.random_resized_crop and m.aug.crop_padding == 2 and m.aug.hflip == 0.5
+    assert not m.aug.randaugment and m.aug.mixup == m.aug.cutmix == m.aug.random_erasing == 0
+    assert m.aug.label_smoothing == 0.1 and m.reg.drop_path == 0.05 and m.opt.lr == 4e-3 and m.opt.optimizer == "adamw"
+    # the recorded settings carry it, so a light study never shares records with a paper-regularised one
+    assert study_settings(cpu, "fashion_mnist") != study_settings(cpu.replace(regularisation="paper"), "fashion_mnist")
+    with pytest.raises(UsageError, match="regularisation='heavy' is not one of paper, light"):
+        cpu.replace(regularisation="heavy")
+
+
 @pytest.mark.parametrize("budget", list(BUDGETS))
 def test_every_budget_gives_every_step_a_valid_engine_config(tmp_path, budget):
     b = get_budget(budget)
@@ -155,8 +178,8 @@ def test_every_budget_gives_every_step_a_valid_engine_config(tmp_path, budget):
         assert cfg.model.overrides["dims"] == [d * b.width_mult for d in step.config.dims]
 
 
-def test_gpu_budget_keeps_the_cpu_studys_networks_and_holds_the_data_on_the_device(tmp_path):
-    cpu, gpu = get_budget("cpu"), get_budget("gpu")
+def test_gpu_budget_keeps_the_short_cpu_studys_networks_and_holds_the_data_on_the_device(tmp_path):
+    cpu, gpu = get_budget("cpu_short"), get_budget("gpu")
     assert (gpu.image_size, gpu.width_mult) == (cpu.image_size, cpu.width_mult)  # the same 17 networks
     assert gpu.train_images == 60000 and gpu.val_images == 10000  # every training image, the whole test split
     original = train_config(ROADMAP[0], 0, gpu, "fashion_mnist", tmp_path)
@@ -223,6 +246,18 @@ def test_the_committed_study_still_resumes_under_its_recorded_settings(tmp_path)
         for budget, data in ((get_budget("cpu").replace(epochs=2), "fashion_mnist"), (get_budget("cpu"), "synthetic")):
             with pytest.raises(UsageError, match="different settings"):
                 _check_settings(out, study_settings(budget, data))
+
+
+def test_a_study_recorded_before_the_regularisation_field_resumes_as_paper(tmp_path):
+    # study.json files written before StudyBudget.regularisation (the short study committed until 2026-12-05) lack
+    # the field; they were made with the paper's regularisers, and resume as such, never as a light study
+    today = study_settings(get_budget("cpu_short"), "fashion_mnist")
+    assert today["budget"].pop("regularisation") == "paper"
+    (tmp_path / "study.json").write_text(json.dumps(today))
+    _check_settings(tmp_path, study_settings(get_budget("cpu_short"), "fashion_mnist"))
+    with pytest.raises(UsageError, match="different settings"):
+        _check_settings(tmp_path, study_settings(get_budget("cpu_short").replace(regularisation="light"),
+                                                 "fashion_mnist"))
 
 
 # ---- the study: resume, skip, outputs -------------------------------------------------------------

@@ -27,9 +27,10 @@ def register(sub, formatter) -> None:
                    help="training data (the old spelling fashion-mnist is read as fashion_mnist)")
     r.add_argument("--data-root", default=None, help="directory of the Fashion-MNIST IDX files (default: system copy)")
     r.add_argument("--budget", choices=list(BUDGETS), default="cpu",
-                   help="named budget: cpu (the committed study), gpu (its networks to a plateau, data on the "
-                        "device), micro (seconds)")
-    r.add_argument("--seeds", type=int, default=2, help="number of seeds per step (seeds 0..N-1)")
+                   help="named budget: cpu (the committed study: 5 passes at 32 px), cpu_short (the study committed "
+                        "before it: 1/12 of a pass at 64 px), gpu (64 px networks for 30 passes, data on the device), "
+                        "micro (seconds)")
+    r.add_argument("--seeds", type=int, default=3, help="number of seeds per step (seeds 0..N-1)")
     r.add_argument("--steps", default=None, help="comma-separated roadmap step names (default: every step)")
     r.add_argument("--out", default="results/roadmap", help="study outputs (records, results, figure, log)")
     r.add_argument("--work-dir", default=None, help="engine run directories (default: runs/roadmap-study)")

@@ -61,7 +61,7 @@ _OLD_OPTIMIZER_TEXT = {"SGD, momentum 0.9": {"opt.optimizer": "sgd", "opt.moment
 
 
 # Budget fields that earlier versions did not record, and the value every study made then had.
-_NEW_BUDGET_FIELDS = {"on_device": False, "randaugment": True}
+_NEW_BUDGET_FIELDS = {"on_device": False, "randaugment": True, "regularisation": "paper"}
 
 
 def upgrade_settings(recorded: dict[str, Any]) -> dict[str, Any]:
