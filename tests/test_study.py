@@ -3,6 +3,7 @@
 Training runs use the micro budget (4 optimizer steps per run, 1/16 widths, 32 px)."""
 
 import ast
+import dataclasses
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from convnext.models.roadmap import RESNET50, ROADMAP
 from convnext.study import (BUDGETS, STUDY_DATASETS, StudyPlan, config_diff, get_budget, parent_step, read_records,
                             run_study, scale_config, select_steps, study_data, study_settings, train_config)
 from convnext.study.recipe import data_channels
+from convnext.study.report import write_outputs
 from convnext.study.runner import _check_settings
 from convnext.study.scaling import WIDTH_FIELDS
 from convnext.train.config import load_config
@@ -384,6 +386,31 @@ def test_study_outputs_and_schema(tmp_path, reference):
     other.budget = other.budget.replace(epochs=2)
     with pytest.raises(UsageError, match="different settings"):
         run_study(other)
+
+
+def test_study_curves_are_every_runs_top1_after_each_pass(tmp_path, reference):
+    plan, results = reference
+    curves = json.loads((plan.out / "curves.json").read_text())
+    assert list(curves) == list(TWO_STEPS) and all(list(seeds) == ["0", "1"] for seeds in curves.values())
+    for row in results["steps"]:
+        for seed, top1 in zip(row["seeds"], row["top1"]):
+            metrics = plan.work_dir / f"{row['name']}-seed{seed}" / "metrics.jsonl"
+            epochs = [r["val_top1"] for r in map(json.loads, metrics.read_text().splitlines()) if r["type"] == "epoch"]
+            assert curves[row["name"]][str(seed)] == epochs and epochs[-1] == top1  # the last pass is the result
+    assert (plan.out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a copy of the outputs without the run directories (a fresh clone of a committed study) keeps its curves, and an
+    # epoch logged twice around a crash counts once, the later line
+    copy = dataclasses.replace(plan, out=tmp_path / "out", work_dir=tmp_path / "work")
+    shutil.copytree(plan.out, copy.out)
+    run = copy.work_dir / f"{TWO_STEPS[0]}-seed0"
+    run.mkdir(parents=True)
+    lines = [{"type": "epoch", "epoch": 0, "val_top1": 11.0}, {"type": "epoch", "epoch": 0, "val_top1": 12.5},
+             {"type": "epoch", "epoch": 1, "val_top1": 13.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    write_outputs(copy, read_records(copy.out), [])
+    again = json.loads((copy.out / "curves.json").read_text())
+    assert again[TWO_STEPS[0]]["0"] == [12.5, 13.0]
+    assert again[TWO_STEPS[0]]["1"] == curves[TWO_STEPS[0]]["1"] and again[TWO_STEPS[1]] == curves[TWO_STEPS[1]]
 
 
 def test_parallel_jobs_train_every_run_once(tmp_path):

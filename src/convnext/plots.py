@@ -280,7 +280,41 @@ def plot_roadmap(rows: Sequence[Mapping[str, Any]], study: Any = None,
     return save_figure(roadmap_figure(rows, study), path)
 
 
+def study_curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
+    """A study's learning curves: one panel per roadmap step (in the given order), its top-1 after each pass over
+    the training images, one line per seed, every panel on the same axes so steps compare at a glance."""
+    steps = [name for name, seeds in curves.items() if any(seeds.values())]
+    if not steps:
+        raise UsageError("no learning curves to plot: the study's run directories hold no evaluated epoch yet")
+    values = [v for name in steps for run in curves[name].values() for v in run]
+    lo, hi = math.floor(min(values)) - 1, min(100.0, math.ceil(max(values)) + 1)
+    passes = max(len(run) for name in steps for run in curves[name].values())
+    ncols = 4
+    nrows = math.ceil(len(steps) / ncols)
+    fig = _new_figure(3.2 * ncols, 2.3 * nrows + 0.6)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True)).ravel()
+    for ax, name in zip(axes, steps):
+        for seed, run in sorted(curves[name].items()):
+            ax.plot(range(1, len(run) + 1), run, marker="o", ms=2.5, lw=1, label=f"seed {seed}")
+        last = [run[-1] for run in curves[name].values() if run]
+        ax.set_title(f"{name.removeprefix('roadmap_')}: {float(np.mean(last)):.2f}", fontsize=9)
+        ax.set_ylim(lo, hi)
+        ax.set_xlim(0.5, passes + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    for ax in axes[len(steps):]:
+        ax.set_visible(False)
+    fig.supxlabel("pass over the training images")
+    fig.supylabel("top-1 (%) after the pass")
+    fig.suptitle("Learning curves of every run (title: mean top-1 after the last pass)")
+    return fig
+
+
+def plot_study_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | os.PathLike) -> Path:
+    return save_figure(study_curves_figure(curves), path)
+
+
 __all__ = [
-    "confusion_matrix_figure", "plot_confusion_matrix", "plot_roadmap", "plot_run", "read_metrics",
-    "roadmap_figure", "run_figures", "save_figure", "study_top1",
+    "confusion_matrix_figure", "plot_confusion_matrix", "plot_roadmap", "plot_run", "plot_study_curves",
+    "read_metrics", "roadmap_figure", "run_figures", "save_figure", "study_curves_figure", "study_top1",
 ]

@@ -1,5 +1,6 @@
 """The study's outputs: results.json (per step: size, compute, top-1 per seed, mean +- std, paper top-1),
-results.md (the table) and roadmap.png (paper Fig. 2 next to ours), from the per-run records."""
+results.md (the table) and roadmap.png (paper Fig. 2 next to ours), from the per-run records; curves.json and
+curves.png (every run's top-1 after each pass), from the engine's metrics of the runs in the work dir."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from ..models.convnext import ConvNeXt
 from ..models.flops import count_flops, count_params
 from ..models.roadmap import ROADMAP, RoadmapStep, roadmap_step
 from .plan import StudyPlan, study_settings
-from .recipe import data_channels
+from .recipe import data_channels, run_name
 from .scaling import scale_config
 
 RESULTS_JSON, RESULTS_MD, FIGURE = "results.json", "results.md", "roadmap.png"
+CURVES_JSON, CURVES_FIGURE = "curves.json", "curves.png"
 
 
 def parent_step(index: int) -> RoadmapStep | None:
@@ -147,10 +149,34 @@ def format_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
+def read_curves(plan: StudyPlan) -> dict[str, dict[str, list[float]]]:
+    """Every run's top-1 after each pass, {step: {seed: [top-1, ...]}}, in roadmap order.
+
+    Read from each run's metrics.jsonl in the work dir (an epoch logged twice around a crash counts once, the later
+    line); a run whose directory is gone (a fresh clone of the committed study) keeps what curves.json holds."""
+    from ..plots import read_metrics
+
+    path = Path(plan.out) / CURVES_JSON
+    kept = json.loads(path.read_text()) if path.is_file() else {}
+    curves: dict[str, dict[str, list[float]]] = {}
+    for step in plan.steps:
+        for seed in plan.seeds:
+            metrics = Path(plan.work_dir) / run_name(step.name, seed) / "metrics.jsonl"
+            if metrics.is_file():
+                by_epoch = {r["epoch"]: r["val_top1"] for r in read_metrics(metrics)
+                            if r.get("type") == "epoch" and isinstance(r.get("val_top1"), (int, float))}
+                run = [by_epoch[e] for e in sorted(by_epoch)]
+            else:
+                run = kept.get(step.name, {}).get(str(seed), [])
+            if run:
+                curves.setdefault(step.name, {})[str(seed)] = run
+    return curves
+
+
 def write_outputs(plan: StudyPlan, records: list[dict[str, Any]], events: list[dict[str, Any]]) -> dict[str, Any]:
     # imported here for speed, not to break a cycle (plots imports nothing of the study): matplotlib
     # takes about a second to load, and only writing the figure needs it
-    from ..plots import plot_roadmap
+    from ..plots import plot_roadmap, plot_study_curves
 
     results = build_results(plan, records, events)
     out = Path(plan.out)
@@ -160,4 +186,8 @@ def write_outputs(plan: StudyPlan, records: list[dict[str, Any]], events: list[d
     rows = [{**r, "gmacs": r["full_gmacs_224"]} for r in results["steps"]]
     measured = [r for r in results["steps"] if r["top1"]]
     plot_roadmap(rows, study={"steps": measured} if measured else None, path=out / FIGURE)
+    curves = read_curves(plan)
+    if curves:
+        atomic_write(out / CURVES_JSON, lambda tmp: Path(tmp).write_text(json.dumps(curves, indent=1) + "\n"))
+        plot_study_curves(curves, out / CURVES_FIGURE)
     return results
