@@ -228,8 +228,8 @@ def test_study_data_are_registry_datasets(tmp_path):
 
 @pytest.mark.skipif(not (COMMITTED_STUDY / "study.json").exists(), reason="no committed study")
 def test_the_committed_study_still_resumes_under_its_recorded_settings(tmp_path):
-    # results/roadmap/study.json was written before the registry names (data "fashion-mnist") and before
-    # the optimizer became engine config; it is still the study `--budget cpu --data fashion_mnist` makes
+    # results/roadmap/study.json is the study `--budget cpu --data fashion_mnist` makes, and so is the same file in
+    # the form earlier versions wrote (data "fashion-mnist", the optimizer as a description before it became config)
     today = study_settings(get_budget("cpu"), "fashion_mnist")
     old_form = {**today, "data": "fashion-mnist", "recipes": {
         "original": {"optimizer": "SGD, momentum 0.9",

@@ -304,6 +304,7 @@ def study_curves_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> 
         ax.grid(alpha=0.3)
     for ax in axes[len(steps):]:
         ax.set_visible(False)
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.supxlabel("pass over the training images")
     fig.supylabel("top-1 (%) after the pass")
     fig.suptitle("Learning curves of every run (title: mean top-1 after the last pass)")
