@@ -441,8 +441,8 @@ def test_cli_runs_a_micro_study_on_fashion_mnist(tmp_path, capsys):
     assert 0 <= row["top1"][0] <= 100 and results["in_chans"] == 1
     assert results["settings"]["data"] == json.loads((out / "study.json").read_text())["data"] == "fashion_mnist"
     assert read_records(out)[0]["val_count"] == get_budget("micro").val_images
-    assert sorted(os.listdir(out)) == ["log.jsonl", "records", "results.json", "results.md", "roadmap.png",
-                                       "study.json"]
+    assert sorted(os.listdir(out)) == ["curves.json", "curves.png", "log.jsonl", "records", "results.json",
+                                       "results.md", "roadmap.png", "study.json"]
 
 
 def test_cli_dry_run_of_the_gpu_budget_on_the_cpu(tmp_path, capsys):
