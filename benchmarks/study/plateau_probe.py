@@ -8,8 +8,9 @@ chooses a budget and a recipe. One run per process, one thread, resumable throug
     .venv/bin/python benchmarks/study/plateau_probe.py STEP EPOCHS OUT_DIR [--size 64] [--batch 32]
         [--width 0.125] [--budget cpu] [--tag NAME] [--set aug.mixup=0 --set opt.lr=4e-3 ...]
 
-Without --budget the run is the committed CPU study's recipe (budget ``cpu``) at the given size and batch; with
---budget it is that budget's recipe (for example ``cpu_plateau``), and --set overrides any engine setting on top.
+Without --budget the run takes the short study's recipe (budget ``cpu_short``: 64 px, batch 32) less what the batched
+input path cannot do (RandAugment, erasing), as the runs of plateau_probe_e2.json did; with --budget it takes that
+budget's recipe (plateau_probe_32px.json: ``--budget gpu``), and --set overrides any engine setting on top.
 """
 
 from __future__ import annotations
@@ -37,24 +38,23 @@ def main() -> int:
     p.add_argument("--size", dest="size_opt", type=int, default=None)
     p.add_argument("--batch", type=int, default=None, help="batch size (default: the budget's)")
     p.add_argument("--width", type=float, default=None, help="width multiplier (default: the budget's)")
-    p.add_argument("--budget", default=None, help="the study budget whose recipe the run takes (default: cpu at "
-                                                  "batch 32, 64 px, on_device, no RandAugment or erasing)")
+    p.add_argument("--budget", default=None, help="the study budget whose recipe the run takes (default: cpu_short, "
+                                                  "without RandAugment or erasing)")
     p.add_argument("--tag", default="", help="suffix of the run's name and JSON file")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="an engine setting on top (YAML value), repeatable")
     args = p.parse_args()
     torch.set_num_threads(1)
     size = args.size_opt or args.size
-    base = get_budget(args.budget or "cpu")
-    budget = base.replace(train_images=50000, epochs=args.epochs, val_images=10000,
-                          save_every_steps=500, image_size=size or (base.image_size if args.budget else 64),
-                          batch_size=args.batch, width_mult=args.width)
+    budget = get_budget(args.budget or "cpu_short").replace(
+        train_images=50000, epochs=args.epochs, val_images=10000, save_every_steps=500, image_size=size,
+        batch_size=args.batch, width_mult=args.width)
     size = budget.image_size
     name = f"{args.step}-e{args.epochs}-{size}px" + (f"-{args.tag}" if args.tag else "")
     cfg = train_config(roadmap_step(args.step), 0, budget, "fashion_mnist", args.out / "runs")
     values = {"data.holdout": 10000, "data.limit_val": 0, "data.on_device": True, "runtime.log_every": 100,
               "runtime.run_name": name}
-    if not args.budget:  # the committed cpu budget's recipe without what the batched input path cannot do
+    if not args.budget:  # the short study's recipe without what the batched input path cannot do
         values.update({"aug.randaugment": False, "aug.random_erasing": 0.0})
     for item in args.sets:
         key, _, value = item.partition("=")

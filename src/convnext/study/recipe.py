@@ -114,7 +114,8 @@ BUDGETS: dict[str, StudyBudget] = {
     # The committed CPU study (results/roadmap): 5 passes over all 60,000 training images at 32 px, width / 8, batch 128,
     # the light regularisation, evaluated on the whole test split; the batched input path (data.on_device, here the
     # CPU's memory) because the per-sample one feeds one thread ~700-1,400 img/s and these networks train at 1,400-2,800.
-    # 17 steps x 3 seeds, two runs at a time, take ~1.3 hours of the 2-core machine; 64 px would take four times that.
+    # 17 steps x 3 seeds, two runs at a time, took 76 minutes of the 2-core machine; a run at 64 px takes 2.5-3.8x
+    # as long (benchmarks/results/study/ablations).
     "cpu": StudyBudget(image_size=32, width_mult=0.125, batch_size=128, train_images=60000, epochs=5,
                        val_images=10000, warmup_fraction=0.05, save_every_steps=200, on_device=True,
                        randaugment=False, regularisation="light"),
@@ -165,9 +166,8 @@ COMMON = {"aug.random_resized_crop": True, "aug.crop_scale_min": 0.35, "aug.hfli
 # The modern recipe's regularisation, by budget (StudyBudget.regularisation), on top of RECIPES["modern"].
 # "light" was chosen on 10,000 images held out of the training split (benchmarks/results/study/plateau_probe_32px.json,
 # ConvNeXt-T's design at 32 px, width / 8, 6 passes): 88.0 % with it against 83.3 % with the "paper" regularisers;
-# lr 8e-3 instead of 4e-3 (87.9 %) and neither label smoothing nor stochastic depth (88.05 %)
-# made no difference. Shifts of up to 2 px and flips replace the random resized crop, which on a 28 px garment cuts
-# away what tells a shirt from a coat.
+# lr 8e-3 instead of 4e-3 (87.9 %) and neither label smoothing nor stochastic depth (88.05 %) made no difference.
+# Shifts of up to 2 px and flips replace the random resized crop, as in the small-data recipe (docs/recipes.md).
 REGULARISATION: dict[str, dict[str, Any]] = {
     "paper": {},
     "light": {"aug.random_resized_crop": False, "aug.crop_padding": 2, "aug.randaugment": False, "aug.mixup": 0.0,

@@ -154,14 +154,14 @@ def read_curves(plan: StudyPlan) -> dict[str, dict[str, list[float]]]:
 
     Read from each run's metrics.jsonl in the work dir (an epoch logged twice around a crash counts once, the later
     line); a run whose directory is gone (a fresh clone of the committed study) keeps what curves.json holds."""
-    from ..plots import read_metrics
+    from ..plots import METRICS_FILE, read_metrics
 
     path = Path(plan.out) / CURVES_JSON
     kept = json.loads(path.read_text()) if path.is_file() else {}
     curves: dict[str, dict[str, list[float]]] = {}
     for step in plan.steps:
         for seed in plan.seeds:
-            metrics = Path(plan.work_dir) / run_name(step.name, seed) / "metrics.jsonl"
+            metrics = Path(plan.work_dir) / run_name(step.name, seed) / METRICS_FILE
             if metrics.is_file():
                 by_epoch = {r["epoch"]: r["val_top1"] for r in read_metrics(metrics)
                             if r.get("type") == "epoch" and isinstance(r.get("val_top1"), (int, float))}
