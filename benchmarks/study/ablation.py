@@ -24,31 +24,28 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from convnext.cli.options import arch_overrides
+from convnext.errors import UsageError
+from convnext.files import atomic_write_text
 from convnext.models.roadmap import roadmap_step
 from convnext.study import get_budget, train_config
+from convnext.train.config import parse_overrides
 
 
-def parse_pairs(items: list[str]) -> dict[str, Any]:
-    """KEY=VALUE strings as a dict, each value read as YAML (1.0 -> float, null -> None, relu -> str)."""
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"{item!r} is not KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-def check_variant(step_name: str, arch: dict[str, Any]) -> None:
-    """Refuse an unknown step or ArchConfig field in one line, before anything trains."""
+def parse_changes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """--arch and --set as dicts (values read as YAML, as `convnext train` reads them), refusing in one line an
+    unknown step or ArchConfig field before anything trains."""
     try:
-        roadmap_step(step_name).config.replace(**arch)
+        changes = {"arch": arch_overrides(args), "sets": dict(parse_overrides(args.sets))}
+    except UsageError as exc:
+        raise SystemExit(str(exc)) from None
+    try:
+        roadmap_step(args.step).config.replace(**changes["arch"])
     except KeyError:
-        raise SystemExit(f"unknown roadmap step {step_name!r}") from None
+        raise SystemExit(f"unknown roadmap step {args.step!r}") from None
     except (TypeError, ValueError) as exc:
         raise SystemExit(f"--arch: {exc}") from None
+    return changes
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -64,24 +61,17 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     budget = get_budget(args.budget)
     cfg = train_config(roadmap_step(args.step), seed, budget, args.data, Path(args.work_dir) / args.tag)
     # the study's scaled widths stay; the ablated fields go on top of them
-    cfg = cfg.replace({"model.overrides": {**cfg.model.overrides, **parse_pairs(args.arch)}, **parse_pairs(args.sets)})
+    cfg = cfg.replace({"model.overrides": {**cfg.model.overrides, **args.changes["arch"]}, **args.changes["sets"]})
     started = time.time()
     summary = train(cfg)
     if summary["stopped_early"] or summary["final_val_top1"] is None:
-        raise SystemExit(f"{args.tag} seed {seed} stopped before its budget ended: {summary.get('stop_reason')}")
+        raise SystemExit(f"{args.tag} seed {seed}: the run stopped before its final evaluation")
     record = {"step": args.step, "tag": args.tag, "seed": seed, "top1": summary["final_val_top1"],
               "val_count": summary["val_count"], "wall_s": round(time.time() - started, 1),
               "val_top1_per_epoch": [h["val_top1"] for h in summary["history"]]}
-    record_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(record_path)
+    atomic_write_text(record_path, json.dumps(record, indent=2))
     print(f"{args.tag} seed {seed}: top-1 {record['top1']:.2f} ({record['wall_s']:.0f} s)", flush=True)
     return record
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def baseline_study(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -96,22 +86,22 @@ def baseline_study(args: argparse.Namespace) -> dict[str, Any] | None:
     return study
 
 
-def summarise(args: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The ablation's runs against the study's runs of the unchanged step (same budget required)."""
-    top1 = [r["top1"] for r in sorted(records, key=lambda r: r["seed"])]
-    mean, std = mean_std(top1)
+def summarise(args: argparse.Namespace, records: list[dict[str, Any]], study: dict[str, Any] | None) -> dict[str, Any]:
+    """The ablation's runs against ``study``'s runs of the unchanged step (baseline_study: same budget and data)."""
+    records = sorted(records, key=lambda r: r["seed"])
+    top1 = [r["top1"] for r in records]
+    mean, std = statistics.fmean(top1), statistics.stdev(top1) if len(top1) > 1 else 0.0
     out: dict[str, Any] = {
-        "step": args.step, "tag": args.tag, "arch": parse_pairs(args.arch), "sets": parse_pairs(args.sets),
+        "step": args.step, "tag": args.tag, **args.changes,
         "data": args.data, "budget_name": args.budget, "budget": get_budget(args.budget).to_dict(),
         "command": "python benchmarks/study/ablation.py " + " ".join(sys.argv[1:]),
-        "seeds": [r["seed"] for r in sorted(records, key=lambda r: r["seed"])], "top1": top1,
+        "seeds": [r["seed"] for r in records], "top1": top1,
         "top1_mean": round(mean, 2), "top1_std": round(std, 2), "wall_s": [r["wall_s"] for r in records],
     }
-    study = baseline_study(args)
     if study:
         row = next((r for r in study["steps"] if r["name"] == args.step), None)
         if row and row["top1"]:
-            base_mean, base_std = mean_std(row["top1"])
+            base_mean, base_std = row["top1_mean"], row["top1_std"]
             se = math.sqrt(base_std ** 2 / len(row["top1"]) + std ** 2 / len(top1))
             out["study"] = {"folder": str(args.study), "seeds": row["seeds"], "top1": row["top1"],
                             "top1_mean": round(base_mean, 2), "top1_std": round(base_std, 2)}
@@ -137,11 +127,11 @@ def main() -> int:
     args = p.parse_args()
     if not args.arch and not args.sets:
         raise SystemExit("an ablation changes something: give --arch FIELD=VALUE or --set KEY=VALUE")
-    check_variant(args.step, parse_pairs(args.arch))
-    baseline_study(args)  # a baseline from another budget is refused before anything trains
+    args.changes = parse_changes(args)
+    study = baseline_study(args)  # a baseline from another budget is refused before anything trains
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         records = list(pool.map(run_seed, [args] * args.seeds, range(args.seeds)))
-    summary = summarise(args, records)
+    summary = summarise(args, records, study)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: summary.get(k) for k in ("tag", "top1", "top1_mean", "top1_std", "delta_vs_study",

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from convnext.models.roadmap import roadmap_step
 from convnext.study.recipe import get_budget, train_config
@@ -56,10 +55,7 @@ def main() -> int:
               "runtime.run_name": name}
     if not args.budget:  # the short study's recipe without what the batched input path cannot do
         values.update({"aug.randaugment": False, "aug.random_erasing": 0.0})
-    for item in args.sets:
-        key, _, value = item.partition("=")
-        values[key] = yaml.safe_load(value)
-    cfg = cfg.replace(values)
+    cfg = cfg.replace(values).replace(args.sets)  # --set on top, read as `convnext train --set` reads it
     started = time.time()
     summary = train(cfg)
     history = summary["history"]

@@ -175,7 +175,7 @@ class TrainConfig:
     def replace(self, overrides: dict[str, Any] | list[str] | None = None) -> "TrainConfig":
         """A copy with dotted overrides applied: ``{"opt.lr": 1e-3}`` or ``["opt.lr=1e-3"]``."""
         d = self.to_dict()
-        for key, value in _pairs(overrides):
+        for key, value in parse_overrides(overrides):
             _set_dotted(d, key, value)
         return TrainConfig.from_dict(d)
 
@@ -354,7 +354,9 @@ def _deep_merge(a: dict, b: dict) -> dict:
     return out
 
 
-def _pairs(overrides) -> list[tuple[str, Any]]:
+def parse_overrides(overrides: dict[str, Any] | list[str] | None) -> list[tuple[str, Any]]:
+    """Dotted overrides as (key, value) pairs: a dict's items, or ``KEY=VALUE`` strings with each value read as YAML
+    (what ``--set`` and ``TrainConfig.replace`` take); UsageError for a string without ``=``."""
     if overrides is None:
         return []
     if isinstance(overrides, dict):
