@@ -113,7 +113,8 @@ class StudyBudget:
 BUDGETS: dict[str, StudyBudget] = {
     # The committed CPU study (results/roadmap): 5 passes over all 60,000 training images at 32 px, width / 8, batch 128,
     # the light regularisation, evaluated on the whole test split; the batched input path (data.on_device, here the
-    # CPU's memory) because the per-sample one feeds one thread ~700-1,400 img/s and these networks train at 1,400-2,800.
+    # CPU's memory) because the per-sample one feeds one thread ~700-1,400 img/s and these networks train at 1,500-2,700
+    # (benchmarks/results/study/step_speed_32px.json).
     # 17 steps x 3 seeds, two runs at a time, took 76 minutes of the 2-core machine; a run at 64 px takes 2.5-3.8x
     # as long (benchmarks/results/study/ablations).
     "cpu": StudyBudget(image_size=32, width_mult=0.125, batch_size=128, train_images=60000, epochs=5,
