@@ -19,8 +19,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet --no-cache-dir $(TORCH_SPEC)
+	$(PIP) install --quiet --no-cache-dir -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
