@@ -9,14 +9,18 @@ PIP := $(PY) -m pip
 ARCH := $(shell uname -m)
 ifeq ($(ARCH),aarch64)
 TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
+VENV_GB ?= 2
 else
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+VENV_GB ?= 7
 endif
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
 .PHONY: demo test test-all install data clean
 
 $(VENV)/.installed: pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); if [ "$$free" -lt $(VENV_GB) ]; then \
+		echo "make install: the venv needs ~$(VENV_GB) GB (torch and its libraries) but $$free GB are free here; free disk space and rerun"; exit 1; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet --no-cache-dir $(TORCH_SPEC)
