@@ -1,4 +1,4 @@
-"""benchmarks/recipes/sweep.py's choice of the one run read on the test split, benchmarks/study/plateau_check.py's
+"""benchmarks/recipes/sweep.py's choice of the one run read on the test split, benchmarks/recipes/ensemble_probe.py, benchmarks/study/plateau_check.py's
 comparison, benchmarks/study/ablation.py's runs and comparison, and benchmarks/gpu_check.sh's dry run on the CPU (its
 fmnist, study and roadmap steps, the ones a GPU session trains with).
 
@@ -230,3 +230,44 @@ def test_study_ablation_trains_the_step_with_its_change_and_compares_with_the_st
                            capture_output=True, text=True)
     assert other.returncode != 0 and "not the ablation's baseline" in other.stderr
     assert not (tmp_path / "w2").exists()  # refused before anything trained
+
+
+def test_ensemble_probe_scores_runs_alone_and_averaged_on_their_held_out_images(tmp_path):
+    """benchmarks/recipes/ensemble_probe.py: each run alone scores what `convnext eval --holdout` scores for its last
+    EMA weights (the same held-out images), a pair is the argmax of the summed softmaxes, and runs that held out
+    different images are refused before anything is scored."""
+    fmnist = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
+    if not fmnist.exists():
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+    def train(name: str, seed: int, holdout: int) -> Path:
+        subprocess.run([sys.executable, "-m", "convnext", "train", "--preset", "small", "--data.dataset",
+                        "fashion_mnist", "--data.root", str(fmnist), "--data.workers", "0", "--data.holdout",
+                        str(holdout), "--data.limit_train", "512", "--data.limit_val", "64", "--opt.epochs", "1",
+                        "--runtime.seed", str(seed), "--runtime.out", str(tmp_path), "--runtime.run_name", name,
+                        "--runtime.progress", "false", "--runtime.plots", "false", "--runtime.tensorboard", "false"],
+                       check=True, cwd=ROOT, env=env, capture_output=True)
+        return tmp_path / name
+
+    a, b = train("a", 0, 300), train("b", 1, 300)
+    out = tmp_path / "probe.json"
+    subprocess.run([sys.executable, "benchmarks/recipes/ensemble_probe.py", str(a), str(b), "--out", str(out),
+                    "--data-root", str(fmnist)],
+                   check=True, cwd=ROOT, env=env, capture_output=True)
+    probe = json.loads(out.read_text())
+    for run in (a, b):
+        evaluated = subprocess.run([sys.executable, "-m", "convnext", "eval", str(run / "last_ema.safetensors"),
+                                    "--dataset", "fashion_mnist", "--data-root", str(fmnist), "--holdout", "300",
+                                    "--workers", "0", "--json"], check=True, cwd=ROOT, env=env, capture_output=True,
+                                   text=True)
+        assert probe["single_top1"][str(run)] == pytest.approx(json.loads(evaluated.stdout)["top1"], abs=0.006)
+        assert probe["weights"][str(run)] == "last_ema.safetensors"
+    (pair,) = probe["pairs"]
+    assert pair["top1"] == probe["all_top1"]
+    assert pair["gain_over_better"] == pytest.approx(pair["top1"] - max(probe["single_top1"].values()), abs=0.006)
+    c = train("c", 0, 200)
+    bad = subprocess.run([sys.executable, "benchmarks/recipes/ensemble_probe.py", str(a), str(c), "--out",
+                          str(tmp_path / "bad.json")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "must all hold out the same" in bad.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "bad.json").exists()

@@ -2,7 +2,7 @@
 together (the mean of their softmax outputs), on the training images they held out (data.holdout), never the
 test split.
 
-    python benchmarks/recipes/ensemble_probe.py RUN_DIR [RUN_DIR ...] --out OUT.json
+    python benchmarks/recipes/ensemble_probe.py RUN_DIR [RUN_DIR ...] --out OUT.json [--data-root DIR]
 
 Each run contributes the weights fixed before it trained: its last epoch's EMA (last_ema.safetensors), or, for runs
 older than that file, its last epoch's model weights (last.safetensors). Every run must have held out the same
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -30,11 +31,11 @@ def weights_of(run_dir: Path) -> Path:
 
 
 @torch.no_grad()
-def heldout_probs(checkpoint: Path, holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
+def heldout_probs(checkpoint: Path, holdout: int, root: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities of ``checkpoint`` on the ``holdout`` training images its run validated on, and labels."""
     model, info = load_model(checkpoint, map_location="cpu")
     model.eval()
-    split = split_holdout(load_eval_split(info.train.get("dataset", "fashion_mnist"), "train", None,
+    split = split_holdout(load_eval_split(info.train.get("dataset", "fashion_mnist"), "train", root,
                                           info.preprocess.channels), holdout)[1]
     loader = torch.utils.data.DataLoader(eval_dataset(split, info.preprocess), batch_size=1000)
     probs, labels = zip(*[(model(x).float().softmax(1), y) for x, y in loader])
@@ -49,6 +50,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data-root", default=None, help="the dataset's folder, where it is not in its default place")
     args = p.parse_args()
     holdouts = {int(yaml.safe_load((r / "config.yaml").read_text())["data"]["holdout"]) for r in args.runs}
     if len(holdouts) != 1 or 0 in holdouts:
@@ -56,7 +58,7 @@ def main() -> None:
     holdout = holdouts.pop()
     probs, labels = {}, None
     for run in args.runs:
-        probs[str(run)], labels_run = heldout_probs(weights_of(run), holdout)
+        probs[str(run)], labels_run = heldout_probs(weights_of(run), holdout, args.data_root)
         if labels is not None and not torch.equal(labels, labels_run):
             raise SystemExit(f"{run} held out other images than {args.runs[0]}")
         labels = labels_run
@@ -74,7 +76,7 @@ def main() -> None:
         "split": f"{holdout} training images held out (data.holdout), never the test split",
         "weights": {name: weights_of(Path(name)).name for name in probs},
         "single_top1": single, "pairs": pairs, "all_top1": every,
-        "command": "python benchmarks/recipes/ensemble_probe.py " + " ".join(map(str, args.runs)) + f" --out {args.out}",
+        "command": "python benchmarks/recipes/ensemble_probe.py " + " ".join(sys.argv[1:]),
     }, indent=2) + "\n")
 
 
