@@ -1,6 +1,6 @@
-"""benchmarks/recipes/sweep.py's choice of the one run read on the test split, benchmarks/recipes/ensemble_probe.py, benchmarks/study/plateau_check.py's
-comparison, benchmarks/study/ablation.py's runs and comparison, and benchmarks/gpu_check.sh's dry run on the CPU (its
-fmnist, study and roadmap steps, the ones a GPU session trains with).
+"""benchmarks/recipes/sweep.py's choice of the one run read on the test split, benchmarks/recipes/ensemble_probe.py's
+scores, benchmarks/study/plateau_check.py's comparison, benchmarks/study/ablation.py's runs and comparison, and
+benchmarks/gpu_check.sh's dry run on the CPU (its fmnist, study and roadmap steps, the ones a GPU session trains with).
 
 The rule fixed before a sweep runs: among finished runs, the highest held-out top-1 of a run's best checkpoint
 (model or EMA, whichever best.safetensors holds); the test split is read for that run alone."""
