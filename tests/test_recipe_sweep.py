@@ -271,3 +271,6 @@ def test_ensemble_probe_scores_runs_alone_and_averaged_on_their_held_out_images(
                           str(tmp_path / "bad.json")], cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "must all hold out the same" in bad.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "bad.json").exists()
+    twice = subprocess.run([sys.executable, "benchmarks/recipes/ensemble_probe.py", str(a), str(a), "--out",
+                            str(tmp_path / "bad.json")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert twice.returncode != 0 and "named twice" in twice.stderr.strip().splitlines()[-1]

@@ -23,6 +23,7 @@ import yaml
 from convnext.checkpoint import load_model
 from convnext.data.assembly import eval_dataset, load_eval_split
 from convnext.data.datasets import split_holdout
+from convnext.files import atomic_write_text
 
 
 def weights_of(run_dir: Path) -> Path:
@@ -52,6 +53,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--data-root", default=None, help="the dataset's folder, where it is not in its default place")
     args = p.parse_args()
+    if len(set(args.runs)) != len(args.runs):
+        raise SystemExit("a run is named twice: name each run once")
+    missing = [str(r) for r in args.runs if not (r / "config.yaml").is_file() or not weights_of(r).is_file()]
+    if missing:
+        raise SystemExit(f"not a finished training run (config.yaml and last weights): {', '.join(missing)}")
     holdouts = {int(yaml.safe_load((r / "config.yaml").read_text())["data"]["holdout"]) for r in args.runs}
     if len(holdouts) != 1 or 0 in holdouts:
         raise SystemExit(f"the runs held out {sorted(holdouts)} images: they must all hold out the same nonzero count")
@@ -72,7 +78,7 @@ def main() -> None:
     every = top1(sum(probs.values()), labels)
     print(f"all {len(probs)}: {every:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    atomic_write_text(args.out, json.dumps({
         "split": f"{holdout} training images held out (data.holdout), never the test split",
         "weights": {name: weights_of(Path(name)).name for name in probs},
         "single_top1": single, "pairs": pairs, "all_top1": every,
