@@ -234,8 +234,9 @@ def test_study_ablation_trains_the_step_with_its_change_and_compares_with_the_st
 
 def test_ensemble_probe_scores_runs_alone_and_averaged_on_their_held_out_images(tmp_path):
     """benchmarks/recipes/ensemble_probe.py: each run alone scores what `convnext eval --holdout` scores for its last
-    EMA weights (the same held-out images), a pair is the argmax of the summed softmaxes, and runs that held out
-    different images are refused before anything is scored."""
+    EMA weights (the same held-out images), a pair's gain is its score over its better member's (with two runs, "all"
+    is the pair), and runs that held out different images, or one run named twice, are refused before anything is
+    scored."""
     fmnist = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
     if not fmnist.exists():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")

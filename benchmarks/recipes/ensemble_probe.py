@@ -12,6 +12,7 @@ images (the same data.holdout, which cuts a fixed set).
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -26,6 +27,12 @@ from convnext.data.datasets import split_holdout
 from convnext.files import atomic_write_text
 
 
+@functools.lru_cache(maxsize=None)
+def heldout_split(dataset: str, root: str | None, channels: int, holdout: int):
+    """The ``holdout`` training images data.holdout cuts, read once for every run that shares them."""
+    return split_holdout(load_eval_split(dataset, "train", root, channels), holdout)[1]
+
+
 def weights_of(run_dir: Path) -> Path:
     ema = run_dir / "last_ema.safetensors"
     return ema if ema.is_file() else run_dir / "last.safetensors"
@@ -36,8 +43,7 @@ def heldout_probs(checkpoint: Path, holdout: int, root: str | None) -> tuple[tor
     """Class probabilities of ``checkpoint`` on the ``holdout`` training images its run validated on, and labels."""
     model, info = load_model(checkpoint, map_location="cpu")
     model.eval()
-    split = split_holdout(load_eval_split(info.train.get("dataset", "fashion_mnist"), "train", root,
-                                          info.preprocess.channels), holdout)[1]
+    split = heldout_split(info.train.get("dataset", "fashion_mnist"), root, info.preprocess.channels, holdout)
     loader = torch.utils.data.DataLoader(eval_dataset(split, info.preprocess), batch_size=1000)
     probs, labels = zip(*[(model(x).float().softmax(1), y) for x, y in loader])
     return torch.cat(probs), torch.cat(labels)
