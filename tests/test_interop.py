@@ -423,7 +423,10 @@ def test_hf_folder_for_a_backbone_is_a_convnext_backbone(tmp_path, monkeypatch):
 
 
 def test_hf_folder_refuses_models_transformers_does_not_have(tmp_path):
-    for name in ("roadmap_patchify", "convnext_isotropic_small"):
+    overlapping_stem = convnext.create_model("convnext_atto", num_classes=4, stem_kernel_size=7)
+    for name, model in (("roadmap_patchify", convnext.create_model("roadmap_patchify", num_classes=4)),
+                        ("convnext_isotropic_small", convnext.create_model("convnext_isotropic_small", num_classes=4)),
+                        ("overlapping_stem", overlapping_stem)):  # transformers' stem is a non-overlapping patchify
         with pytest.raises(convnext.errors.CheckpointError, match="hierarchical ConvNeXt family only"):
-            export_weights(convnext.create_model(name, num_classes=4), tmp_path / name, layout="hf")
+            export_weights(model, tmp_path / name, layout="hf")
         assert not (tmp_path / name).exists()

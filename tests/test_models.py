@@ -106,6 +106,35 @@ def test_demo_model_params_and_flops_by_hand():
         kernel_size=5, mlp_ratio=2.0, norm="batchnorm")
 
 
+def test_overlapping_stem_sees_a_padded_window_per_patch_and_keeps_the_map_size():
+    # stem_kernel_size 4 at patch 2: output pixel (i, j) is the 4x4 window of the input padded by 1 whose corner is
+    # input pixel (2i - 1, 2j - 1); checked by an explicit loop, not by another conv
+    model = convnext.create_model("convnext_micro_bn_small_input", in_chans=1, num_classes=10, stem_kernel_size=4)
+    conv = model.stem.conv
+    x = torch.randn(1, 1, 28, 28)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    out = conv(x)
+    assert out.shape == (1, 32, 14, 14)
+    for i, j in ((0, 0), (5, 9), (13, 13)):
+        window = padded[0, 0, 2 * i:2 * i + 4, 2 * j:2 * j + 4]
+        expect = (conv.weight[:, 0] * window).sum((1, 2)) + conv.bias
+        torch.testing.assert_close(out[0, :, i, j], expect, rtol=1e-5, atol=1e-5)
+    # parameters and MACs by hand: only the stem's kernel grows, from 2x2 to 4x4
+    params, macs, _ = _micro_counts_by_hand(kernel=5, mlp_ratio=2)
+    assert convnext.count_params(model) == params + 32 * (16 - 4)
+    assert convnext.count_flops(model, (1, 28, 28)) * 1e9 == pytest.approx(macs + 14 * 14 * 32 * (16 - 4), abs=0.5)
+    # every kernel >= the patch keeps the map at size / patch, odd or even, at any valid size
+    for patch, kernel, size in ((2, 3, 28), (2, 5, 32), (4, 9, 64), (4, 7, 32), (1, 3, 16), (4, 4, 32)):
+        m = convnext.create_model("convnext_atto", stem_patch_size=patch, stem_kernel_size=kernel, num_classes=3)
+        assert m.stem(torch.zeros(1, 3, size, size)).shape[-1] == size // patch
+    with pytest.raises(ValueError, match="must be at least stem_patch_size=4"):
+        convnext.create_model("convnext_atto", stem_kernel_size=3)
+    with pytest.raises(ValueError, match="and odd"):
+        convnext.create_model("convnext_atto", stem_patch_size=1, stem_kernel_size=2)
+    with pytest.raises(ValueError, match="patchify stem only"):
+        convnext.create_model("resnet50", stem_kernel_size=7)
+
+
 def test_roadmap_order_and_every_step_within_0_2_gflops_of_paper():
     names = [s.name for s in ROADMAP]
     assert names[0] == "resnet50" and names[-1] == "roadmap_separate_downsampling"

@@ -74,6 +74,10 @@ class ArchConfig:
     stem_dim: int | None = None
     # Patch size for the patchify stem (4 in hierarchical ConvNeXt, 16 in isotropic).
     stem_patch_size: int = 4
+    # Kernel of the patchify stem's conv; None means the patch size (non-overlapping patches, the paper's). A larger
+    # kernel at the same stride sees overlapping patches (padded to keep the size / patch output), which costs
+    # little in a 1-3 channel stem and lets each output pixel see its neighbours' pixels.
+    stem_kernel_size: int | None = None
     stem_norm: bool = True
 
     norm: str = "layernorm"
@@ -125,6 +129,14 @@ class ArchConfig:
             raise ValueError(f"ArchConfig.head_dropout={self.head_dropout} must be in [0, 1)")
         if self.stem_patch_size < 1:
             raise ValueError(f"ArchConfig.stem_patch_size={self.stem_patch_size} must be >= 1")
+        if self.stem_kernel_size is not None:
+            k, p = self.stem_kernel_size, self.stem_patch_size
+            if self.stem != "patchify":
+                raise ValueError(f"ArchConfig.stem_kernel_size={k} applies to the patchify stem only (stem={self.stem!r})")
+            if k < p or (p == 1 and k % 2 == 0):
+                raise ValueError(f"ArchConfig.stem_kernel_size={k} must be at least stem_patch_size={p}"
+                                 + (" and odd (a patch size of 1 has no padding that keeps an even kernel centred)"
+                                    if p == 1 else ""))
         if self.layout == "dwconv_first" and not self.depthwise:
             raise ValueError("ArchConfig.layout='dwconv_first' needs depthwise=True (a full conv cannot change "
                              "width before the 1x1 convs in this design)")
@@ -132,6 +144,12 @@ class ArchConfig:
     @property
     def stem_width(self) -> int:
         return self.stem_dim if self.stem_dim is not None else self.dims[0]
+
+    @property
+    def stem_padding(self) -> int:
+        """Padding of the patchify stem's conv: the least that keeps its output at input / patch size."""
+        k = self.stem_kernel_size or self.stem_patch_size
+        return (k - self.stem_patch_size + 1) // 2
 
     @property
     def stem_stride(self) -> int:

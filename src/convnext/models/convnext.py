@@ -110,8 +110,9 @@ class Stem(nn.Sequential):
             self.add_module("act", make_activation(cfg.activation))
             self.add_module("pool", nn.MaxPool2d(3, stride=2, padding=1))
         else:
-            p = cfg.stem_patch_size
-            self.add_module("conv", nn.Conv2d(cfg.in_chans, width, p, stride=p, bias=cfg.conv_bias))
+            p, k = cfg.stem_patch_size, cfg.stem_kernel_size or cfg.stem_patch_size
+            self.add_module("conv", nn.Conv2d(cfg.in_chans, width, k, stride=p, padding=cfg.stem_padding,
+                                              bias=cfg.conv_bias))
             if cfg.stem_norm:
                 self.add_module("norm", make_norm(cfg.norm, width))
 

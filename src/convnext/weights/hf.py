@@ -32,7 +32,8 @@ def model_config(model: nn.Module, class_names: list[str] | None = None, image_s
     """transformers' ConvNextConfig fields for ``model`` (a classifier, a feature extractor or a backbone)."""
     cfg = model.cfg
     if not (cfg.stem == "patchify" and cfg.layout == "dwconv_first" and cfg.norm == "layernorm"
-            and cfg.activation == "gelu" and cfg.downsample == "separate" and len(cfg.depths) > 1):
+            and cfg.activation == "gelu" and cfg.downsample == "separate" and len(cfg.depths) > 1
+            and cfg.stem_kernel_size in (None, cfg.stem_patch_size)):
         raise CheckpointError("the hf layout holds the hierarchical ConvNeXt family only; export this model with "
                               "layout 'ours' (or timm/official for isotropic ConvNeXt)")
     out: dict[str, Any] = {
