@@ -147,6 +147,28 @@ def _study(epochs: int, rows: dict[str, dict[int, float]], lr: float = 0.1) -> d
                        "top1_mean": sum(r.values()) / len(r)} for n, r in rows.items()]}
 
 
+def test_test_each_reads_every_seeds_best_checkpoint_once_and_refuses_an_unfinished_group(tmp_path, monkeypatch):
+    sweep = _sweep()
+    monkeypatch.setitem(sweep.GROUPS, "g", {"seed1": [], "seed2": []})
+    _run_dir(tmp_path / "g", "seed1", [(93.5, 93.9)])
+    _run_dir(tmp_path / "g", "seed2", [(93.1, 93.0)], done=False)
+    calls = _fake_eval(monkeypatch, sweep, 93.6, 78.0)
+    with pytest.raises(SystemExit, match="unfinished runs in .*: seed2"):
+        sweep.test_each("g", tmp_path, None, "cpu")
+    assert calls == []  # nothing read before every seed finished
+    (tmp_path / "g" / "seed2" / "done").write_text("cmd\n")
+    save = tmp_path / "g.json"
+    save.write_text(json.dumps({"group": "g", "runs": []}))
+    record = sweep.test_each("g", tmp_path, save, "cpu")
+    assert [c[3:5] for c in calls] == [["eval", str(tmp_path / "g" / name / "best.safetensors")]
+                                       for name in ("seed1", "seed2")]
+    assert all("--holdout" not in c and c[c.index("--tta") + 1] == "none" for c in calls)
+    assert {name: (r["heldout_top1"], r["test_top1"]) for name, r in record["runs"].items()} == {
+        "seed1": (93.9, 93.6), "seed2": (93.1, 93.6)}
+    saved = json.loads(save.read_text())
+    assert saved["group"] == "g" and set(saved["test"]["runs"]) == {"seed1", "seed2"}
+
+
 def test_plateau_check_compares_the_seeds_both_budgets_hold():
     check = _plateau_check().check
     study = _study(30, {"resnet50": {0: 90.0, 1: 91.0}, "roadmap_kernel7": {0: 88.0},
