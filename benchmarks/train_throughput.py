@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))  # also when imported (data_pipeline.py imports this file)
 from rounds import timed_rounds  # noqa: E402
+from usage import UsageExit, run_main  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TIMM_LOOPS = ("timm", "timm_channels_last", "timm_fused_adamw", "timm_fused_adamw_channels_last")
@@ -181,7 +182,7 @@ def build_loop(name: str, args, device: torch.device, tmp: str):
     if base in TIMM_LOOPS:
         return timm_step_fn(args.amp, args.drop_path, channels_last="channels_last" in base,
                             fused="fused" in base, **common)
-    raise SystemExit(f"unknown loop {name!r}; loops: {', '.join(OURS_LOOPS + TIMM_LOOPS)}, each with an optional "
+    raise UsageExit(f"unknown loop {name!r}; loops: {', '.join(OURS_LOOPS + TIMM_LOOPS)}, each with an optional "
                      "_compiled suffix")
 
 
@@ -388,4 +389,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

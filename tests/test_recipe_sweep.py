@@ -169,7 +169,7 @@ def test_test_each_reads_every_seeds_best_checkpoint_once_and_refuses_an_unfinis
     assert saved["group"] == "g" and set(saved["test"]["runs"]) == {"seed1", "seed2"}
 
 
-def test_plateau_check_compares_the_seeds_both_budgets_hold():
+def test_plateau_check_compares_the_seeds_both_budgets_hold(tmp_path):
     check = _plateau_check().check
     study = _study(30, {"resnet50": {0: 90.0, 1: 91.0}, "roadmap_kernel7": {0: 88.0},
                         "roadmap_separate_downsampling": {0: 92.0, 1: 92.4}})
@@ -186,6 +186,13 @@ def test_plateau_check_compares_the_seeds_both_budgets_hold():
     for other in (_study(40, {}), _study(60, {}, lr=0.2)):  # not twice the epochs, or another change too
         with pytest.raises(SystemExit, match="not the first at twice the epochs"):
             check(study, other, 0.3)
+    # from the command line, bad input is one line on stderr and exit status 2 (as in the convnext CLI)
+    missing = subprocess.run([sys.executable, "benchmarks/study/plateau_check.py", str(tmp_path / "none"),
+                              str(tmp_path / "none"), str(tmp_path / "out.json")], cwd=ROOT, capture_output=True,
+                             text=True)
+    assert missing.returncode == 2 and missing.stderr == f"plateau_check.py: error: {tmp_path / 'none'}: no " \
+        "results.json (has the study written its first run?)\n"
+    assert not (tmp_path / "out.json").exists()
 
 
 @pytest.mark.slow
@@ -247,10 +254,11 @@ def test_study_ablation_trains_the_step_with_its_change_and_compares_with_the_st
     # a baseline trained under another budget is refused, and so is an unknown field, in one line
     bad = subprocess.run([*cmd[:2], "roadmap_gelu", "x", "--arch", "bogus=1"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
-    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("--arch: unknown ArchConfig field")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]  # bad input: one line, 2
+    assert bad.stderr.startswith("ablation.py: error: --arch: unknown ArchConfig field")
     other = subprocess.run([*cmd, "--data", "fashion_mnist", "--work-dir", str(tmp_path / "w2")], cwd=ROOT, env=env,
                            capture_output=True, text=True)
-    assert other.returncode != 0 and "not the ablation's baseline" in other.stderr
+    assert other.returncode == 2 and "not the ablation's baseline" in other.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "w2").exists()  # refused before anything trained
 
 
@@ -292,8 +300,9 @@ def test_ensemble_probe_scores_runs_alone_and_averaged_on_their_held_out_images(
     c = train("c", 0, 200)
     bad = subprocess.run([sys.executable, "benchmarks/recipes/ensemble_probe.py", str(a), str(c), "--out",
                           str(tmp_path / "bad.json")], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert bad.returncode != 0 and "must all hold out the same" in bad.stderr.strip().splitlines()[-1]
+    assert bad.returncode == 2 and bad.stderr.startswith("ensemble_probe.py: error: ")
+    assert "must all hold out the same" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad.json").exists()
     twice = subprocess.run([sys.executable, "benchmarks/recipes/ensemble_probe.py", str(a), str(a), "--out",
                             str(tmp_path / "bad.json")], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert twice.returncode != 0 and "named twice" in twice.stderr.strip().splitlines()[-1]
+    assert twice.returncode == 2 and "named twice" in twice.stderr and len(twice.stderr.strip().splitlines()) == 1

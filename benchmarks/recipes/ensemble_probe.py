@@ -26,6 +26,9 @@ from convnext.data.assembly import eval_dataset, load_eval_split
 from convnext.data.datasets import split_holdout
 from convnext.files import atomic_write_text
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared usage module
+from usage import UsageExit, run_main  # noqa: E402
+
 
 @functools.lru_cache(maxsize=None)
 def heldout_split(dataset: str, root: str | None, channels: int, holdout: int):
@@ -60,19 +63,19 @@ def main() -> None:
     p.add_argument("--data-root", default=None, help="the dataset's folder, where it is not in its default place")
     args = p.parse_args()
     if len(set(args.runs)) != len(args.runs):
-        raise SystemExit("a run is named twice: name each run once")
+        raise UsageExit("a run is named twice: name each run once")
     missing = [str(r) for r in args.runs if not (r / "config.yaml").is_file() or not weights_of(r).is_file()]
     if missing:
-        raise SystemExit(f"not a finished training run (config.yaml and last weights): {', '.join(missing)}")
+        raise UsageExit(f"not a finished training run (config.yaml and last weights): {', '.join(missing)}")
     holdouts = {int(yaml.safe_load((r / "config.yaml").read_text())["data"]["holdout"]) for r in args.runs}
     if len(holdouts) != 1 or 0 in holdouts:
-        raise SystemExit(f"the runs held out {sorted(holdouts)} images: they must all hold out the same nonzero count")
+        raise UsageExit(f"the runs held out {sorted(holdouts)} images: they must all hold out the same nonzero count")
     holdout = holdouts.pop()
     probs, labels = {}, None
     for run in args.runs:
         probs[str(run)], labels_run = heldout_probs(weights_of(run), holdout, args.data_root)
         if labels is not None and not torch.equal(labels, labels_run):
-            raise SystemExit(f"{run} held out other images than {args.runs[0]}")
+            raise UsageExit(f"{run} held out other images than {args.runs[0]}")
         labels = labels_run
         print(f"{run}: {top1(probs[str(run)], labels):.2f}", flush=True)
     single = {name: top1(pr, labels) for name, pr in probs.items()}
@@ -93,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

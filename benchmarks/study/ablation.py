@@ -31,6 +31,9 @@ from convnext.models.roadmap import roadmap_step
 from convnext.study import get_budget, train_config
 from convnext.train.config import parse_overrides
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared usage module
+from usage import UsageExit, run_main  # noqa: E402
+
 
 def parse_changes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """--arch and --set as dicts (values read as YAML, as `convnext train` reads them), refusing in one line an
@@ -38,13 +41,13 @@ def parse_changes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     try:
         changes = {"arch": arch_overrides(args), "sets": dict(parse_overrides(args.sets))}
     except UsageError as exc:
-        raise SystemExit(str(exc)) from None
+        raise UsageExit(str(exc)) from None
     try:
         roadmap_step(args.step).config.replace(**changes["arch"])
     except KeyError:
-        raise SystemExit(f"unknown roadmap step {args.step!r}") from None
+        raise UsageExit(f"unknown roadmap step {args.step!r}") from None
     except (TypeError, ValueError) as exc:
-        raise SystemExit(f"--arch: {exc}") from None
+        raise UsageExit(f"--arch: {exc}") from None
     return changes
 
 
@@ -81,7 +84,7 @@ def baseline_study(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     study = json.loads(results.read_text())
     if study["settings"]["budget"] != get_budget(args.budget).to_dict() or study["settings"]["data"] != args.data:
-        raise SystemExit(f"{args.study} was trained under another budget or data than --budget {args.budget} "
+        raise UsageExit(f"{args.study} was trained under another budget or data than --budget {args.budget} "
                          f"--data {args.data}: its runs are not the ablation's baseline")
     return study
 
@@ -126,7 +129,7 @@ def main() -> int:
     p.add_argument("--work-dir", default="runs/roadmap-ablation")
     args = p.parse_args()
     if not args.arch and not args.sets:
-        raise SystemExit("an ablation changes something: give --arch FIELD=VALUE or --set KEY=VALUE")
+        raise UsageExit("an ablation changes something: give --arch FIELD=VALUE or --set KEY=VALUE")
     args.changes = parse_changes(args)
     study = baseline_study(args)  # a baseline from another budget is refused before anything trains
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -140,4 +143,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

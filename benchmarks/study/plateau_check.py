@@ -16,11 +16,14 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared usage module
+from usage import UsageExit, run_main  # noqa: E402
+
 
 def load(folder: Path) -> dict:
     path = folder / "results.json"
     if not path.is_file():
-        raise SystemExit(f"{folder}: no results.json (has the study written its first run?)")
+        raise UsageExit(f"{folder}: no results.json (has the study written its first run?)")
     return json.loads(path.read_text())
 
 
@@ -32,7 +35,7 @@ def check(study: dict, double: dict, tolerance: float) -> dict:
     budget, budget_2x = study["settings"]["budget"], double["settings"]["budget"]
     same = {k: v for k, v in budget.items() if k != "epochs"}
     if same != {k: v for k, v in budget_2x.items() if k != "epochs"} or budget_2x["epochs"] != 2 * budget["epochs"]:
-        raise SystemExit("the second study is not the first at twice the epochs: "
+        raise UsageExit("the second study is not the first at twice the epochs: "
                          f"{budget} vs {budget_2x}; run it with --epochs {2 * budget['epochs']} and nothing else "
                          "changed")
     rows = {r["name"]: r for r in study["steps"]}
@@ -71,4 +74,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))
