@@ -299,6 +299,19 @@ def evaluate(checkpoint: Path, device: str, tta: str, holdout: int = 0) -> dict:
     return {**result, "command": " ".join(["python -m convnext eval", *cmd[4:]])}
 
 
+def test_fields(result: dict) -> dict:
+    """What a test-split evaluation (``evaluate``) records: top-1, image count, per-class top-1 and the command."""
+    return {"test_top1": result["top1"], "test_count": result["count"],
+            "test_per_class": {c["class"]: c["top1"] for c in result["per_class"]}, "command": result["command"]}
+
+
+def add_test_record(save: Path | None, record: dict) -> None:
+    """Add ``record`` as the "test" entry of the report JSON at ``save`` (if any), keeping the rest of it."""
+    if save is not None:
+        data = json.loads(save.read_text()) if save.exists() else {}
+        save.write_text(json.dumps({**data, "test": record}, indent=2) + "\n")
+
+
 def test_best(group: str, out: Path, save: Path | None, device: str, tta: str = "none") -> dict:
     """Evaluate the group's chosen run (highest held-out top-1, finished runs only) on the test split, once.
 
@@ -320,13 +333,10 @@ def test_best(group: str, out: Path, save: Path | None, device: str, tta: str = 
         print(f"{chosen}: held-out top-1 without / with flip TTA {heldout['none']:.2f} / {heldout['flip']:.2f}: "
               f"tta {tta}", flush=True)
     result = evaluate(checkpoint, device, tta)
-    record.update(tta=tta, test_top1=result["top1"], test_count=result["count"],
-                  test_per_class={c["class"]: c["top1"] for c in result["per_class"]}, command=result["command"])
+    record.update(tta=tta, **test_fields(result))
     print(f"{chosen}: held-out {finished[chosen]:.2f}%  test {result['top1']:.2f}% ({result['count']} images, "
           f"tta {tta})")
-    if save is not None:
-        data = json.loads(save.read_text()) if save.exists() else {}
-        save.write_text(json.dumps({**data, "test": record}, indent=2) + "\n")
+    add_test_record(save, record)
     return record
 
 
@@ -343,15 +353,11 @@ def test_last(group: str, out: Path, save: Path | None, device: str) -> dict:
             raise UsageExit(f"{run_dir} validated while training: --test-last is for final runs (FINAL), "
                              "use --test-best")
         result = evaluate(run_dir / "last_ema.safetensors", device, "none")
-        record["runs"][name] = {"test_top1": result["top1"], "test_count": result["count"],
-                                "test_per_class": {c["class"]: c["top1"] for c in result["per_class"]},
-                                "command": result["command"]}
+        record["runs"][name] = test_fields(result)
         print(f"{name}: test {result['top1']:.2f}% ({result['count']} images, last epoch's EMA)")
     if not record["runs"]:
         raise UsageExit(f"no finished run in {out / group}: nothing to evaluate")
-    if save is not None:
-        data = json.loads(save.read_text()) if save.exists() else {}
-        save.write_text(json.dumps({**data, "test": record}, indent=2) + "\n")
+    add_test_record(save, record)
     return record
 
 
@@ -366,14 +372,9 @@ def test_each(group: str, out: Path, save: Path | None, device: str) -> dict:
     record = {"rule": "every run's best.safetensors, read once each; no run chosen", "runs": {}}
     for name in GROUPS[group]:
         result = evaluate(out / group / name / "best.safetensors", device, "none")
-        record["runs"][name] = {"heldout_top1": best_heldout(out / group / name), "test_top1": result["top1"],
-                                "test_count": result["count"],
-                                "test_per_class": {c["class"]: c["top1"] for c in result["per_class"]},
-                                "command": result["command"]}
+        record["runs"][name] = {"heldout_top1": best_heldout(out / group / name), **test_fields(result)}
         print(f"{name}: test {result['top1']:.2f}% ({result['count']} images)")
-    if save is not None:
-        data = json.loads(save.read_text()) if save.exists() else {}
-        save.write_text(json.dumps({**data, "test": record}, indent=2) + "\n")
+    add_test_record(save, record)
     return record
 
 

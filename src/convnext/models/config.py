@@ -146,10 +146,14 @@ class ArchConfig:
         return self.stem_dim if self.stem_dim is not None else self.dims[0]
 
     @property
+    def stem_kernel(self) -> int:
+        """Kernel of the patchify stem's conv: stem_kernel_size, or the patch size when it is None."""
+        return self.stem_kernel_size or self.stem_patch_size
+
+    @property
     def stem_padding(self) -> int:
         """Padding of the patchify stem's conv: the least that keeps its output at input / patch size."""
-        k = self.stem_kernel_size or self.stem_patch_size
-        return (k - self.stem_patch_size + 1) // 2
+        return (self.stem_kernel - self.stem_patch_size + 1) // 2
 
     @property
     def stem_stride(self) -> int:

@@ -110,9 +110,8 @@ class Stem(nn.Sequential):
             self.add_module("act", make_activation(cfg.activation))
             self.add_module("pool", nn.MaxPool2d(3, stride=2, padding=1))
         else:
-            p, k = cfg.stem_patch_size, cfg.stem_kernel_size or cfg.stem_patch_size
-            self.add_module("conv", nn.Conv2d(cfg.in_chans, width, k, stride=p, padding=cfg.stem_padding,
-                                              bias=cfg.conv_bias))
+            self.add_module("conv", nn.Conv2d(cfg.in_chans, width, cfg.stem_kernel, stride=cfg.stem_patch_size,
+                                              padding=cfg.stem_padding, bias=cfg.conv_bias))
             if cfg.stem_norm:
                 self.add_module("norm", make_norm(cfg.norm, width))
 

@@ -33,7 +33,7 @@ def model_config(model: nn.Module, class_names: list[str] | None = None, image_s
     cfg = model.cfg
     if not (cfg.stem == "patchify" and cfg.layout == "dwconv_first" and cfg.norm == "layernorm"
             and cfg.activation == "gelu" and cfg.downsample == "separate" and len(cfg.depths) > 1
-            and cfg.stem_kernel_size in (None, cfg.stem_patch_size)):
+            and cfg.stem_kernel == cfg.stem_patch_size):
         raise CheckpointError("the hf layout holds the hierarchical ConvNeXt family only; export this model with "
                               "layout 'ours' (or timm/official for isotropic ConvNeXt)")
     out: dict[str, Any] = {
