@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import convnext
+import convnext.data  # FASHION_MNIST_ROOT: the submodule is not imported by `import convnext`
 from convnext.checkpoint import ModelInfo, Preprocess, save_model
 
 FASHION = Path(convnext.data.FASHION_MNIST_ROOT)  # FASHION_MNIST_ROOT overrides the system copy
