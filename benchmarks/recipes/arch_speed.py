@@ -1,0 +1,144 @@
+"""How many training images per second each architecture variant of a recipe buys, timed side by side.
+
+A recipe with a fixed time budget (docs/recipes.md, section 5: 30 minutes of the 2-core CPU) trades architecture
+against epochs: a variant that costs 1.2x per image gets 1/1.2 of the epochs. This script measures that ratio on the
+engine's real training step (``Trainer._train_step``: forward, loss, Mixup/CutMix, backward, gradient guard, AdamW,
+EMA, the CPU accelerations), for the recipe's settings (the ``small`` preset, then ``--set``) and each variant's own
+settings on top, in interleaved rounds so machine noise hits every variant alike. Ratios are of median img/s to the
+first variant's, with the ratios of the fastest round ("best of", which interference can only slow) beside them.
+
+    python benchmarks/recipes/arch_speed.py --threads 2 \\
+        --set model.overrides.dims=[48,96,192] model.name=convnext_micro_bn_small_input \\
+        --variant base --variant "d112 model.overrides.depths=[1,1,2]" --out benchmarks/results/recipes/speed.json
+
+A variant is ``NAME`` followed by zero or more ``section.field=value`` settings, separated by spaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared timing and usage modules
+from rounds import timed_rounds  # noqa: E402
+from usage import UsageExit, run_main  # noqa: E402
+
+from convnext.errors import UsageError  # noqa: E402
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"NAME key=value ..."`` -> (NAME, ["key=value", ...])."""
+    words = text.split()
+    if not words or "=" in words[0]:
+        raise UsageExit(f"variant {text!r} must start with a name, e.g. \"d112 model.overrides.depths=[1,1,2]\"")
+    return words[0], words[1:]
+
+
+def engine_step(cfg, tmp: str):
+    """The engine's training step for ``cfg``, and one batch of its training data (the images the step would get
+    from the loader, before the on-step transforms)."""
+    from convnext.train.distributed import DistInfo
+    from convnext.train.loop import Trainer
+
+    trainer = Trainer(cfg.replace({"runtime.out": tmp}), DistInfo(device=torch.device("cpu")))
+    trainer.train_net.train()
+    images, labels = next(iter(trainer.train_loader))
+
+    def step() -> None:
+        trainer._train_step([(images, labels)])
+        if hasattr(trainer, "_read_tally"):  # the engine reads its step results after every step on the CPU
+            trainer._read_tally()
+
+    return step, images.shape[0], sum(p.numel() for p in trainer.model.parameters())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="settings for every variant, on top of the small preset (as convnext train --set)")
+    ap.add_argument("--variant", action="append", required=True,
+                    help='"NAME [KEY=VALUE ...]"; the first is the one the others are compared with')
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per round per variant")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
+    ap.add_argument("--budget-s", type=float, default=0, help="stop adding rounds when the next one would end "
+                    "past this many seconds since the start (0 = no budget; at least one round runs)")
+    ap.add_argument("--out", "-o", default=None, help="JSON path (default: print only)")
+    args = ap.parse_args()
+    for n, what in ((args.threads, "--threads"), (args.rounds, "--rounds"), (args.steps, "--steps")):
+        if n < 1:
+            raise UsageExit(f"{what} must be >= 1")
+    variants = dict(parse_variant(v) for v in args.variant)
+    if len(variants) != len(args.variant):
+        raise UsageExit("a variant is named twice: name each variant once")
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+
+    from convnext.train.config import load_config
+
+    steps, params, batch = {}, {}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, settings in variants.items():
+            try:
+                cfg = load_config(preset_name="small", overrides=[*args.set, *settings,
+                                                                   "runtime.tensorboard=false", "runtime.plots=false",
+                                                                   "runtime.progress=false", "data.workers=0"])
+            except UsageError as exc:
+                raise UsageExit(f"variant {name}: {exc}") from None
+            torch.manual_seed(0)
+            steps[name], b, params[name] = engine_step(cfg, f"{tmp}/{name}")
+            if batch not in (None, b):
+                raise UsageExit(f"variant {name} trains batches of {b}, the others {batch}: compare one batch size")
+            batch = b
+            for _ in range(args.warmup):
+                steps[name]()
+
+        def measure(name: str) -> float:
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                steps[name]()
+            return (time.perf_counter() - t0) / args.steps
+
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        first = next(iter(variants))
+
+        def write(rounds_done: int, complete: bool) -> dict:
+            rate = {n: batch / statistics.median(t) for n, t in times.items() if t}
+            best = {n: batch / min(t) for n, t in times.items() if t}
+            result = {
+                "benchmark": "arch_speed", "preset": "small", "set": args.set, "threads": args.threads,
+                "batch": batch, "steps_per_round": args.steps, "rounds": rounds_done, "complete": complete,
+                "variants": {n: {"settings": variants[n], "params": params[n], "img_per_s": round(rate[n], 1),
+                                 "ratio": round(rate[n] / rate[first], 3),
+                                 "ratio_best_of": round(best[n] / best[first], 3),
+                                 "step_s": [round(t, 5) for t in times[n]]} for n in rate},
+                "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
+                "load_avg": [round(x, 2) for x in os.getloadavg()], "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                            time.gmtime()),
+            }
+            if args.out:
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+            return result
+
+        done = timed_rounds(variants, measure, times, rounds=args.rounds, batch=batch, write=write,
+                            budget_s=args.budget_s, start=start)
+        result = write(done, complete=True)
+    for name, v in result["variants"].items():
+        print(f"{name:<12} {v['params']:>10,} params  {v['img_per_s']:8.1f} img/s  "
+              f"{v['ratio']:.3f}x (best of {v['ratio_best_of']:.3f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
