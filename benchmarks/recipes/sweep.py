@@ -209,8 +209,9 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # Between 2e-3 and 8e-3 the lr is flat within the seed spread (4e-3: 94.09 and 93.87 over two seeds).
     # The network fits only 96 % of its training images, so capacity limits it: more blocks in the last stage, where
     # the family puts its depth (its small-input members are 2-2-6 and 3-3-9) and where a block is cheapest (3x3
-    # maps), for fewer epochs at the same training time. arch_speed.py (the engine's step, this recipe, interleaved)
-    # measured 0.86x the img/s for depths 1-1-2 and 0.79x for 1-1-3, so 38 and 35 epochs against 44. lr 4e-3, held out,
+    # maps), for fewer epochs at the same training time. arch_speed.py (the engine's step, this recipe, interleaved, one
+    # thread beside two runs) measured 0.86-0.90x the img/s for depths 1-1-2 and 0.76-0.79x for 1-1-3 in two runs
+    # (the second: results/recipes/cpu30_depth_speed.json), so 38 and 35 epochs against 44. lr 4e-3, held out,
     # side by side with one thread each. Rule fixed before they run: the test split is read (--test-best) only for a
     # run that beats lr 4e-3's 94.09 % held out.
     "cpu30_depth": {name: cpu30(epochs, "[48,96,192]", *MIX_HALF, "--opt.lr", "4e-3", *arch(depths=depths))
