@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared timing and usage modules
+import train_throughput  # noqa: E402
 from rounds import timed_rounds  # noqa: E402
 from usage import UsageExit, run_main  # noqa: E402
 
@@ -52,11 +53,10 @@ def engine_step(cfg, tmp: str):
     trainer = Trainer(cfg.replace({"runtime.out": tmp}), DistInfo(device=torch.device("cpu")))
     trainer.train_net.train()
     images, labels = next(iter(trainer.train_loader))
+    run = train_throughput.engine_step(trainer)  # the step as the engine's epoch loop runs it
 
     def step() -> None:
-        trainer._train_step([(images, labels)])
-        if hasattr(trainer, "_read_tally"):  # the engine reads its step results after every step on the CPU
-            trainer._read_tally()
+        run(images, labels)
 
     return step, images.shape[0], sum(p.numel() for p in trainer.model.parameters())
 
