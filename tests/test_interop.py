@@ -8,6 +8,7 @@ no-ops and a wrongly mapped block weight would not show in the logits.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -195,7 +196,8 @@ def test_every_registered_model_round_trips_in_our_layout(tmp_path):
 
 def test_non_convnext_models_cannot_be_exported_to_foreign_layouts(tmp_path):
     model = convnext.create_model("resnet50", **_small("resnet50"))
-    with pytest.raises(CheckpointError, match=r"no place in the timm layout \(first: .*\); .*layout 'ours'"):
+    with pytest.raises(CheckpointError, match=r"cannot export in the timm layout: timm's ConvNeXt builds "
+                                              r"ArchConfig.stem='patchify', this model has 'resnet'; .*layout 'ours'"):
         export_weights(model, tmp_path / "r.pth", layout="timm")
     assert not (tmp_path / "r.pth").exists()
     with pytest.raises(CheckpointError, match="unknown layout 'keras'"):
@@ -424,9 +426,80 @@ def test_hf_folder_for_a_backbone_is_a_convnext_backbone(tmp_path, monkeypatch):
 
 def test_hf_folder_refuses_models_transformers_does_not_have(tmp_path):
     overlapping_stem = convnext.create_model("convnext_atto", num_classes=4, stem_kernel_size=7)
-    for name, model in (("roadmap_patchify", convnext.create_model("roadmap_patchify", num_classes=4)),
-                        ("convnext_isotropic_small", convnext.create_model("convnext_isotropic_small", num_classes=4)),
-                        ("overlapping_stem", overlapping_stem)):  # transformers' stem is a non-overlapping patchify
-        with pytest.raises(convnext.errors.CheckpointError, match="hierarchical ConvNeXt family only"):
+    for name, model, why in (
+            ("roadmap_patchify", convnext.create_model("roadmap_patchify", num_classes=4), "ArchConfig.layout"),
+            ("convnext_isotropic_small", convnext.create_model("convnext_isotropic_small", num_classes=4),
+             "has no isotropic model"),
+            ("overlapping_stem", overlapping_stem, "this model's overlaps")):  # transformers' stem is a patchify
+        with pytest.raises(convnext.errors.CheckpointError, match=f"cannot export in the hf layout: .*{why}"):
             export_weights(model, tmp_path / name, layout="hf")
         assert not (tmp_path / name).exists()
+
+
+# Models that share every key (and, for some, every shape) with a library's ConvNeXt but that the library builds
+# differently or not at all: each is refused in that layout, naming what differs, and nothing is written.
+UNBUILDABLE = [
+    # the silent ones: same keys, same shapes, other numbers computed
+    ("official", dict(activation="relu"), "ArchConfig.activation='gelu', this model has 'relu'"),
+    ("torchvision", dict(activation="relu"), "ArchConfig.activation='gelu', this model has 'relu'"),
+    ("timm", dict(stem_kernel_size=7), "this model's overlaps"),
+    # the ones their load would refuse, now refused here, before a file exists
+    ("official", dict(kernel_size=5), "ArchConfig.kernel_size=7, this model has 5"),
+    ("torchvision", dict(mlp_ratio=2.0), "ArchConfig.mlp_ratio=4.0, this model has 2.0"),
+    ("timm", dict(mlp_ratio=2.0), "ArchConfig.mlp_ratio=4.0, this model has 2.0"),
+    ("hf", dict(kernel_size=5), "ArchConfig.kernel_size=7, this model has 5"),
+    ("official", dict(depths=(1, 1, 2), dims=(16, 32, 64)), "builds 4 stages, this model has 3"),
+    ("official", dict(stem_patch_size=2), "ArchConfig.stem_patch_size=4, this model has 2"),
+    ("timm", dict(stem_patch_size=2), "ArchConfig.stem_patch_size=4, this model has 2"),
+    ("timm", dict(depths=(1, 1, 2), dims=(16, 32, 64)), "builds 4 stages, this model has 3"),
+    ("torchvision", dict(layer_scale_init=None), "layer scale in every block"),
+    ("torchvision", dict(in_chans=1), "takes 3 input channels, this model's 1"),
+    ("timm", dict(stem_dim=24), "as wide as its first stage (16), this model's is 24"),
+    ("timm", dict(norm="batchnorm"), "ArchConfig.norm='layernorm', this model has 'batchnorm'"),
+]
+
+
+@pytest.mark.parametrize("layout,change,why", UNBUILDABLE)
+def test_layouts_refuse_models_their_library_cannot_build(layout, change, why, tmp_path):
+    model = convnext.create_model("convnext_atto", num_classes=4, **{**SMALL, **change})
+    for suffix in (".safetensors", ".pth"):
+        with pytest.raises(CheckpointError, match=f"cannot export in the {layout} layout: .*{re.escape(why)}.*"
+                                                  "layout 'ours'"):
+            export_weights(model, tmp_path / f"m{suffix}", layout=layout)
+        assert not (tmp_path / f"m{suffix}").exists()
+    export_weights(model, tmp_path / "ours.safetensors")  # our layout holds every model
+
+
+def test_what_the_libraries_can_build_is_exported_and_matches_them(tmp_path, monkeypatch):
+    """The other side of the refusals: models off the paper's defaults that a library does build are exported, and
+    that library, built with the matching arguments, loads the file strictly and computes the same logits."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    x = torch.randn(2, 3, 48, 64)
+
+    def same(ours, theirs):
+        a, b = logits(ours, x), logits(theirs.eval(), x)
+        assert b.abs().max() > 1.0
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+    # timm: any kernel size, ReLU
+    ours = randomize(convnext.create_model("convnext_atto", num_classes=5, **SMALL, kernel_size=5, activation="relu"))
+    path = export_weights(ours, tmp_path / "timm.safetensors", layout="timm")
+    theirs = timm.create_model("convnext_atto", num_classes=5, **SMALL, kernel_sizes=5, act_layer="relu",
+                               conv_mlp=False)
+    from safetensors.torch import load_file
+    theirs.load_state_dict(load_file(str(path)), strict=True)
+    same(ours, theirs)
+    # transformers: any patch size and number of stages, ReLU (hidden_act)
+    ours = randomize(convnext.create_model("convnext_atto", num_classes=5, depths=(1, 2, 1), dims=(16, 32, 64),
+                                           stem_patch_size=2, activation="relu"))
+    export_weights(ours, tmp_path / "hf-model", layout="hf")
+    theirs = transformers.ConvNextForImageClassification.from_pretrained(tmp_path / "hf-model")
+    assert theirs.config.hidden_act == "relu" and theirs.config.patch_size == 2
+    same(ours, theirs)
+    # torchvision: any number of stages
+    ours = randomize(convnext.create_model("convnext_atto", num_classes=5, depths=(1, 2, 1), dims=(16, 32, 64)))
+    path = export_weights(ours, tmp_path / "tv.pth", layout="torchvision")
+    CN = torchvision.models.convnext.CNBlockConfig
+    theirs = torchvision.models.convnext.ConvNeXt([CN(16, 32, 1), CN(32, 64, 2), CN(64, None, 1)], num_classes=5)
+    theirs.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    same(ours, theirs)

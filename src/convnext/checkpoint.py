@@ -31,6 +31,7 @@ from .models import ArchConfig, ConvNeXt
 from .models import create_model as build_model
 from .preprocess import Preprocess, default_preprocess
 from .weights import hf
+from .weights.targets import why_unbuildable
 from .weights.io import (Weights, describe_architecture, guess_model_name, load_weights, plain_state_dict, read_weights,
                          resolve_weights_path, timm_conv_mlp, write_weights)
 
@@ -241,6 +242,10 @@ def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "our
     atto..nano have them; by default it follows timm's choice for the model's depths and dims.
     """
     p = Path(path)
+    cfg = getattr(model, "cfg", None)
+    why = why_unbuildable(cfg, layout) if cfg is not None else None
+    if why is not None:  # before anything is written: a file their library cannot use, or uses wrongly
+        raise CheckpointError(f"{p}: cannot export in the {layout} layout: {why}; export it with layout 'ours'")
     if layout == "hf" and hf.is_folder_target(p):
         # a from_pretrained-ready folder: weights, config.json and preprocessor_config.json
         if p.exists() and not p.is_dir():

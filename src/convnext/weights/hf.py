@@ -15,6 +15,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..files import atomic_write_text
 from ..preprocess import Preprocess
+from .targets import why_unbuildable
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -31,11 +32,9 @@ def is_folder_target(path: Path) -> bool:
 def model_config(model: nn.Module, class_names: list[str] | None = None, image_size: int = 224) -> dict[str, Any]:
     """transformers' ConvNextConfig fields for ``model`` (a classifier, a feature extractor or a backbone)."""
     cfg = model.cfg
-    if not (cfg.stem == "patchify" and cfg.layout == "dwconv_first" and cfg.norm == "layernorm"
-            and cfg.activation == "gelu" and cfg.downsample == "separate" and len(cfg.depths) > 1
-            and cfg.stem_kernel == cfg.stem_patch_size):
-        raise CheckpointError("the hf layout holds the hierarchical ConvNeXt family only; export this model with "
-                              "layout 'ours' (or timm/official for isotropic ConvNeXt)")
+    why = why_unbuildable(cfg, "hf")
+    if why is not None:
+        raise CheckpointError(f"cannot export in the hf layout: {why}; export it with layout 'ours'")
     out: dict[str, Any] = {
         "model_type": "convnext",
         "num_channels": cfg.in_chans,
@@ -43,7 +42,7 @@ def model_config(model: nn.Module, class_names: list[str] | None = None, image_s
         "num_stages": len(cfg.depths),
         "hidden_sizes": list(cfg.dims),
         "depths": list(cfg.depths),
-        "hidden_act": "gelu",
+        "hidden_act": cfg.activation,  # transformers' ACT2FN names: "gelu", "relu"
         "initializer_range": 0.02,
         # transformers' default (1e-12) is for its pooler norm only; every ConvNeXt norm uses 1e-6
         "layer_norm_eps": 1e-6,
