@@ -3,7 +3,7 @@
 A recipe with a fixed time budget (docs/recipes.md, section 5: 30 minutes of the 2-core CPU) trades architecture
 against epochs: a variant that costs 1.2x per image gets 1/1.2 of the epochs. This script measures that ratio on the
 engine's real training step (``Trainer._train_step``: forward, loss, Mixup/CutMix, backward, gradient guard, AdamW,
-EMA, the CPU accelerations), for the recipe's settings (the ``small`` preset, then ``--set``) and each variant's own
+EMA, the CPU accelerations) over the loader's first batches in turn, for the recipe's settings (the ``small`` preset, then ``--set``) and each variant's own
 settings on top, in interleaved rounds so machine noise hits every variant alike. Ratios are of median img/s to the
 first variant's, with the ratios of the fastest round ("best of", which interference can only slow) beside them.
 
@@ -17,6 +17,7 @@ A variant is ``NAME`` followed by zero or more ``section.field=value`` settings,
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -44,21 +45,26 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return words[0], words[1:]
 
 
-def engine_step(cfg, tmp: str):
-    """The engine's training step for ``cfg``, and one batch of its training data (the images the step would get
-    from the loader, before the on-step transforms)."""
+BATCHES = 8  # distinct training batches each variant's steps cycle over
+
+
+def engine_step(cfg, tmp: str, batches: int = BATCHES):
+    """The engine's training step for ``cfg``, cycling over the first ``batches`` batches of its training loader
+    (other images each step, as in training, not one cache-warm batch)."""
     from convnext.train.distributed import DistInfo
     from convnext.train.loop import Trainer
 
     trainer = Trainer(cfg.replace({"runtime.out": tmp}), DistInfo(device=torch.device("cpu")))
     trainer.train_net.train()
-    images, labels = next(iter(trainer.train_loader))
+    loader = iter(trainer.train_loader)
+    data = [next(loader) for _ in range(min(batches, trainer.steps_per_epoch))]
     run = train_throughput.engine_step(trainer)  # the step as the engine's epoch loop runs it
+    turn = itertools.cycle(data)
 
     def step() -> None:
-        run(images, labels)
+        run(*next(turn))
 
-    return step, images.shape[0], sum(p.numel() for p in trainer.model.parameters())
+    return step, data[0][0].shape[0], sum(p.numel() for p in trainer.model.parameters())
 
 
 def main() -> int:
@@ -117,7 +123,7 @@ def main() -> int:
             best = {n: batch / min(t) for n, t in times.items() if t}
             result = {
                 "benchmark": "arch_speed", "preset": "small", "set": args.set, "threads": args.threads,
-                "batch": batch, "steps_per_round": args.steps, "rounds": rounds_done, "complete": complete,
+                "batch": batch, "batches_cycled": BATCHES, "steps_per_round": args.steps, "rounds": rounds_done, "complete": complete,
                 "variants": {n: {"settings": variants[n], "params": params[n], "img_per_s": round(rate[n], 1),
                                  "ratio": round(rate[n] / rate[first], 3),
                                  "ratio_best_of": round(best[n] / best[first], 3),
