@@ -64,7 +64,7 @@ def engine_step(cfg, tmp: str, batches: int = BATCHES):
     def step() -> None:
         run(*next(turn))
 
-    return step, data[0][0].shape[0], sum(p.numel() for p in trainer.model.parameters())
+    return step, data[0][0].shape[0], sum(p.numel() for p in trainer.model.parameters()), len(data)
 
 
 def main() -> int:
@@ -102,7 +102,7 @@ def main() -> int:
             except UsageError as exc:
                 raise UsageExit(f"variant {name}: {exc}") from None
             torch.manual_seed(0)
-            steps[name], b, params[name] = engine_step(cfg, f"{tmp}/{name}")
+            steps[name], b, params[name], cycled = engine_step(cfg, f"{tmp}/{name}")
             if batch not in (None, b):
                 raise UsageExit(f"variant {name} trains batches of {b}, the others {batch}: compare one batch size")
             batch = b
@@ -123,7 +123,8 @@ def main() -> int:
             best = {n: batch / min(t) for n, t in times.items() if t}
             result = {
                 "benchmark": "arch_speed", "preset": "small", "set": args.set, "threads": args.threads,
-                "batch": batch, "batches_cycled": BATCHES, "steps_per_round": args.steps, "rounds": rounds_done, "complete": complete,
+                "batch": batch, "batches_cycled": cycled, "steps_per_round": args.steps, "rounds": rounds_done,
+                "complete": complete,
                 "variants": {n: {"settings": variants[n], "params": params[n], "img_per_s": round(rate[n], 1),
                                  "ratio": round(rate[n] / rate[first], 3),
                                  "ratio_best_of": round(best[n] / best[first], 3),
