@@ -220,7 +220,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "bn_48_d113_35ep_mix_lr4e-3": ("35", "[1,1,3]"),
     }.items()},
     # Result: depths 1-1-2 for 38 epochs 93.91 % held out, 1-1-3 for 35 epochs 93.85 %; neither beat 94.09, so the test
-    # split was not read. The other way to the fit the network lacks: less regularisation. The 44-epoch recipe adds
+    # split was not read. The other way to more fit: less regularisation. The 44-epoch recipe adds
     # Mixup/CutMix on half the batches and label smoothing 0.1 to shifts and flips; Mixup/CutMix was noise at 20
     # epochs (cpu30_reg) and was kept for the longer run without a test. Without it, and without both, lr 4e-3,
     # held out, side by side with one thread each, under the same rule (test read only above 94.09 % held out).
