@@ -3,8 +3,9 @@
 A recipe with a fixed time budget (docs/recipes.md, section 5: 30 minutes of the 2-core CPU) trades architecture
 against epochs: a variant that costs 1.2x per image gets 1/1.2 of the epochs. This script measures that ratio on the
 engine's real training step (``Trainer._train_step``: forward, loss, Mixup/CutMix, backward, gradient guard, AdamW,
-EMA, the CPU accelerations) over the loader's first batches in turn, for the recipe's settings (the ``small`` preset, then ``--set``) and each variant's own
-settings on top, in interleaved rounds so machine noise hits every variant alike. Ratios are of median img/s to the
+EMA, the CPU accelerations) over the loader's first batches in turn, for the recipe's settings (the ``small``
+preset, then ``--set``) and each variant's own settings on top, in interleaved rounds so machine noise hits every
+variant alike. Ratios are of median img/s to the
 first variant's, with the ratios of the fastest round ("best of", which interference can only slow) beside them.
 
     python benchmarks/recipes/arch_speed.py --threads 2 \\
@@ -48,7 +49,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 BATCHES = 8  # distinct training batches each variant's steps cycle over
 
 
-def engine_step(cfg, tmp: str, batches: int = BATCHES):
+def variant_step(cfg, tmp: str, batches: int = BATCHES):
     """The engine's training step for ``cfg``, cycling over the first ``batches`` batches of its training loader
     (other images each step, as in training, not one cache-warm batch)."""
     from convnext.train.distributed import DistInfo
@@ -102,7 +103,7 @@ def main() -> int:
             except UsageError as exc:
                 raise UsageExit(f"variant {name}: {exc}") from None
             torch.manual_seed(0)
-            steps[name], b, params[name], cycled = engine_step(cfg, f"{tmp}/{name}")
+            steps[name], b, params[name], cycled = variant_step(cfg, f"{tmp}/{name}")
             if batch not in (None, b):
                 raise UsageExit(f"variant {name} trains batches of {b}, the others {batch}: compare one batch size")
             batch = b

@@ -250,7 +250,7 @@ def export_weights(model: nn.Module, path: str | os.PathLike, layout: str = "our
         # a from_pretrained-ready folder: weights, config.json and preprocessor_config.json
         if p.exists() and not p.is_dir():
             raise CheckpointError(f"{p} exists and is not a directory; choose a folder for the hf model")
-        files = hf.folder_files(model, info)  # refuses, before anything is written, a model transformers lacks
+        files = hf.folder_files(model, info)  # the JSON files' contents, computed before anything is written
         weights = export_weights(model, p / hf.WEIGHTS_NAME, layout="hf", info=info)
         hf.write_files(p, files)
         return weights

@@ -12,10 +12,8 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError
 from ..files import atomic_write_text
 from ..preprocess import Preprocess
-from .targets import why_unbuildable
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -31,10 +29,7 @@ def is_folder_target(path: Path) -> bool:
 
 def model_config(model: nn.Module, class_names: list[str] | None = None, image_size: int = 224) -> dict[str, Any]:
     """transformers' ConvNextConfig fields for ``model`` (a classifier, a feature extractor or a backbone)."""
-    cfg = model.cfg
-    why = why_unbuildable(cfg, "hf")
-    if why is not None:
-        raise CheckpointError(f"cannot export in the hf layout: {why}; export it with layout 'ours'")
+    cfg = model.cfg  # one transformers builds: export_weights has refused the others (weights/targets.py)
     out: dict[str, Any] = {
         "model_type": "convnext",
         "num_channels": cfg.in_chans,
@@ -84,7 +79,7 @@ def preprocessor_config(preprocess) -> dict[str, Any]:
 
 
 def folder_files(model: nn.Module, info=None) -> dict[str, dict[str, Any]]:
-    """The folder's JSON files besides the weights; raises CheckpointError for a model transformers lacks."""
+    """The folder's JSON files besides the weights, for a model transformers builds (export_weights checks)."""
     preprocess = info.preprocess if info is not None else Preprocess()
     class_names = info.class_names if info is not None else None
     return {CONFIG_NAME: model_config(model, class_names, preprocess.input_size),
