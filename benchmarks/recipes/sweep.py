@@ -262,6 +262,17 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "bn_48_44ep_mix_lr4e-3_wd0.02": "0.02",
         "bn_48_44ep_mix_lr4e-3_wd0.15": "0.15",
     }.items()},
+    # bf16 autocast: on a CPU with native bf16 (avx512_bf16; the machine of 2026-12-06 has it) the recipe's training
+    # step runs 1.56x the fp32 step (best of 1.69x; arch_speed, one thread beside two trainings,
+    # benchmarks/results/recipes/cpu30_bf16_speed.json), so the same 30 minutes buy 66 epochs instead of 44 (66 /
+    # 1.56 = 42 fp32 epochs' time). Two seeds of it, lr 4e-3, held out, side by side with one thread each. Rule
+    # fixed before they run: the test split is read (--test-best) only for a run that beats 94.09 % held out.
+    "cpu30_bf16": {name: cpu30("66", "[48,96,192]", *MIX_HALF, "--opt.lr", "4e-3", "--runtime.amp", "bf16",
+                               "--runtime.seed", seed)
+                   for name, seed in {
+        "bn_48_66ep_mix_lr4e-3_bf16": "0",
+        "bn_48_66ep_mix_lr4e-3_bf16_seed1": "1",
+    }.items()},
     # The GPU budget (#15: >= 95.5 %): three runs sharing one H100 for ~5 minutes, chosen before any GPU time was
     # spent (no GPU sweep yet): the family's tiny first three stages, with and without Mixup/CutMix on half the
     # batches (on the GPU there is no random erasing), and the smaller pico for more epochs.
