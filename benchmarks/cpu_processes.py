@@ -31,7 +31,8 @@ MODEL = ["--preset", "small", "--model.name", "convnext_micro_bn_small_input", "
          "model.overrides.dims=[48,96,192]", "--aug.crop_padding", "2", "--aug.hflip", "0.5"]
 
 
-def command(kind: str, cores: int, batch: int, steps: int, out: Path, log_every: int) -> list[str]:
+def command(kind: str, cores: int, batch: int, steps: int, out: Path, log_every: int,
+            extra: tuple[str, ...] = ()) -> list[str]:
     per_process = batch // cores if kind == "processes" else batch
     train = ["-m", "convnext", "train", *MODEL, "--data.dataset", "fashion_mnist", "--data.root", FASHION,
              "--data.workers", "0", "--data.batch_size", str(per_process),
@@ -39,7 +40,7 @@ def command(kind: str, cores: int, batch: int, steps: int, out: Path, log_every:
              "--runtime.threads", "1" if kind == "processes" else str(cores), "--runtime.log_every", str(log_every),
              "--runtime.save_every_steps", "0", "--runtime.progress", "false", "--runtime.plots", "false",
              "--runtime.tensorboard", "false", "--runtime.out", str(out), "--runtime.run_name", kind,
-             "--runtime.overwrite", "true"]
+             "--runtime.overwrite", "true", *extra]
     if kind == "processes":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cores), *train]
     return [sys.executable, *train]
@@ -47,7 +48,7 @@ def command(kind: str, cores: int, batch: int, steps: int, out: Path, log_every:
 
 def measure(kind: str, args, out: Path) -> float:
     """Seconds per global step of one training run, from its step records after the first window."""
-    cmd = command(kind, args.cores, args.batch, args.steps, out, args.log_every)
+    cmd = command(kind, args.cores, args.batch, args.steps, out, args.log_every, tuple(args.extra.split()))
     env = {**os.environ, "OMP_NUM_THREADS": "1" if kind == "processes" else str(args.cores)}
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     records = [json.loads(line) for line in (out / kind / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -63,6 +64,7 @@ def main() -> int:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=0, help="stop starting rounds after this long (0: none)")
+    p.add_argument("--extra", default="", help='more train flags for both ways, e.g. "--runtime.amp bf16"')
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     names = ["threads", "processes"]
@@ -79,7 +81,7 @@ def main() -> int:
                                                  if len(median) == 2 else None),
                   "date": time.strftime("%Y-%m-%d"),
                   "commands": {n: " ".join(command(n, args.cores, args.batch, args.steps, Path("OUT"),
-                                                   args.log_every)).replace(sys.executable, "python")
+                                                   args.log_every, tuple(args.extra.split()))).replace(sys.executable, "python")
                                for n in names}}
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
