@@ -60,6 +60,29 @@ def test_best_heldout_is_the_best_of_model_and_ema_over_all_epochs(tmp_path):
     assert sweep.best_heldout(tmp_path / "c") is None  # unfinished: its best may not be saved as final
 
 
+def test_run_launches_a_processes_group_under_torchrun_with_one_thread_each(tmp_path, monkeypatch):
+    sweep = _sweep()
+    monkeypatch.setitem(sweep.GROUPS, "solo", {"r": ["--opt.epochs", "1"]})
+    monkeypatch.setitem(sweep.GROUPS, "plain", {"r": ["--opt.epochs", "1"]})
+    monkeypatch.setitem(sweep.PROCESSES, "solo", 2)
+    calls = []
+
+    def fake_train(cmd, **kw):  # as `convnext train` would: the run's directory
+        calls.append((cmd, kw.get("env")))
+        (Path(cmd[cmd.index("--runtime.out") + 1]) / cmd[cmd.index("--runtime.run_name") + 1]).mkdir(parents=True)
+
+    monkeypatch.setattr(sweep.subprocess, "run", fake_train)
+    sweep.run("solo", "r", sweep.GROUPS["solo"]["r"], tmp_path)
+    sweep.run("plain", "r", sweep.GROUPS["plain"]["r"], tmp_path)
+    (solo, solo_env), (plain, plain_env) = calls
+    assert solo[1:7] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+    assert solo[7:9] == ["convnext", "train"] and solo_env["OMP_NUM_THREADS"] == "1"
+    assert plain[1:4] == ["-m", "convnext", "train"] and plain_env is None
+    assert (tmp_path / "solo" / "r" / "done").read_text().startswith(sys.executable + " -m torch.distributed.run")
+    sweep.run("solo", "r", [], tmp_path)  # finished: not run again
+    assert len(calls) == 2
+
+
 def test_test_best_reads_the_test_split_once_for_the_chosen_finished_run(tmp_path, monkeypatch):
     sweep = _sweep()
     monkeypatch.setitem(sweep.GROUPS, "g", {"low": [], "high": [], "unfinished": []})
