@@ -116,6 +116,21 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "bn_wide_40": arch(norm="batchnorm", dims="[40,80,160]"),
         "bn_lr_8e-3_label_smoothing": [*arch(norm="batchnorm"), "--opt.lr", "8e-3", "--aug.label_smoothing", "0.1"],
     }.items()},
+    # The preset's (and `make demo`'s) remaining knobs, never swept (section 4b: "not swept for lack of time"): weight
+    # decay, warmup, EMA decay and drop path, each around the preset as it stands (lr 8e-3, label smoothing 0.1,
+    # weight decay 0.05, 0.3 warmup epochs, EMA 0.998, no drop path), held out, one seed each, beside the preset
+    # itself run the same day. Rule fixed before they run: the preset changes only for a change that beats the
+    # preset's own run by more than 0.4 points held out (twice the ~0.2 seed noise); the test split is not read.
+    "preset_knobs": {name: list(extra) for name, extra in {
+        "preset": [],
+        "wd_0.02": ["--opt.weight_decay", "0.02"],
+        "wd_0.15": ["--opt.weight_decay", "0.15"],
+        "warmup_0": ["--opt.warmup_epochs", "0"],
+        "warmup_1": ["--opt.warmup_epochs", "1"],
+        "ema_0.995": ["--reg.ema_decay", "0.995"],
+        "ema_0.999": ["--reg.ema_decay", "0.999"],
+        "drop_path_0.05": ["--reg.drop_path", "0.05"],
+    }.items()},
     # The 30-minute CPU budget (2 threads): a wider batch-norm micro, 14 epochs, with the shifts, flips and
     # label smoothing a longer run can use. One run, held-out validation; the test split is read once afterwards
     # (`convnext eval runs/recipe-sweeps/cpu30/<name>/best.safetensors --dataset fashion_mnist`).
@@ -263,6 +278,8 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "bn_48_44ep_mix_lr4e-3_wd0.02": "0.02",
         "bn_48_44ep_mix_lr4e-3_wd0.15": "0.15",
     }.items()},
+    # Paused after 4 of 44 epochs (2026-12-06) to give the machine to cpu30_bf16; unscored. It resumes where it
+    # stopped with the same command (--runtime.resume auto).
     # bf16 autocast: on a CPU with native bf16 (avx512_bf16; the machine of 2026-12-06 has it) the recipe's training
     # step runs 1.56x the fp32 step (best of 1.69x; arch_speed, one thread beside two trainings,
     # benchmarks/results/recipes/cpu30_bf16_speed.json), so the same 30 minutes buy 66 epochs instead of 44 (66 /
