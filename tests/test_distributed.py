@@ -35,13 +35,16 @@ def test_train_shards_are_equal_padded_permutations_and_resume_skips():
     assert list(ShardedSampler(size, 1, world, shuffle=True, seed=5, epoch=2, start=2)) == shards[1][2:]
 
 
-def torchrun_train(cfg_path) -> dict:
-    """`convnext train --config CFG --json` in 2 gloo processes under torchrun; its summary."""
+def torchrun_train(cfg_path, stderr: list[str] | None = None) -> dict:
+    """`convnext train --config CFG --json` in 2 gloo processes under torchrun; its summary (and its stderr appended
+    to ``stderr``)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "-m", "convnext", "train", "--config", str(cfg_path), "--json"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    if stderr is not None:
+        stderr.append(r.stderr)
     return json.loads(r.stdout[r.stdout.index("{"):])
 
 
@@ -66,6 +69,19 @@ def test_two_process_gloo_run_matches_single_process(tmp_path):
     # only rank 0 wrote the run directory's files, once
     lines = (run_dir(tmp_path / "ddp") / "metrics.jsonl").read_text().splitlines()
     assert sum('"type": "epoch"' in line for line in lines) == 1
+
+
+def test_two_process_channels_last_run_gives_ddp_gradients_in_its_buckets_layout(tmp_path):
+    # channels_last turns the 1x1 convs' weights into (out, in, 1, 1) tensors with channels-last strides, while
+    # the engine's GEMM for them (train/accelerate.py) makes gradients with contiguous strides: DDP then warns on
+    # every rank and copies each gradient into its bucket. The engine keeps those weights' strides contiguous.
+    cfg = tmp_path / "ddp.yaml"
+    tiny_config(tmp_path / "ddp", **NO_AUG, **{"data.synthetic_samples": 16, "data.batch_size": 4, "opt.epochs": 1,
+                                               "opt.warmup_epochs": 0.0, "runtime.channels_last": True}).save(cfg)
+    stderr: list[str] = []
+    summary = torchrun_train(cfg, stderr)
+    assert summary["steps"] == 2 and summary["skipped_steps"] == 0
+    assert "Grad strides do not match bucket view strides" not in stderr[0]
 
 
 def test_two_process_run_with_stochastic_depth_that_skips_dropped_samples(tmp_path):

@@ -14,7 +14,7 @@ from torch import nn
 
 import convnext
 from convnext.train.accelerate import DepthwiseConv2d, PointwiseConv2d, TrainingBlock, accelerate_for_training, \
-    depthwise_weight_grad
+    depthwise_weight_grad, to_channels_last
 from convnext.weights.layouts import from_ours
 
 CASES = [  # channels, size, kernel, stride, bias, channels_last
@@ -137,6 +137,25 @@ def test_accelerating_swaps_module_types_and_keeps_the_state_dict():
         g = convnext.create_model("convnext_atto")
         assert accelerate_for_training(g, device, compiled=compiled) == 0
         assert type(g.stages[0].blocks[0].dwconv) is nn.Conv2d and type(g.stages[0].blocks[0]) is convnext.models.Block
+
+
+def test_channels_last_keeps_the_accelerated_weights_strides_as_their_gradients_come():
+    m = convnext.create_model("convnext_atto")
+    accelerate_for_training(m, "cpu")
+    ref = convnext.create_model("convnext_atto")
+    accelerate_for_training(ref, "cpu")
+    ref.load_state_dict(m.state_dict())
+    ref.to(memory_format=torch.channels_last)
+    to_channels_last(m)
+    assert m.stem[0].weight.stride() == ref.stem[0].weight.stride() != m.stem[0].weight.contiguous().stride()
+    x = torch.randn(2, 3, 64, 64).to(memory_format=torch.channels_last)
+    out, out_ref = m(x), ref(x)
+    assert out.stride() == out_ref.stride() and torch.equal(out, out_ref)
+    out.square().sum().backward()
+    accelerated = [c for c in m.modules() if isinstance(c, (DepthwiseConv2d, PointwiseConv2d))]
+    assert len(accelerated) == 3 * sum(m.cfg.depths)
+    for conv in accelerated:  # DDP's buckets follow the parameter's strides: the gradient must have the same
+        assert conv.weight.grad.stride() == conv.weight.stride() == torch.empty(conv.weight.shape).stride()
 
 
 @pytest.mark.parametrize("accelerated", [True, False])

@@ -189,4 +189,20 @@ def accelerate_for_training(model: nn.Module, device: torch.device | str, compil
     return changed
 
 
-__all__ = ["DepthwiseConv2d", "PointwiseConv2d", "TrainingBlock", "accelerate_for_training", "depthwise_weight_grad"]
+def to_channels_last(model: nn.Module) -> None:
+    """``model.to(memory_format=torch.channels_last)``, in place, except that the weights of the accelerated convs
+    (PointwiseConv2d's (out, in, 1, 1), DepthwiseConv2d's (channels, 1, k, k)) keep contiguous strides.
+
+    For those shapes both layouts are the same memory, but the strides differ, and the weight gradients that
+    these modules' own backward passes make have contiguous ones: DistributedDataParallel lays its gradient
+    buckets out like the parameters, so mismatched strides make it warn on every rank and copy each gradient
+    instead of viewing it.
+    """
+    model.to(memory_format=torch.channels_last)
+    for conv in model.modules():
+        if isinstance(conv, (DepthwiseConv2d, PointwiseConv2d)):
+            conv.weight.data = conv.weight.data.clone(memory_format=torch.contiguous_format)
+
+
+__all__ = ["DepthwiseConv2d", "PointwiseConv2d", "TrainingBlock", "accelerate_for_training", "depthwise_weight_grad",
+           "to_channels_last"]

@@ -17,7 +17,7 @@ from ..errors import UsageError
 from ..weights.io import first_non_finite
 from . import distributed as dist_mod
 from . import snapshot
-from .accelerate import accelerate_for_training
+from .accelerate import accelerate_for_training, to_channels_last
 from .config import TrainConfig
 from .ema import make_ema
 from .evaluate import validate
@@ -54,7 +54,7 @@ class Trainer:
         self.model.to(self.device)
         accelerate_for_training(self.model, self.device, compiled=t.compile)
         if t.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            to_channels_last(self.model)
 
         self.train_sampler = dist_mod.ShardedSampler(len(self.data.train), dist_info.rank, world, shuffle=True,
                                                      seed=t.seed, drop_last_batch=b * k)
