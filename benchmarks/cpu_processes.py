@@ -48,7 +48,7 @@ def command(kind: str, cores: int, batch: int, steps: int, out: Path, log_every:
 
 def measure(kind: str, args, out: Path) -> float:
     """Seconds per global step of one training run, from its step records after the first window."""
-    cmd = command(kind, args.cores, args.batch, args.steps, out, args.log_every, tuple(args.extra.split()))
+    cmd = command(kind, args.cores, args.batch, args.steps, out, args.log_every, args.extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1" if kind == "processes" else str(args.cores)}
     subprocess.run(cmd, check=True, capture_output=True, env=env)
     records = [json.loads(line) for line in (out / kind / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -67,6 +67,7 @@ def main() -> int:
     p.add_argument("--extra", default="", help='more train flags for both ways, e.g. "--runtime.amp bf16"')
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
+    args.extra = tuple(args.extra.split())
     names = ["threads", "processes"]
     times: dict[str, list[float]] = {n: [] for n in names}
     start = time.perf_counter()
@@ -81,7 +82,7 @@ def main() -> int:
                                                  if len(median) == 2 else None),
                   "date": time.strftime("%Y-%m-%d"),
                   "commands": {n: " ".join(command(n, args.cores, args.batch, args.steps, Path("OUT"),
-                                                   args.log_every, tuple(args.extra.split()))).replace(sys.executable, "python")
+                                                   args.log_every, args.extra)).replace(sys.executable, "python")
                                for n in names}}
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -344,7 +344,7 @@ def run(group: str, name: str, extra: list[str], out: Path) -> None:
            str(out / group), "--runtime.run_name", name, "--runtime.resume", "auto"]
     print("$", " ".join(cmd), flush=True)
     (out / group).mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} if group in PROCESSES else None
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if launcher(group) else None  # one thread per process
     with open(out / group / f"{name}.log", "w") as log:  # parallel runs: one log each
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     (run_dir / "done").write_text(" ".join(cmd) + "\n")
