@@ -67,10 +67,12 @@ def is_final(flags: list[str]) -> bool:
     return all((FINAL[i], FINAL[i + 1]) in pairs for i in range(0, len(FINAL), 2))
 
 
-def cpu30(epochs: str, dims: str, *extra: str) -> list[str]:
+def cpu30(epochs: str | None, dims: str, *extra: str) -> list[str]:
     """A 30-minute CPU run (groups cpu30, cpu30_reg, cpu30_full, cpu30_final): 2 threads, channels_last, the BN micro
-    at ``dims`` for ``epochs``, light augmentation and EMA 0.999, then ``extra``."""
-    return ["--runtime.threads", "2", "--runtime.channels_last", "true", "--opt.epochs", epochs, *arch(dims=dims),
+    at ``dims`` for ``epochs`` (None: the preset's, for a run whose ``extra`` sets opt.time_budget), light
+    augmentation and EMA 0.999, then ``extra``."""
+    length = ["--opt.epochs", epochs] if epochs is not None else []
+    return ["--runtime.threads", "2", "--runtime.channels_last", "true", *length, *arch(dims=dims),
             "--model.name", "convnext_micro_bn_small_input", *LIGHT_AUG, "--reg.ema_decay", "0.999", *extra]
 
 
@@ -305,6 +307,16 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     "cpu30_bf16_solo": {"bn_48_66ep_mix_lr4e-3_bf16_seed2_ddp": cpu30(
         "66", "[48,96,192]", *MIX_HALF, "--opt.lr", "4e-3", "--runtime.amp", "bf16", "--runtime.seed", "2",
         "--runtime.threads", "1", "--data.batch_size", "64")},
+    # The 30 minutes timed by the trainer (opt.time_budget 1800: it times 40 early steps and trains the epochs that
+    # fit) on the machine of 2026-12-06 evening, an AVX2 CPU (no bf16) that trains the recipe at ~750 img/s with 2
+    # threads, about half the speed of the machines of the 44-epoch rows (arch_speed). The fp32 recipe at lr 4e-3,
+    # alone on the machine as two processes of one thread (1.10x one process of two threads that evening,
+    # benchmarks/results/cpu_processes_fp32_avx2.json), seeds 0-2 one after another. Rule fixed before they run:
+    # each run's best checkpoint is read on the test split once (--test-each) whatever it scores held out, since
+    # nothing is chosen among them.
+    "cpu30_budget": {f"bn_48_budget1800_mix_lr4e-3_seed{seed}_ddp": cpu30(
+        None, "[48,96,192]", *MIX_HALF, "--opt.time_budget", "1800", "--opt.lr", "4e-3", "--runtime.seed", seed,
+        "--runtime.threads", "1", "--data.batch_size", "64") for seed in ("0", "1", "2")},
     # The GPU budget (#15: >= 95.5 %): three runs sharing one H100 for ~5 minutes, chosen before any GPU time was
     # spent (no GPU sweep yet): the family's tiny first three stages, with and without Mixup/CutMix on half the
     # batches (on the GPU there is no random erasing), and the smaller pico for more epochs.
@@ -327,7 +339,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     }.items()},
 }
 # Groups whose runs each take the whole machine as several processes of one thread (torchrun): how many
-PROCESSES: dict[str, int] = {"cpu30_bf16_solo": 2}
+PROCESSES: dict[str, int] = {"cpu30_bf16_solo": 2, "cpu30_budget": 2}
 
 
 def launcher(group: str) -> list[str]:

@@ -110,6 +110,9 @@ class OptimConfig:
     min_lr: float = 1e-6  # learning rate at the end of the cosine decay
     warmup_epochs: float = 20.0  # linear warmup length, in epochs (fractions allowed)
     epochs: int = 300  # training epochs
+    # Wall-clock budget of the whole run in seconds (0: off). The first epoch's early steps are timed and the run
+    # gets the most epochs that fit, in place of opt.epochs, with its schedule set for them (train/budget.py).
+    time_budget: float = 0.0
     weight_decay: float = 0.05  # decoupled weight decay (not on norms, biases, layer scale)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     eps: float = 1e-8  # AdamW epsilon
@@ -547,6 +550,8 @@ def _validate(c: TrainConfig) -> None:
     _check(o.min_lr >= 0, f"opt.min_lr={o.min_lr} must be >= 0")
     _check(o.lr_base_batch is None or o.lr_base_batch >= 1, f"opt.lr_base_batch={o.lr_base_batch} must be >= 1 or null")
     _check(o.epochs >= 1, f"opt.epochs={o.epochs} must be >= 1")
+    _check(o.time_budget >= 0,
+           f"opt.time_budget={o.time_budget} must be a number of seconds >= 0 (0 = off), e.g. 1800 for 30 minutes")
     _check(0 <= o.warmup_epochs <= o.epochs,
            f"opt.warmup_epochs={o.warmup_epochs} must be in [0, opt.epochs={o.epochs}]")
     _check(o.weight_decay >= 0, f"opt.weight_decay={o.weight_decay} must be >= 0")

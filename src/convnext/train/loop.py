@@ -15,8 +15,8 @@ from ..data.assembly import build_data, build_mixer, make_loader, model_channels
 from ..data.device_feed import PrefetchFeed, train_feed
 from ..errors import UsageError
 from ..weights.io import first_non_finite
+from . import budget, snapshot
 from . import distributed as dist_mod
-from . import snapshot
 from .accelerate import accelerate_for_training, to_channels_last
 from .config import TrainConfig
 from .ema import make_ema
@@ -45,6 +45,11 @@ class Trainer:
         if self.device.type == "cuda":  # fixed input shapes: let cuDNN time its algorithms once (as timm's train.py)
             torch.backends.cudnn.benchmark = True
         self.rundir, state = RunDir.resolve(cfg)
+        # A budget run (opt.time_budget) resumed after its epochs were fitted finishes the schedule it chose.
+        self.fitted_epochs = state.get("fitted_epochs") if state is not None else None
+        if self.fitted_epochs:
+            cfg = self.cfg = cfg.replace({"opt.epochs": self.fitted_epochs})
+            o = cfg.opt
         in_chans = model_channels(cfg.data.dataset, cfg.data.grayscale, cfg.model.overrides.get("in_chans"))
         self.data = build_data(cfg.data, cfg.aug, in_chans, t.seed)
         torch.manual_seed(t.seed)  # identical initial weights on every rank and every rerun
@@ -64,6 +69,7 @@ class Trainer:
                              f"needs (data.batch_size {b} x opt.update_freq {k} x {world} process(es)); "
                              "lower data.batch_size")
         self.total_steps = o.epochs * self.steps_per_epoch
+        self.max_steps = t.max_steps or self.total_steps
         warmup = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.lr = o.lr * (b * k * world) / o.lr_base_batch if o.lr_base_batch else o.lr
         self.optimizer = build_optimizer(self.model, self.lr, o.weight_decay, o.betas, o.eps, o.layer_decay,
@@ -81,6 +87,12 @@ class Trainer:
             snapshot.restore(self, state)
         else:
             torch.manual_seed(t.seed + 7919 * dist_info.rank)
+        self.budget_window = None  # the first epoch's steps timed to fit opt.time_budget, until it is fitted
+        if o.time_budget and not self.fitted_epochs:
+            window = budget.Window.for_epoch(self.steps_per_epoch)
+            if self.step > window.start:  # resumed inside the window: time the same number of steps from here
+                window = budget.Window(self.step, min(self.step + window.end - window.start, self.steps_per_epoch))
+            self.budget_window = window
 
         # Step results stay on the device and are read every `read_every` steps: on a GPU a read waits for
         # the queued work (see step.py); on the CPU it costs nothing, so skipped steps are announced at once.
@@ -172,8 +184,8 @@ class Trainer:
         if t.save_every_steps and self.step % t.save_every_steps == 0 and self.epoch_step < self.steps_per_epoch:
             self.save()
 
-    def _train_epoch(self, max_steps: int) -> None:
-        """Steps until the epoch ends or ``max_steps`` is reached; a resumed epoch continues where it stopped."""
+    def _train_epoch(self) -> None:
+        """Steps until the epoch ends or ``self.max_steps`` is reached; a resumed epoch continues where it stopped."""
         k = self.cfg.opt.update_freq
         self.train_sampler.epoch = self.epoch
         self.train_sampler.start = self.epoch_step * k * self.cfg.data.batch_size
@@ -186,15 +198,45 @@ class Trainer:
                        unit="step", dynamic_ncols=True, file=sys.stderr, leave=False)
         self.window_t, self.window_imgs = time.perf_counter(), 0  # throughput since the last step record
         it = iter(self.train_loader)
-        while self.epoch_step < self.steps_per_epoch and self.step < max_steps:
+        while self.epoch_step < self.steps_per_epoch and self.step < self.max_steps:
             self._train_step([next(it) for _ in range(k)])
             self.step += 1
             self.epoch_step += 1
             if self.step % self.read_every == 0:  # read_every divides log_every: step records get a fresh loss
                 self._read_tally()
+            if self.budget_window is not None:
+                self._time_for_budget()
             self._after_step(bar)
         if bar is not None:
             bar.close()
+
+    def _time_for_budget(self) -> None:
+        """Time the budget window's steps; at its end, fit the run's epochs to opt.time_budget (``budget.py``)."""
+        window = self.budget_window
+        if self.step == window.start:
+            self.budget_t0 = budget.clock()
+        if self.step < window.end:
+            return
+        # every rank trains in lockstep, so the slowest rank's pace is the run's
+        step_s = max(dist_mod.all_gather_object((budget.clock() - self.budget_t0) / (window.end - window.start),
+                                                self.dist))
+        c = self.cfg
+        fit = budget.fit_epochs(c.opt.time_budget, budget.clock() - self.started, step_s, self.step,
+                                self.steps_per_epoch, len(self.val_loader), c.runtime.val_every,
+                                2 if self.ema is not None else 1)
+        self.budget_window, self.fitted_epochs = None, fit.epochs
+        self.cfg = c.replace({"opt.epochs": fit.epochs})
+        self.total_steps = fit.epochs * self.steps_per_epoch
+        self.max_steps = c.runtime.max_steps or self.total_steps
+        # the schedule's length from the next step on (during the warmup this changes no lr already used)
+        for group, base, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            f.total_steps = self.total_steps
+            group["lr"] = base * f(self.scheduler.last_epoch)
+        self.logger.log({"type": "budget", "step": self.step, "time_budget": c.opt.time_budget, "step_s": step_s,
+                         "epochs": fit.epochs, "predicted_s": fit.predicted_s, "time": time.time()})
+        if self.dist.is_main:
+            self.rundir.write_config(self.cfg)
+            print(fit.message(c.opt.time_budget), file=sys.stderr)
 
     def _validates_now(self) -> bool:
         """Whether the epoch ending now is validated: every runtime.val_every-th and the last (never at 0)."""
@@ -239,14 +281,16 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         start_time = time.time()
-        max_steps = self.cfg.runtime.max_steps or self.total_steps
+        self.started = budget.clock()
+        if self.budget_window is not None and self.budget_window.start == self.step:  # a window from the first step
+            self.budget_t0 = self.started
         history: list[dict] = []
         stopped_early = False
         if self.dist.is_main and self.data.bad_images:
             print(f"warning: skipped {self.data.bad_images} unreadable image file(s); see the warnings above",
                   file=sys.stderr)
-        while self.epoch < self.cfg.opt.epochs and self.step < max_steps:
-            self._train_epoch(max_steps)
+        while self.epoch < self.cfg.opt.epochs and self.step < self.max_steps:
+            self._train_epoch()
             if self.epoch_step < self.steps_per_epoch:  # max_steps reached mid-epoch
                 stopped_early = True
                 self.save()

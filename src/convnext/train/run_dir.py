@@ -73,6 +73,10 @@ class RunDir:
         # temp files of writes that a crash interrupted (the real files are intact)
         for stray in self.path.glob(".*.tmp"):
             stray.unlink(missing_ok=True)
+        self.write_config(cfg)
+
+    def write_config(self, cfg: TrainConfig) -> None:
+        """config.yaml: the run's config (again when a time budget fixes its epochs; rank 0 only)."""
         cfg.save(self.path / "config.yaml")
 
     def open_log(self, enabled: bool, tensorboard: bool, step: int) -> RunLogger:

@@ -34,6 +34,7 @@ def capture(tr) -> dict[str, Any]:
         "bad_steps_total": tr.bad_steps_total, "consecutive_bad": tr.consecutive_bad,
         "epoch_loss_sum": tr.epoch_loss_sum, "epoch_loss_count": tr.epoch_loss_count,
         "config": tr.cfg.to_dict(),
+        "fitted_epochs": tr.fitted_epochs,  # opt.time_budget's choice, which a resumed run keeps (loop.Trainer)
     }
 
 

@@ -1,0 +1,126 @@
+"""opt.time_budget: the epoch count fitted to a wall-clock budget (train/budget.py) and the run it gives."""
+
+import itertools
+import json
+
+import pytest
+import torch
+import yaml
+
+from convnext.cli import main
+from convnext.train import budget, train
+from train_helpers import run_dir, tiny_config, weights
+
+
+# ---- the arithmetic, by hand ----------------------------------------------------------------------
+
+def test_fit_counts_training_and_validation():
+    # 100 steps of 0.1 s = 10 s an epoch; 30 validation batches at a third of a step = 1 s. 2 s have gone by,
+    # 10 steps (1 s) of them training: 99 s are left for the run's steps, 11 s per epoch -> 9 epochs,
+    # 2 + (900 - 10) * 0.1 + 9 * 1 = 100 s
+    fit = budget.fit_epochs(100, elapsed=2, step_s=0.1, steps_done=10, steps_per_epoch=100, val_steps=30,
+                            val_every=1, val_passes=1)
+    assert fit.epochs == 9 and fit.predicted_s == pytest.approx(100)
+    # without validation the same budget holds floor(99 / 10) = 9 epochs, in 91 s; 120 s hold 11 (111 s)
+    assert budget.fit_epochs(100, 2, 0.1, 10, 100, 30, 0, 1).predicted_s == pytest.approx(91)
+    assert budget.fit_epochs(120, 2, 0.1, 10, 100, 30, 0, 1).epochs == 11
+    # validating the EMA too doubles the validation: 12 s per epoch -> 8 epochs (2 + 79 + 16 = 97 s)
+    fit = budget.fit_epochs(100, 2, 0.1, 10, 100, 30, 1, 2)
+    assert fit.epochs == 8 and fit.predicted_s == pytest.approx(97)
+
+
+def test_fit_counts_the_last_epochs_validation():
+    # 10 s epochs, a 6 s validation every 3rd epoch and after the last. 4 epochs average 12 s each (48 s) but
+    # validate twice (epochs 3 and 4): 52 s > 50, so 3 epochs (36 s)
+    fit = budget.fit_epochs(50, 0, 0.1, 0, 100, 180, 3, 1)
+    assert fit.epochs == 3 and fit.predicted_s == pytest.approx(36)
+    assert budget.fit_epochs(52, 0, 0.1, 0, 100, 180, 3, 1).epochs == 4
+
+
+def test_a_budget_below_one_epoch_trains_one_and_says_so():
+    fit = budget.fit_epochs(5, 0, 0.1, 0, 100, 0, 1, 1)
+    assert fit.epochs == 1 and fit.predicted_s == pytest.approx(10)
+    assert "one epoch does not fit the budget" in fit.message(5)
+    assert "--opt.epochs 1 repeats this run" in fit.message(5)
+
+
+def test_window_skips_the_first_steps_and_stays_in_the_first_epoch():
+    assert budget.Window.for_epoch(390) == budget.Window(5, 45)
+    assert budget.Window.for_epoch(8) == budget.Window(2, 8)
+    assert budget.Window.for_epoch(1) == budget.Window(0, 1)
+
+
+# ---- a run ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def ticking_clock(monkeypatch):
+    """budget.clock advancing 1 s per reading: the run start (0), the window's start (1), its end (2: 1 s over
+    the window's 6 steps) and the fit (3 s elapsed)."""
+    ticks = itertools.count()
+    monkeypatch.setattr(budget, "clock", lambda: float(next(ticks)))
+
+
+def budget_config(out, **over):
+    # 64 samples / batch 8 = 8 steps an epoch; the window is steps 2-8, inside the 8-step warmup (1 epoch)
+    return tiny_config(out, **{"opt.time_budget": 6.2, "opt.warmup_epochs": 1.0, "opt.epochs": 2, **over})
+
+
+def test_a_budget_run_is_the_run_with_the_epochs_it_chose(tmp_path, ticking_clock, capsys):
+    # 1/6 s per step (1.33 s an epoch), 2 validation batches (0.11 s): 6.2 - 3 + 8/6 = 4.53 s left for the
+    # run's steps -> 3 epochs, predicted 3 + 16/6 + 3 * 0.11 = 6.0 s
+    summary = train(budget_config(tmp_path / "a"))
+    assert summary["epochs"] == 3 and summary["steps"] == 24
+    assert "3 epoch(s)" in capsys.readouterr().err
+    run = run_dir(tmp_path / "a")
+    assert yaml.safe_load((run / "config.yaml").read_text())["opt"]["epochs"] == 3
+    record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+              if '"budget"' in line][0]
+    assert record["epochs"] == 3 and record["step"] == 8 and record["step_s"] == pytest.approx(1 / 6)
+
+    plain = train(tiny_config(tmp_path / "b", **{"opt.warmup_epochs": 1.0, "opt.epochs": 3}))
+    assert plain["epochs"] == 3
+    a, b = weights(run / "last.safetensors"), weights(run_dir(tmp_path / "b") / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resumed_budget_run_keeps_its_epochs(tmp_path, ticking_clock):
+    whole = train(budget_config(tmp_path / "whole"))
+    # stopped in its second epoch, after the fit; resumed with the same command on a clock that would fit
+    # different epochs if it were asked again
+    train(budget_config(tmp_path / "parts", **{"runtime.max_steps": 11}))
+    resumed = train(budget_config(tmp_path / "parts", **{"runtime.resume": "auto"}))
+    assert whole["epochs"] == resumed["epochs"] == 3 and resumed["steps"] == 24
+    a = weights(run_dir(tmp_path / "whole") / "last.safetensors")
+    b = weights(run_dir(tmp_path / "parts") / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_stopped_inside_the_window_times_it_again_on_resume(tmp_path, ticking_clock):
+    train(budget_config(tmp_path, **{"runtime.max_steps": 4, "runtime.save_every_steps": 1}))
+    assert yaml.safe_load((run_dir(tmp_path) / "config.yaml").read_text())["opt"]["epochs"] == 2  # not fitted yet
+    resumed = train(budget_config(tmp_path, **{"runtime.resume": "auto"}))
+    # the window is steps 4-8 on resume; its end (at 1 s per reading) fits again, and the run trains what it fits
+    record = [json.loads(line) for line in (run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()
+              if '"budget"' in line]
+    assert len(record) == 1 and record[0]["step"] == 8 and resumed["epochs"] == record[0]["epochs"]
+
+
+def test_changing_the_budget_on_resume_is_refused(tmp_path, ticking_clock, capsys):
+    train(budget_config(tmp_path, **{"runtime.max_steps": 11}))
+    with pytest.raises(Exception, match=r"opt.time_budget 6.2 -> 60"):
+        train(budget_config(tmp_path, **{"runtime.resume": "auto", "opt.time_budget": 60.0}))
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf"])
+def test_a_bad_budget_is_a_usage_error(value, tmp_path, capsys):
+    try:
+        rc = main(["train", "--preset", "small", "--data.dataset", "synthetic", "--opt.time_budget", value,
+                   "--runtime.out", str(tmp_path)])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "opt.time_budget" in lines[0], err
+    if value == "-5":
+        assert "e.g. 1800 for 30 minutes" in lines[0]
