@@ -96,6 +96,20 @@ def test_two_process_run_with_stochastic_depth_that_skips_dropped_samples(tmp_pa
     assert all(torch.isfinite(v).all() for v in weights(run_dir(tmp_path / "ddp") / "last.safetensors").values())
 
 
+def test_two_process_run_fits_one_epoch_count_to_its_time_budget(tmp_path):
+    # Each rank times its own steps; they agree on the slowest pace, so both train the same epochs (a rank that
+    # stopped early would leave the other waiting in DDP's all-reduce until the timeout).
+    cfg = tmp_path / "ddp.yaml"
+    tiny_config(tmp_path / "ddp", **NO_AUG, **{"data.synthetic_samples": 32, "data.batch_size": 2, "opt.epochs": 1,
+                                               "opt.warmup_epochs": 1.0, "opt.time_budget": 2.0}).save(cfg)
+    summary = torchrun_train(cfg)
+    lines = (run_dir(tmp_path / "ddp") / "metrics.jsonl").read_text().splitlines()
+    fits = [json.loads(line) for line in lines if '"type": "budget"' in line]
+    assert len(fits) == 1 and fits[0]["step"] == 8  # 8 steps an epoch: the window is steps 2-8
+    assert summary["epochs"] == fits[0]["epochs"] and summary["steps"] == 8 * fits[0]["epochs"]
+    assert sum('"type": "epoch"' in line for line in lines) == fits[0]["epochs"]
+
+
 def test_more_processes_than_gpus_is_a_usage_error(monkeypatch):
     """torchrun --nproc_per_node 2 on a one-GPU machine: rank 1 would ask for cuda:1, which does not exist."""
     from convnext.errors import UsageError

@@ -214,29 +214,39 @@ class Trainer:
         """Time the budget window's steps; at its end, fit the run's epochs to opt.time_budget (``budget.py``)."""
         window = self.budget_window
         if self.step == window.start:
-            self.budget_t0 = budget.clock()
+            self.budget_t0 = self._clock()
         if self.step < window.end:
             return
         # every rank trains in lockstep, so the slowest rank's pace is the run's
-        step_s = max(dist_mod.all_gather_object((budget.clock() - self.budget_t0) / (window.end - window.start),
+        step_s = max(dist_mod.all_gather_object((self._clock() - self.budget_t0) / (window.end - window.start),
                                                 self.dist))
         c = self.cfg
         fit = budget.fit_epochs(c.opt.time_budget, budget.clock() - self.started, step_s, self.step,
                                 self.steps_per_epoch, len(self.val_loader), c.runtime.val_every,
                                 2 if self.ema is not None else 1)
         self.budget_window, self.fitted_epochs = None, fit.epochs
-        self.cfg = c.replace({"opt.epochs": fit.epochs})
-        self.total_steps = fit.epochs * self.steps_per_epoch
-        self.max_steps = c.runtime.max_steps or self.total_steps
-        # the schedule's length from the next step on (during the warmup this changes no lr already used)
-        for group, base, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
-            f.total_steps = self.total_steps
-            group["lr"] = base * f(self.scheduler.last_epoch)
+        self._set_epochs(fit.epochs)
         self.logger.log({"type": "budget", "step": self.step, "time_budget": c.opt.time_budget, "step_s": step_s,
                          "epochs": fit.epochs, "predicted_s": fit.predicted_s, "time": time.time()})
         if self.dist.is_main:
             self.rundir.write_config(self.cfg)
             print(fit.message(c.opt.time_budget), file=sys.stderr)
+
+    def _clock(self) -> float:
+        """``budget.clock()`` once the device has finished the queued steps (a GPU runs ahead of the host)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return budget.clock()
+
+    def _set_epochs(self, epochs: int) -> None:
+        """Make the run ``epochs`` long from the next step on: its config, step counts and cosine schedule (during
+        the warmup this changes no lr already used)."""
+        self.cfg = self.cfg.replace({"opt.epochs": epochs})
+        self.total_steps = epochs * self.steps_per_epoch
+        self.max_steps = self.cfg.runtime.max_steps or self.total_steps
+        for group, base, f in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            f.total_steps = self.total_steps
+            group["lr"] = base * f(self.scheduler.last_epoch)
 
     def _validates_now(self) -> bool:
         """Whether the epoch ending now is validated: every runtime.val_every-th and the last (never at 0)."""
