@@ -42,6 +42,7 @@ def test_a_budget_below_one_epoch_trains_one_and_says_so():
     assert fit.epochs == 1 and fit.predicted_s == pytest.approx(10)
     assert "one epoch does not fit the budget" in fit.message(5)
     assert "--opt.epochs 1 repeats this run" in fit.message(5)
+    assert "--opt.epochs 1 trains as long" in fit.message(5, in_warmup=False)
 
 
 def test_window_skips_the_first_steps_and_stays_in_the_first_epoch():
@@ -124,3 +125,11 @@ def test_a_bad_budget_is_a_usage_error(value, tmp_path, capsys):
     assert len(lines) == 1 and "opt.time_budget" in lines[0], err
     if value == "-5":
         assert "e.g. 1800 for 30 minutes" in lines[0]
+
+
+def test_a_window_past_the_warmup_says_the_run_is_not_repeated_exactly(tmp_path, ticking_clock, capsys):
+    # a 4-step warmup: steps 4-7 of the window used the lr of opt.epochs' (2 epochs') cosine, so --opt.epochs 3
+    # would give them other lrs
+    summary = train(budget_config(tmp_path, **{"opt.warmup_epochs": 0.5}))
+    err = capsys.readouterr().err
+    assert summary["epochs"] == 3 and "--opt.epochs 3 trains as long" in err and "repeats" not in err

@@ -45,10 +45,15 @@ class Fit:
     step_s: float  # measured seconds per optimizer step
     predicted_s: float  # the whole run's predicted wall time at ``epochs``
 
-    def message(self, budget: float) -> str:
+    def message(self, budget: float, in_warmup: bool = True) -> str:
+        """What the run prints; ``in_warmup``: whether the timed steps ended inside the lr warmup, so that
+        ``--opt.epochs N`` gives the same lr at every step."""
         over = "" if self.predicted_s <= budget else "; one epoch does not fit the budget, so the run trains one"
+        repeat = (f"--opt.epochs {self.epochs} repeats this run" if in_warmup else
+                  f"--opt.epochs {self.epochs} trains as long (the steps timed after the warmup used the lr of "
+                  "opt.epochs' schedule)")
         return (f"time budget {budget:g} s: {self.step_s * 1000:.1f} ms per step -> {self.epochs} epoch(s), "
-                f"~{self.predicted_s:.0f} s predicted{over}; --opt.epochs {self.epochs} repeats this run")
+                f"~{self.predicted_s:.0f} s predicted{over}; {repeat}")
 
 
 def fit_epochs(budget: float, elapsed: float, step_s: float, steps_done: int, steps_per_epoch: int,

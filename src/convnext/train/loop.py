@@ -230,7 +230,8 @@ class Trainer:
                          "epochs": fit.epochs, "predicted_s": fit.predicted_s, "time": time.time()})
         if self.dist.is_main:
             self.rundir.write_config(self.cfg)
-            print(fit.message(c.opt.time_budget), file=sys.stderr)
+            in_warmup = self.step <= self.scheduler.lr_lambdas[0].warmup_steps
+            print(fit.message(c.opt.time_budget, in_warmup), file=sys.stderr)
 
     def _clock(self) -> float:
         """``budget.clock()`` once the device has finished the queued steps (a GPU runs ahead of the host)."""
