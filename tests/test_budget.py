@@ -55,8 +55,8 @@ def test_window_skips_the_first_steps_and_stays_in_the_first_epoch():
 
 @pytest.fixture
 def ticking_clock(monkeypatch):
-    """budget.clock advancing 1 s per reading: the run start (0), the window's start (1), its end (2: 1 s over
-    the window's 6 steps) and the fit (3 s elapsed)."""
+    """budget.clock advancing 1 s per reading: the run start (0), the window's start (1) and its end (2: 1 s over
+    the window's 6 steps, 2 s elapsed)."""
     ticks = itertools.count()
     monkeypatch.setattr(budget, "clock", lambda: float(next(ticks)))
 
@@ -67,8 +67,8 @@ def budget_config(out, **over):
 
 
 def test_a_budget_run_is_the_run_with_the_epochs_it_chose(tmp_path, ticking_clock, capsys):
-    # 1/6 s per step (1.33 s an epoch), 2 validation batches (0.11 s): 6.2 - 3 + 8/6 = 4.53 s left for the
-    # run's steps -> 3 epochs, predicted 3 + 16/6 + 3 * 0.11 = 6.0 s
+    # 1/6 s per step (1.33 s an epoch), 2 validation batches (0.11 s): 6.2 - 2 + 8/6 = 5.53 s left for the
+    # run's steps -> 3 epochs, predicted 2 + 16/6 + 3 * 0.11 = 5.0 s (4 epochs: 6.44 s)
     summary = train(budget_config(tmp_path / "a"))
     assert summary["epochs"] == 3 and summary["steps"] == 24
     assert "3 epoch(s)" in capsys.readouterr().err
@@ -77,6 +77,7 @@ def test_a_budget_run_is_the_run_with_the_epochs_it_chose(tmp_path, ticking_cloc
     record = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
               if '"budget"' in line][0]
     assert record["epochs"] == 3 and record["step"] == 8 and record["step_s"] == pytest.approx(1 / 6)
+    assert record["predicted_s"] == pytest.approx(5.0)
 
     plain = train(tiny_config(tmp_path / "b", **{"opt.warmup_epochs": 1.0, "opt.epochs": 3}))
     assert plain["epochs"] == 3

@@ -217,11 +217,14 @@ class Trainer:
             self.budget_t0 = self._clock()
         if self.step < window.end:
             return
-        # every rank trains in lockstep, so the slowest rank's pace is the run's
-        step_s = max(dist_mod.all_gather_object((self._clock() - self.budget_t0) / (window.end - window.start),
-                                                self.dist))
+        now = self._clock()
+        # Every rank trains in lockstep, so the run's pace and elapsed time are its slowest rank's; agreeing on both
+        # gives every rank the same fit (ranks that trained different epochs would hang in DDP's all-reduce).
+        paces = dist_mod.all_gather_object(((now - self.budget_t0) / (window.end - window.start), now - self.started),
+                                           self.dist)
+        step_s, elapsed = max(p[0] for p in paces), max(p[1] for p in paces)
         c = self.cfg
-        fit = budget.fit_epochs(c.opt.time_budget, budget.clock() - self.started, step_s, self.step,
+        fit = budget.fit_epochs(c.opt.time_budget, elapsed, step_s, self.step,
                                 self.steps_per_epoch, len(self.val_loader), c.runtime.val_every,
                                 2 if self.ema is not None else 1)
         self.budget_window, self.fitted_epochs = None, fit.epochs
