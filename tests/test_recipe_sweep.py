@@ -366,3 +366,42 @@ def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tm
         assert bad.returncode == 2 and bad.stderr.startswith("arch_speed.py: error: "), bad.stderr
         assert message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "bad.json").exists()
+
+
+def _epochs_plot():
+    spec = importlib.util.spec_from_file_location("epochs_plot", ROOT / "benchmarks" / "recipes" / "epochs_plot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _results(root: Path, group: str, runs: dict[str, tuple[list, list]], test: dict | None) -> None:
+    data = {"group": group, "runs": [{"run": name, "heldout_top1": model, "heldout_ema_top1": ema}
+                                     for name, (model, ema) in runs.items()], "test": test}
+    (root / f"{group}.json").write_text(json.dumps(data))
+
+
+def test_epochs_plot_reads_best_scores_and_the_test_each_rule_read(tmp_path):
+    plot = _epochs_plot()
+    _results(tmp_path, "each", {"a": ([90.0, 92.5], [91.0, 92.0]),
+                                "b": ([91.0, 92.0, 93.0, 92.9], [None, 92.0, 93.5, 93.0])},
+             {"runs": {"a": {"test_top1": 92.1}}})  # b was not read
+    _results(tmp_path, "best", {"c": ([94.0] * 8, [93.0] * 8), "d": ([93.0] * 8, [93.0] * 8)},
+             {"chosen": "c", "test_top1": 93.6})
+    rows = plot.collect(["each", "best:d", "best:c"], results=tmp_path)
+    assert [(r["run"], r["epochs"], r["heldout_top1"], r["test_top1"]) for r in rows] == [
+        ("a", 2, 92.5, 92.1), ("b", 4, 93.5, None), ("d", 8, 93.0, None), ("c", 8, 94.0, 93.6)]
+    with pytest.raises(SystemExit, match="no finished run 'x'; its runs: c, d"):
+        plot.collect(["best:x"], results=tmp_path)
+    with pytest.raises(SystemExit, match="no results for group 'none'"):
+        plot.collect(["none"], results=tmp_path)
+
+
+def test_epochs_plot_fits_points_per_doubling_by_hand():
+    plot = _epochs_plot()
+    # exactly 90 + 0.5 * log2(epochs): 8 -> 91.5, 16 -> 92.0, 32 -> 92.5
+    fit = plot.log_fit([8, 16, 32], [91.5, 92.0, 92.5])
+    assert fit == {"intercept": 90.0, "per_doubling": 0.5, "points": 3}
+    assert plot.epochs_for(fit, 94.0) == pytest.approx(256.0)  # 90 + 0.5 * 8
+    assert plot.epochs_for({"intercept": 95.0, "per_doubling": -0.1}, 94.0) is None
+    assert plot.log_fit([44, 44], [93.0, 94.0]) is None  # one epoch count: no slope
