@@ -20,11 +20,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sweep():
-    spec = importlib.util.spec_from_file_location("sweep", ROOT / "benchmarks" / "recipes" / "sweep.py")
+def _script(path: str):
+    """A benchmark script (``benchmarks/PATH``) imported as a module, for its functions."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / "benchmarks" / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _sweep():
+    return _script("recipes/sweep.py")
 
 
 def _run_dir(root: Path, name: str, epochs: list[tuple[float, float | None]], done: bool = True) -> None:
@@ -157,10 +162,7 @@ def test_test_last_reads_each_final_runs_last_ema_once_and_refuses_a_validated_r
 
 
 def _plateau_check():
-    spec = importlib.util.spec_from_file_location("plateau_check", ROOT / "benchmarks" / "study" / "plateau_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("study/plateau_check.py")
 
 
 def _study(epochs: int, rows: dict[str, dict[int, float]], lr: float = 0.1) -> dict:
@@ -369,10 +371,7 @@ def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tm
 
 
 def _epochs_plot():
-    spec = importlib.util.spec_from_file_location("epochs_plot", ROOT / "benchmarks" / "recipes" / "epochs_plot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("recipes/epochs_plot.py")
 
 
 def _results(root: Path, group: str, runs: dict[str, tuple[list, list]], test: dict | None) -> None:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the
 from usage import UsageExit, run_main  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "recipes"
+TARGET = 94.0  # issue #15's 30-minute CPU target, top-1 (%) on the test split
 
 
 def test_score(test: dict | None, run: str) -> float | None:
@@ -57,6 +58,11 @@ def collect(args: list[str], results: Path = RESULTS) -> list[dict]:
     return rows
 
 
+def points(rows: list[dict], key: str) -> list[tuple[int, float]]:
+    """(epochs, score) of the runs that have a ``key`` score (a test score only where it was read)."""
+    return [(r["epochs"], r[key]) for r in rows if r[key] is not None]
+
+
 def log_fit(epochs: list[int], top1: list[float]) -> dict | None:
     """Least squares top1 = a + b * log2(epochs); None with fewer than two distinct epoch counts."""
     if len(set(epochs)) < 2:
@@ -82,13 +88,13 @@ def figure(rows: list[dict], fits: dict):
     span = np.linspace(math.log2(min(r["epochs"] for r in rows)), math.log2(max(r["epochs"] for r in rows)), 50)
     for key, label, color, marker in [("heldout_top1", "held out (10,000 training images)", "#1f77b4", "o"),
                                       ("test_top1", "test split", "#d62728", "s")]:
-        pts = [(r["epochs"], r[key]) for r in rows if r[key] is not None]
+        pts = points(rows, key)
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker, label=label, zorder=3)
         fit = fits.get(key)
         if fit:
             ax.plot(2 ** span, fit["intercept"] + fit["per_doubling"] * span, color=color, alpha=0.5,
                     label=f"fit: {fit['per_doubling']:+.2f} points per doubling")
-    ax.axhline(94.0, color="#555555", linestyle="--", linewidth=1, label="issue #15's CPU target (test)")
+    ax.axhline(TARGET, color="#555555", linestyle="--", linewidth=1, label="issue #15's CPU target (test)")
     ax.set_xscale("log", base=2)
     ticks = sorted({r["epochs"] for r in rows})
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -109,10 +115,10 @@ def main() -> int:
     rows = collect(args.runs)
     fits = {}
     for key in ("heldout_top1", "test_top1"):
-        pts = [(r["epochs"], r[key]) for r in rows if r[key] is not None]
+        pts = points(rows, key)
         fit = log_fit([p[0] for p in pts], [p[1] for p in pts])
         if fit:
-            reach = epochs_for(fit, 94.0)
+            reach = epochs_for(fit, TARGET)
             fit["epochs_for_94"] = round(reach, 1) if reach else None
             fits[key] = fit
     for r in sorted(rows, key=lambda r: r["epochs"]):
@@ -120,7 +126,7 @@ def main() -> int:
         print(f"{r['epochs']:4d} epochs  held out {r['heldout_top1']:.2f}  test {test}  {r['group']}:{r['run']}")
     for key, fit in fits.items():
         print(f"{key}: {fit['intercept']:.2f} + {fit['per_doubling']:.3f} * log2(epochs) over {fit['points']} runs; "
-              f"94.0 at ~{fit['epochs_for_94']} epochs")
+              f"{TARGET} at ~{fit['epochs_for_94']} epochs")
     if args.out:
         from convnext.plots import save_figure
         print(f"figure: {save_figure(figure(rows, fits), args.out)}")
