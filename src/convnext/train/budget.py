@@ -18,6 +18,8 @@ import math
 import time
 from dataclasses import dataclass
 
+from ..data.progressive import ResizeSchedule
+
 # Forward passes without backward or optimizer: roughly a third of a training step per image. Only the
 # validation's share of the budget rests on this guess; the training steps are measured.
 VALIDATION_COST = 1 / 3
@@ -57,25 +59,34 @@ class Fit:
 
 
 def fit_epochs(budget: float, elapsed: float, step_s: float, steps_done: int, steps_per_epoch: int,
-               val_steps: int, val_every: int, val_passes: int) -> Fit:
+               val_steps: int, val_every: int, val_passes: int, resize: ResizeSchedule | None = None) -> Fit:
     """The most epochs (at least 1) whose remaining time fits ``budget`` seconds of the whole run.
 
     ``elapsed`` seconds have gone by since the run started, ``steps_done`` optimizer steps of the first epoch
     among them; the rest of an epoch costs ``step_s`` per step, and a validating epoch (every ``val_every``-th and
     the last; never at 0) ``val_passes`` passes over ``val_steps`` batches at ``VALIDATION_COST`` of a step each.
+    Under progressive resizing (``resize``) the steps were timed at the first epoch's size, and every other
+    epoch's steps and the validation (at the full size) are scaled by their pixels (``ResizeSchedule.cost``).
     """
-    epoch_s = steps_per_epoch * step_s
     val_s = val_passes * val_steps * step_s * VALIDATION_COST if val_every > 0 else 0.0
 
     def predicted(epochs: int) -> float:
         validations = (epochs // val_every + (epochs % val_every != 0)) if val_every > 0 else 0
-        return elapsed + (epochs * steps_per_epoch - steps_done) * step_s + validations * val_s
+        if resize is None:
+            return elapsed + (epochs * steps_per_epoch - steps_done) * step_s + validations * val_s
+        steps = sum(resize.cost(e, epochs) for e in range(epochs)) * steps_per_epoch - steps_done
+        return elapsed + steps * step_s + validations * val_s * resize.validation_cost(epochs)
 
-    # Every epoch costs epoch_s and a share of a validation, so no count above `avail / per_epoch` fits; the
-    # last epoch's validation may push that count over, hence the step down.
-    per_epoch = epoch_s + (val_s / val_every if val_every > 0 else 0.0)
+    # No epoch costs less than the timed ones (under progressive resizing they are the smallest), and every
+    # validating epoch adds its share, so no count above `avail / per_epoch` fits. The search below the bound
+    # assumes the prediction grows with the count (more epochs, more steps); the final step down makes sure.
+    per_epoch = steps_per_epoch * step_s + (val_s / val_every if val_every > 0 else 0.0)
     avail = budget - elapsed + steps_done * step_s
-    epochs = max(1, math.floor(avail / max(per_epoch, 1e-12)))
+    low, high = 1, max(1, math.floor(avail / max(per_epoch, 1e-12)))
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if predicted(mid) <= budget else (low, mid - 1)
+    epochs = low
     while epochs > 1 and predicted(epochs) > budget:
         epochs -= 1
     return Fit(epochs, step_s, predicted(epochs))

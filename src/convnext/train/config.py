@@ -76,6 +76,11 @@ class DataConfig:
     # aug.crop_padding shifts, flip, normalisation; Mixup/CutMix as usual), so Python data loading cannot starve a
     # GPU: for datasets that fit in its memory (Fashion-MNIST, folders of same-size images). No RandAugment.
     on_device: bool = False
+    # Progressive resizing (data/progressive.py): the first epochs train at this smaller size, growing to
+    # image_size over resize_ramp (the fractions of the run where the growth starts and ends); 0 = off. Each
+    # batch is resized after augmentation; validation and evaluation stay at image_size.
+    min_image_size: int = 0
+    resize_ramp: tuple[float, float] = (0.4, 0.85)
 
 
 @dataclass
@@ -519,6 +524,15 @@ def _validate(c: TrainConfig) -> None:
            "data.synthetic_samples must be >= 1 and data.synthetic_classes >= 2")
     problem = arch.input_size_problem(c.data.image_size)
     _check(problem is None, f"data.image_size={problem}")
+    if c.data.min_image_size:
+        problem = arch.input_size_problem(c.data.min_image_size)
+        _check(problem is None, f"data.min_image_size={problem}")
+        _check(c.data.min_image_size < c.data.image_size,
+               f"data.min_image_size={c.data.min_image_size} must be below data.image_size={c.data.image_size} "
+               "(0 = every epoch at image_size)")
+    ramp = c.data.resize_ramp
+    _check(len(ramp) == 2 and 0 <= ramp[0] <= ramp[1] <= 1,
+           f"data.resize_ramp={list(ramp)} must be [start, end] with 0 <= start <= end <= 1 (fractions of the run)")
     if (c.data.mean is None) != (c.data.std is None):
         raise UsageError("data.mean and data.std must be given together")
     if c.data.std is not None:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..data.assembly import build_data, build_mixer, make_loader, model_channels
 from ..data.device_feed import PrefetchFeed, train_feed
+from ..data.progressive import ResizeSchedule, resize_batch
 from ..errors import UsageError
 from ..weights.io import first_non_finite
 from . import budget, snapshot
@@ -60,6 +61,11 @@ class Trainer:
         accelerate_for_training(self.model, self.device, compiled=t.compile)
         if t.channels_last:
             to_channels_last(self.model)
+        self.resize = None  # progressive resizing (data.min_image_size): the size each epoch trains at
+        if cfg.data.min_image_size:
+            arch = self.model.cfg
+            self.resize = ResizeSchedule(cfg.data.min_image_size, cfg.data.image_size, tuple(cfg.data.resize_ramp),
+                                         valid=lambda size: arch.input_size_problem(size) is None)
 
         self.train_sampler = dist_mod.ShardedSampler(len(self.data.train), dist_info.rank, world, shuffle=True,
                                                      seed=t.seed, drop_last_batch=b * k)
@@ -198,8 +204,12 @@ class Trainer:
                        unit="step", dynamic_ncols=True, file=sys.stderr, leave=False)
         self.window_t, self.window_imgs = time.perf_counter(), 0  # throughput since the last step record
         it = iter(self.train_loader)
+        size = self.train_size()
         while self.epoch_step < self.steps_per_epoch and self.step < self.max_steps:
-            self._train_step([next(it) for _ in range(k)])
+            batches = [next(it) for _ in range(k)]
+            if size is not None:
+                batches = [(resize_batch(images, size), labels) for images, labels in batches]
+            self._train_step(batches)
             self.step += 1
             self.epoch_step += 1
             if self.step % self.read_every == 0:  # read_every divides log_every: step records get a fresh loss
@@ -209,6 +219,10 @@ class Trainer:
             self._after_step(bar)
         if bar is not None:
             bar.close()
+
+    def train_size(self) -> int | None:
+        """The size this epoch's batches are resized to under progressive resizing; None: as they come."""
+        return self.resize.size(self.epoch, self.cfg.opt.epochs) if self.resize is not None else None
 
     def _time_for_budget(self) -> None:
         """Time the budget window's steps; at its end, fit the run's epochs to opt.time_budget (``budget.py``)."""
@@ -226,11 +240,12 @@ class Trainer:
         c = self.cfg
         fit = budget.fit_epochs(c.opt.time_budget, elapsed, step_s, self.step,
                                 self.steps_per_epoch, len(self.val_loader), c.runtime.val_every,
-                                2 if self.ema is not None else 1)
+                                2 if self.ema is not None else 1, self.resize)
         self.budget_window, self.fitted_epochs = None, fit.epochs
         self._set_epochs(fit.epochs)
         self.logger.log({"type": "budget", "step": self.step, "time_budget": c.opt.time_budget, "step_s": step_s,
-                         "epochs": fit.epochs, "predicted_s": fit.predicted_s, "time": time.time()})
+                         "epochs": fit.epochs, "predicted_s": fit.predicted_s, "time": time.time(),
+                         **({"train_sizes": self.resize.sizes(fit.epochs)} if self.resize is not None else {})})
         if self.dist.is_main:
             self.rundir.write_config(self.cfg)
             in_warmup = self.step <= self.scheduler.lr_lambdas[0].warmup_steps
@@ -269,9 +284,14 @@ class Trainer:
         record = {"type": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss, **val,
                   "lr": self.step_lr, "time": time.time(), "skipped_steps": self.bad_steps_total,
                   "bad_images": self.data.bad_images}
+        size = self.train_size()
+        if size is not None:
+            record["train_size"] = size
         self.logger.log(record)
         if self.dist.is_main:
             text = f"epoch {self.epoch}: train loss {train_loss:.4f}"
+            if size is not None:
+                text = f"epoch {self.epoch} ({size} px): train loss {train_loss:.4f}"
             if val:
                 ema_txt = f", EMA top-1 {val['ema_top1']:.2f}" if val["ema_top1"] is not None else ""
                 text += (f", val loss {val['val_loss']:.4f}, val top-1 {val['val_top1']:.2f}, "
