@@ -345,7 +345,17 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     "cpu30_prog": {f"bn_48_budget1800_mix_lr4e-3_prog20_seed{seed}_ddp": cpu30(
         None, "[48,96,192]", *MIX_HALF, "--opt.time_budget", "1800", "--opt.lr", "4e-3", "--runtime.seed", seed,
         "--runtime.threads", "1", "--data.batch_size", "64", "--data.min_image_size", "20",
-        "--data.resize_ramp", "[0.4,0.85]") for seed in ("0", "1")},
+        "--data.resize_ramp", "[0.4,0.85]") for seed in ("0",)},
+    # Result, seed 0: 29 epochs fitted (~1,767 s predicted, 1,527 s trained: the pixel count overstates what a
+    # larger step costs), best held out 91.76 % (model weights, last epoch) against 93.43 for cpu30_budget's seed 0,
+    # -1.67 points. For the two seeds' mean to beat cpu30_budget's (93.28), seed 1 would have needed 94.8 held out,
+    # above every 30-minute run of this machine, so it was stopped after its first epoch, its log unread, and
+    # removed from the group; the rule decided: no progressive resizing in the recipe. Seed 0's test read below
+    # (--test-each) is for the table. Why it lost: the held-out score at 28 px sat at 50-65 % through the 20-22 px
+    # epochs and recovered only as the size grew (24 px: 85.8, 26 px: 89.8, 28 px: 91.8). Fashion-MNIST's objects
+    # have one scale, and the augmentation (shifts, flips) never rescales them, so what the network learns on
+    # shrunken images does not carry over to full-size ones; ImageNet's random resized crops teach scale
+    # invariance, which is what lets FFCV's lower-resolution epochs count.
     # The GPU budget (#15: >= 95.5 %): three runs sharing one H100 for ~5 minutes, chosen before any GPU time was
     # spent (no GPU sweep yet): the family's tiny first three stages, with and without Mixup/CutMix on half the
     # batches (on the GPU there is no random erasing), and the smaller pico for more epochs.
