@@ -9,7 +9,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from convnext.cli import main
-from convnext.data.progressive import ResizeSchedule, resize_batch
+from convnext.data.progressive import ResizeSchedule, crop_batch, resize_batch, shrink_batch
 from convnext.models import ConvNeXt
 from convnext.train import budget, train
 from train_helpers import run_dir, tiny_config, weights
@@ -129,6 +129,7 @@ def test_a_budget_run_fits_fewer_epochs_for_the_larger_ones_and_repeats_exactly(
     (["--data.min_image_size", "6"], ["data.min_image_size=6", "smallest valid size is 8"]),
     (["--data.min_image_size", "28"], ["must be below data.image_size=28"]),
     (["--data.min_image_size", "20", "--data.resize_ramp", "[0.9,0.5]"], ["data.resize_ramp=[0.9, 0.5]"]),
+    (["--data.min_image_size", "20", "--data.shrink", "pool"], ["data.shrink='pool'", "resize, crop"]),
 ])
 def test_a_bad_progressive_setting_is_one_line_exit_2(flags, words, tmp_path, capsys):
     try:
@@ -140,3 +141,32 @@ def test_a_bad_progressive_setting_is_one_line_exit_2(flags, words, tmp_path, ca
     assert rc == 2 and len(lines) == 1, err
     assert all(w in lines[0] for w in words), lines[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_crop_batch_cuts_one_window_per_image_at_full_scale():
+    torch.manual_seed(0)
+    x = torch.arange(4 * 2 * 6 * 6, dtype=torch.float32).view(4, 2, 6, 6)
+    out = crop_batch(x, 4)
+    assert out.shape == (4, 2, 4, 4)
+    places = set()
+    for n in range(4):  # every crop is a contiguous window of its own image, in both channels alike
+        top, left = divmod(int(out[n, 0, 0, 0] - x[n, 0, 0, 0]), 6)
+        places.add((top, left))
+        assert torch.equal(out[n], x[n, :, top:top + 4, left:left + 4])
+    assert len(places) > 1  # drawn per image
+    assert crop_batch(x, 6) is x
+    assert shrink_batch(x, 3, "crop").shape == (4, 2, 3, 3)
+    assert torch.equal(shrink_batch(x, 3, "resize"), resize_batch(x, 3))
+
+
+def test_crop_mode_trains_on_windows_and_resumes_bitwise(tmp_path):
+    crop = {"data.shrink": "crop"}
+    train(prog_config(tmp_path / "whole", **crop))
+    train(prog_config(tmp_path / "parts", **crop, **{"runtime.max_steps": 13, "runtime.save_every_steps": 1}))
+    train(prog_config(tmp_path / "parts", **crop, **{"runtime.resume": "auto"}))
+    a = weights(run_dir(tmp_path / "whole") / "last.safetensors")
+    b = weights(run_dir(tmp_path / "parts") / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    train(prog_config(tmp_path / "resize"))
+    c = weights(run_dir(tmp_path / "resize") / "last.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the windows are not the resized images

@@ -4,8 +4,10 @@ A convolutional network with global pooling takes any input size, and a step on 
 share of the pixels (the 30-minute Fashion-MNIST recipe: 1.79x the images per second at 20 px as at 28 px). FFCV's
 ImageNet recipes spend most epochs at a lower resolution and ramp it up near the end, so the last epochs train (and
 batch norm settles) at the size the network is evaluated at. ``ResizeSchedule`` gives each epoch its size from the
-run's length; ``resize_batch`` resizes a training batch on the device, after the data path's augmentation at the
-full size. Validation, evaluation and inference always see the full size.
+run's length; ``shrink_batch`` makes a training batch that small on the device, after the data path's augmentation at
+the full size: by resizing it (``resize``, FFCV's way) or by cutting a random window of that size out of every image
+(``crop``: the objects keep their scale, the network sees part of each). Validation, evaluation and inference always
+see the full size.
 
 The size depends only on (epoch, epochs), so a resumed run trains every epoch at the size an uninterrupted one did.
 """
@@ -57,6 +59,28 @@ class ResizeSchedule:
         return [self.size(e, epochs) for e in range(epochs)]
 
 
+SHRINK_MODES = ("resize", "crop")
+
+
+def shrink_batch(images: torch.Tensor, size: int, mode: str = "resize") -> torch.Tensor:
+    """``images`` (N, C, H, W) made ``size`` x ``size`` by ``mode``: ``resize_batch`` or ``crop_batch``."""
+    return resize_batch(images, size) if mode == "resize" else crop_batch(images, size)
+
+
+def crop_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A ``size`` x ``size`` window of every image, each at its own place drawn uniformly (by the global CPU
+    generator, which the trainer's checkpoints keep, so a resumed run draws what an uninterrupted one would)."""
+    n, _, h, w = images.shape
+    if h == size and w == size:
+        return images
+    top = torch.randint(0, h - size + 1, (n, 1, 1)).to(images.device)
+    left = torch.randint(0, w - size + 1, (n, 1, 1)).to(images.device)
+    steps = torch.arange(size, device=images.device)
+    rows, cols = top + steps.view(1, size, 1), left + steps.view(1, 1, size)  # (n, size, size) each
+    picked = images.permute(0, 2, 3, 1)[torch.arange(n, device=images.device).view(n, 1, 1), rows, cols]
+    return picked.permute(0, 3, 1, 2).contiguous()
+
+
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     """A batch of normalised images (N, C, H, W) resized to ``size`` x ``size``: bilinear with antialiasing (a
     plain bilinear shrink would alias fine texture), as torchvision's ``Resize`` does on tensors."""
@@ -65,4 +89,4 @@ def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-__all__ = ["ResizeSchedule", "resize_batch"]
+__all__ = ["SHRINK_MODES", "ResizeSchedule", "crop_batch", "resize_batch", "shrink_batch"]

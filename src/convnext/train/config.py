@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from ..data import DATASETS
+from ..data.progressive import SHRINK_MODES
 from ..errors import UsageError, check_choice
 from ..files import atomic_write_text
 from ..models import get_entry
@@ -78,9 +79,11 @@ class DataConfig:
     on_device: bool = False
     # Progressive resizing (data/progressive.py): the first epochs train at this smaller size, growing to
     # image_size over resize_ramp (the fractions of the run where the growth starts and ends); 0 = off. Each
-    # batch is resized after augmentation; validation and evaluation stay at image_size.
+    # batch is made smaller after augmentation (data.shrink); validation and evaluation stay at image_size.
     min_image_size: int = 0
     resize_ramp: tuple[float, float] = (0.4, 0.85)
+    # How a batch is made smaller: "resize" (the whole image, shrunk) or "crop" (a random window, at full scale)
+    shrink: str = "resize"
 
 
 @dataclass
@@ -530,6 +533,7 @@ def _validate(c: TrainConfig) -> None:
         _check(c.data.min_image_size < c.data.image_size,
                f"data.min_image_size={c.data.min_image_size} must be below data.image_size={c.data.image_size} "
                "(0 = every epoch at image_size)")
+    check_choice("data.shrink", c.data.shrink, SHRINK_MODES)
     ramp = c.data.resize_ramp
     _check(len(ramp) == 2 and 0 <= ramp[0] <= ramp[1] <= 1,
            f"data.resize_ramp={list(ramp)} must be [start, end] with 0 <= start <= end <= 1 (fractions of the run)")

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data.assembly import build_data, build_mixer, make_loader, model_channels
 from ..data.device_feed import PrefetchFeed, train_feed
-from ..data.progressive import ResizeSchedule, resize_batch
+from ..data.progressive import ResizeSchedule, shrink_batch
 from ..errors import UsageError
 from ..weights.io import first_non_finite
 from . import budget, snapshot
@@ -208,7 +208,7 @@ class Trainer:
         while self.epoch_step < self.steps_per_epoch and self.step < self.max_steps:
             batches = [next(it) for _ in range(k)]
             if size is not None:
-                batches = [(resize_batch(images, size), labels) for images, labels in batches]
+                batches = [(shrink_batch(images, size, self.cfg.data.shrink), labels) for images, labels in batches]
             self._train_step(batches)
             self.step += 1
             self.epoch_step += 1
