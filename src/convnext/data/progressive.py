@@ -46,8 +46,10 @@ class ResizeSchedule:
 
     def cost(self, epoch: int, epochs: int) -> float:
         """Epoch ``epoch``'s steps relative to the first epoch's, by pixels: what ``opt.time_budget`` predicts with.
-        Per-step work that does not scale with the pixels makes small images cost a little more than their share
-        (20 px: 1.79x the speed of 28 px, against 1.96x the pixels), so a fitted run ends a little under budget."""
+        Per-step work that does not scale with the pixels makes small images cost more than their share, so a
+        fitted run ends under budget: the 30-minute Fashion-MNIST recipe trained at 1,297 img/s at 20 px and 778 at
+        28 px (1.67x, against 1.96x the pixels), and its fitted runs ended after 1,527 and 1,548 of 1,800 s. Timing
+        forward passes at each size was tried instead and was noisier than this (docs/recipes.md, tenth round)."""
         return (self.size(epoch, epochs) / self.size(0, epochs)) ** 2
 
     def validation_cost(self, epochs: int) -> float:
