@@ -78,9 +78,10 @@ class DataConfig:
     # GPU: for datasets that fit in its memory (Fashion-MNIST, folders of same-size images). No RandAugment.
     on_device: bool = False
     # Progressive resizing (data/progressive.py): the first epochs train at this smaller size, growing to
-    # image_size over resize_ramp (the fractions of the run where the growth starts and ends); 0 = off. Each
-    # batch is made smaller after augmentation (data.shrink); validation and evaluation stay at image_size.
+    # image_size over resize_ramp; 0 = off. Each batch is made smaller after augmentation (data.shrink);
+    # validation and evaluation stay at image_size.
     min_image_size: int = 0
+    # Progressive resizing: the fractions of the run where the size starts to grow and where it reaches image_size
     resize_ramp: tuple[float, float] = (0.4, 0.85)
     # How a batch is made smaller: "resize" (the whole image, shrunk) or "crop" (a random window, at full scale)
     shrink: str = "resize"
