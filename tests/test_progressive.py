@@ -74,7 +74,9 @@ def prog_config(out, **over):
                                "opt.epochs": 4, **over})
 
 
-def test_the_model_trains_on_each_epochs_size_and_validates_at_the_full_size(tmp_path, monkeypatch):
+@pytest.mark.parametrize("over", [{}, {"data.on_device": True, "aug.randaugment": False, "data.shrink": "crop"}],
+                         ids=["loader-resize", "on-device-crop"])
+def test_the_model_trains_on_each_epochs_size_and_validates_at_the_full_size(over, tmp_path, monkeypatch):
     seen = []
     forward = ConvNeXt.forward
 
@@ -83,7 +85,7 @@ def test_the_model_trains_on_each_epochs_size_and_validates_at_the_full_size(tmp
         return forward(self, x)
 
     monkeypatch.setattr(ConvNeXt, "forward", spy)
-    train(prog_config(tmp_path))
+    train(prog_config(tmp_path, **over))
     trained = [size for training, size in seen if training]
     # 64 samples / batch 8 = 8 steps an epoch: epochs 0-1 at 32 px, 2-3 at 64 px
     assert trained == [32] * 16 + [64] * 16
