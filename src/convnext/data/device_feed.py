@@ -157,10 +157,11 @@ def draw_shifts(n: int, padding: int, hflip: float, generator: torch.Generator, 
 
 
 def shift_flip(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor,
-               padding: int) -> torch.Tensor:
-    """Each image of ``x`` (N, C, S, S) zero-padded by ``padding`` and cropped back to S at (top, left), mirrored
-    where ``flip``: one gather, any dtype, output contiguous NCHW."""
-    n, c, size = x.shape[0], x.shape[1], x.shape[-1]
+               padding: int, size: int | None = None) -> torch.Tensor:
+    """Each image of ``x`` (N, C, S, S) zero-padded by ``padding`` and cropped at (top, left) to ``size`` (default
+    S: a shift), mirrored where ``flip``: one gather, any dtype, output contiguous NCHW."""
+    n, c = x.shape[0], x.shape[1]
+    size = x.shape[-1] if size is None else size
     if padding:
         x = F.pad(x, (padding, padding, padding, padding))
     line = torch.arange(size, device=x.device)

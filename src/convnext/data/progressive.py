@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .device_feed import shift_flip
+
 
 @dataclass(frozen=True)
 class ResizeSchedule:
@@ -75,12 +77,10 @@ def crop_batch(images: torch.Tensor, size: int) -> torch.Tensor:
     n, _, h, w = images.shape
     if h == size and w == size:
         return images
-    top = torch.randint(0, h - size + 1, (n, 1, 1)).to(images.device)
-    left = torch.randint(0, w - size + 1, (n, 1, 1)).to(images.device)
-    steps = torch.arange(size, device=images.device)
-    rows, cols = top + steps.view(1, size, 1), left + steps.view(1, 1, size)  # (n, size, size) each
-    picked = images.permute(0, 2, 3, 1)[torch.arange(n, device=images.device).view(n, 1, 1), rows, cols]
-    return picked.permute(0, 3, 1, 2).contiguous()
+    top = torch.randint(0, h - size + 1, (n,)).to(images.device)
+    left = torch.randint(0, w - size + 1, (n,)).to(images.device)
+    unflipped = torch.zeros(n, dtype=torch.bool, device=images.device)
+    return shift_flip(images, top, left, unflipped, padding=0, size=size)  # the on-device shifts' gather
 
 
 def resize_batch(images: torch.Tensor, size: int) -> torch.Tensor:

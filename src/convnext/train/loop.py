@@ -289,9 +289,8 @@ class Trainer:
             record["train_size"] = size
         self.logger.log(record)
         if self.dist.is_main:
-            text = f"epoch {self.epoch}: train loss {train_loss:.4f}"
-            if size is not None:
-                text = f"epoch {self.epoch} ({size} px): train loss {train_loss:.4f}"
+            at = f" ({size} px)" if size is not None else ""
+            text = f"epoch {self.epoch}{at}: train loss {train_loss:.4f}"
             if val:
                 ema_txt = f", EMA top-1 {val['ema_top1']:.2f}" if val["ema_top1"] is not None else ""
                 text += (f", val loss {val['val_loss']:.4f}, val top-1 {val['val_top1']:.2f}, "
