@@ -85,6 +85,12 @@ class DataConfig:
     resize_ramp: tuple[float, float] = (0.4, 0.85)
     # How a batch is made smaller: "resize" (the whole image, shrunk) or "crop" (a random window, at full scale)
     shrink: str = "resize"
+    # Loss-guided data pruning (train/pruning.py, InfoBatch's rule): from the second epoch on, each pass over the
+    # data leaves out a training image whose last loss was below the mean with this probability, and weighs the
+    # kept ones 1 / (1 - p); an epoch keeps its length (more passes, the hard images more often). 0 = off.
+    prune_easy: float = 0.0
+    # Data pruning stops at this fraction of the run: the last epochs train on plain passes (InfoBatch's annealing)
+    prune_until: float = 0.875
 
 
 @dataclass
@@ -538,6 +544,10 @@ def _validate(c: TrainConfig) -> None:
     ramp = c.data.resize_ramp
     _check(len(ramp) == 2 and 0 <= ramp[0] <= ramp[1] <= 1,
            f"data.resize_ramp={list(ramp)} must be [start, end] with 0 <= start <= end <= 1 (fractions of the run)")
+    _check(0 <= c.data.prune_easy < 1, f"data.prune_easy={c.data.prune_easy} must be in [0, 1) (the probability "
+           "of leaving a well-learned image out of a pass; 0 = off)")
+    _check(0 < c.data.prune_until <= 1, f"data.prune_until={c.data.prune_until} must be in (0, 1] (the fraction of "
+           "the run that prunes)")
     if (c.data.mean is None) != (c.data.std is None):
         raise UsageError("data.mean and data.std must be given together")
     if c.data.std is not None:

@@ -62,6 +62,15 @@ def all_reduce_sum(values: list[float] | torch.Tensor, info: DistInfo) -> torch.
     return t.cpu()
 
 
+def all_reduce(t: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor:
+    """``t`` reduced over ranks with ``op`` ("sum" or "max"), in its dtype, on the CPU (``t`` for one process)."""
+    if not info.enabled:
+        return t
+    t = t.to(info.device)
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return t.cpu()
+
+
 def broadcast_object(obj, info: DistInfo):
     if not info.enabled:
         return obj
@@ -99,19 +108,22 @@ class ShardedSampler(torch.utils.data.Sampler):
     gets the same count, split round-robin; ``start`` skips samples already consumed (resume).
     Eval (``shuffle=False``): rank r takes r, r + world, ...; no padding, so every sample is counted
     exactly once over all ranks.
+    ``order(epoch, generator) -> size indices`` replaces the train permutation (data pruning: ``pruning.py``);
+    it draws from the epoch's generator, so every rank builds the same global order.
     """
 
     def __init__(self, size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
-                 epoch: int = 0, start: int = 0, drop_last_batch: int = 0) -> None:
+                 epoch: int = 0, start: int = 0, drop_last_batch: int = 0, order=None) -> None:
         self.size, self.rank, self.world_size = size, rank, world_size
         self.shuffle, self.seed, self.epoch, self.start = shuffle, seed, epoch, start
-        self.drop_last_batch = drop_last_batch
+        self.drop_last_batch, self.order = drop_last_batch, order
 
-    def _indices(self) -> list[int]:
+    def indices(self) -> list[int]:
+        """This rank's whole epoch (``start`` not applied): position p holds the global order's p * world + rank."""
         if not self.shuffle:
             return list(range(self.rank, self.size, self.world_size))
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=g).tolist()
+        order = self.order(self.epoch, g) if self.order is not None else torch.randperm(self.size, generator=g).tolist()
         total = -(-self.size // self.world_size) * self.world_size
         order += order[: total - self.size]
         mine = order[self.rank :: self.world_size]
@@ -124,9 +136,9 @@ class ShardedSampler(torch.utils.data.Sampler):
         return ((self.seed * 1_000_003 + self.epoch * 10_007 + self.rank) * 1_000_033 + position) % 2**63
 
     def __iter__(self):
-        mine = self._indices()
+        mine = self.indices()
         for pos in range(self.start, len(mine)):
             yield (mine[pos], self.sample_seed(pos)) if self.shuffle else mine[pos]
 
     def __len__(self) -> int:
-        return max(len(self._indices()) - self.start, 0)
+        return max(len(self.indices()) - self.start, 0)

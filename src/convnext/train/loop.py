@@ -24,6 +24,7 @@ from .ema import make_ema
 from .evaluate import validate
 from .model import build_model, load_init_weights
 from .optim import build_optimizer, build_scheduler
+from .pruning import DataPruning
 from .run_dir import CheckpointWriteError, RunDir
 from .step import StepTally, train_step
 
@@ -67,8 +68,13 @@ class Trainer:
             self.resize = ResizeSchedule(cfg.data.min_image_size, cfg.data.image_size, tuple(cfg.data.resize_ramp),
                                          valid=lambda size: arch.input_size_problem(size) is None)
 
+        self.pruning = None  # loss-guided data pruning (data.prune_easy): each epoch's order from the images' losses
+        order = None
+        if cfg.data.prune_easy:
+            self.pruning = DataPruning(len(self.data.train), cfg.data.prune_easy, cfg.data.prune_until)
+            order = lambda epoch, generator: self.pruning.order(epoch, self.cfg.opt.epochs, generator)  # noqa: E731
         self.train_sampler = dist_mod.ShardedSampler(len(self.data.train), dist_info.rank, world, shuffle=True,
-                                                     seed=t.seed, drop_last_batch=b * k)
+                                                     seed=t.seed, drop_last_batch=b * k, order=order)
         self.steps_per_epoch = len(self.train_sampler) // (b * k)
         if self.steps_per_epoch == 0:
             raise UsageError(f"the train split has {len(self.data.train)} samples, fewer than one optimizer step "
@@ -142,12 +148,12 @@ class Trainer:
         self.rundir.save(state, last, best_info, last_ema)
 
     # -- training ----------------------------------------------------------------------------------
-    def _train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _train_step(self, batches, samples=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimizer step over ``update_freq`` micro-batches (``step.train_step``); its loss and NaN/Inf
         verdict go to the device-side tally. Returns device tensors (mean loss, grad norm, bad)."""
         # the lr this step uses (logged with it); the top layer's group under layer-wise decay
         self.step_lr = max(g["lr"] for g in self.optimizer.param_groups)
-        loss, norm, bad = train_step(self, batches)
+        loss, norm, bad = train_step(self, batches, samples)
         self.tally.add(loss, bad)
         return loss, norm, bad
 
@@ -205,11 +211,12 @@ class Trainer:
         self.window_t, self.window_imgs = time.perf_counter(), 0  # throughput since the last step record
         it = iter(self.train_loader)
         size = self.train_size()
+        mine = torch.tensor(self.train_sampler.indices()) if self.pruning is not None else None
         while self.epoch_step < self.steps_per_epoch and self.step < self.max_steps:
             batches = [next(it) for _ in range(k)]
             if size is not None:
                 batches = [(shrink_batch(images, size, self.cfg.data.shrink), labels) for images, labels in batches]
-            self._train_step(batches)
+            self._train_step(batches, self._pruned_samples(mine) if mine is not None else None)
             self.step += 1
             self.epoch_step += 1
             if self.step % self.read_every == 0:  # read_every divides log_every: step records get a fresh loss
@@ -219,6 +226,19 @@ class Trainer:
             self._after_step(bar)
         if bar is not None:
             bar.close()
+
+    def _pruned_samples(self, mine: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Under data pruning, each micro-batch of this step as (image indices, global positions in the epoch's
+        order, loss weights or None): what ``train_step`` weighs the losses by and records them under."""
+        b, k, world, rank = self.cfg.data.batch_size, self.cfg.opt.update_freq, self.dist.world_size, self.dist.rank
+        out = []
+        for i in range(k):
+            first = (self.epoch_step * k + i) * b
+            positions = torch.arange(first, first + b)
+            indices = mine[positions]
+            out.append((indices, positions * world + rank, self.pruning.weights(self.epoch, self.cfg.opt.epochs,
+                                                                                indices)))
+        return out
 
     def train_size(self) -> int | None:
         """The size this epoch's batches are resized to under progressive resizing; None: as they come."""
@@ -287,6 +307,9 @@ class Trainer:
         size = self.train_size()
         if size is not None:
             record["train_size"] = size
+        if self.pruning is not None:
+            record.update(self.pruning.summary(self.epoch, self.cfg.opt.epochs))
+            self.pruning.end_epoch(self.dist)  # the epoch's losses become the next epoch's scores
         self.logger.log(record)
         if self.dist.is_main:
             at = f" ({size} px)" if size is not None else ""

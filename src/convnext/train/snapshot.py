@@ -35,6 +35,8 @@ def capture(tr) -> dict[str, Any]:
         "epoch_loss_sum": tr.epoch_loss_sum, "epoch_loss_count": tr.epoch_loss_count,
         "config": tr.cfg.to_dict(),
         "fitted_epochs": tr.fitted_epochs,  # opt.time_budget's choice, which a resumed run keeps (loop.Trainer)
+        # data pruning's scores (a collective under DDP: every rank's losses of the epoch so far)
+        "pruning": tr.pruning.state_dict(tr.dist) if tr.pruning is not None else None,
     }
 
 
@@ -55,6 +57,8 @@ def restore(tr, s: dict[str, Any]) -> None:
         tr.ema.load_state_dict(s["ema"])
     if tr.scaler is not None and s.get("scaler") is not None:
         tr.scaler.load_state_dict(s["scaler"])
+    if tr.pruning is not None and s.get("pruning") is not None:
+        tr.pruning.load_state_dict(s["pruning"], tr.dist)
     tr.epoch, tr.epoch_step, tr.step = s["epoch"], s["epoch_step"], s["step"]
     tr.best_top1, tr.best_epoch = s.get("best_top1", -1.0), s.get("best_epoch", -1)
     # A resume is a fresh chance (e.g. with the lower lr a diverged run advises): the count of bad steps in

@@ -76,10 +76,13 @@ def _apply_update(optimizer: torch.optim.Optimizer, scaler, bad: torch.Tensor) -
         optimizer.step()
 
 
-def train_step(tr, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def train_step(tr, batches, samples=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step of the ``loop.Trainer`` ``tr`` over ``update_freq`` micro-batches.
 
-    Returns device tensors (mean loss, gradient norm, bad); nothing is read back to the host.
+    ``samples`` (data pruning, ``pruning.py``): per micro-batch (image indices, positions, loss weights or None);
+    the loss is then the weighted mean of the per-image losses, which are recorded as the images' scores (a host
+    read, as the pruned order needs them on the host). Returns device tensors (mean loss, gradient norm, bad);
+    without ``samples`` nothing is read back to the host. The returned loss is unweighted.
     """
     c, k = tr.cfg, len(batches)
     loss_sum = torch.zeros((), device=tr.device)
@@ -96,11 +99,17 @@ def train_step(tr, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             with autocast(tr.device, c.runtime.amp):
                 logits = tr.train_net(images)
             logits = logits.float()
-            if tr.mixer is not None:
-                loss = F.cross_entropy(logits, targets)  # soft targets, mixed and smoothed by the mixer
+            # soft targets, mixed and smoothed by the mixer; else the labels, smoothed here
+            target, smoothing = (targets, 0.0) if tr.mixer is not None else (labels, c.aug.label_smoothing)
+            if samples is None:
+                loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
+                scaled = loss / k
             else:
-                loss = F.cross_entropy(logits, labels, label_smoothing=c.aug.label_smoothing)
-            scaled = loss / k
+                indices, positions, weights = samples[i]
+                each = F.cross_entropy(logits, target, label_smoothing=smoothing, reduction="none")
+                tr.pruning.record(indices, each.detach(), positions)
+                loss = each.mean()
+                scaled = (each if weights is None else each * weights.to(each.device)).mean() / k
             (tr.scaler.scale(scaled) if tr.scaler is not None else scaled).backward()
         loss_sum += loss.detach()
     if tr.scaler is not None:
