@@ -148,11 +148,12 @@ class Trainer:
         self.rundir.save(state, last, best_info, last_ema)
 
     # -- training ----------------------------------------------------------------------------------
-    def _train_step(self, batches, samples=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimizer step over ``update_freq`` micro-batches (``step.train_step``); its loss and NaN/Inf
         verdict go to the device-side tally. Returns device tensors (mean loss, grad norm, bad)."""
         # the lr this step uses (logged with it); the top layer's group under layer-wise decay
         self.step_lr = max(g["lr"] for g in self.optimizer.param_groups)
+        samples = self._pruned_samples() if self.pruning is not None else None
         loss, norm, bad = train_step(self, batches, samples)
         self.tally.add(loss, bad)
         return loss, norm, bad
@@ -211,12 +212,13 @@ class Trainer:
         self.window_t, self.window_imgs = time.perf_counter(), 0  # throughput since the last step record
         it = iter(self.train_loader)
         size = self.train_size()
-        mine = torch.tensor(self.train_sampler.indices()) if self.pruning is not None else None
+        # data pruning: this rank's image indices of the epoch, which name the images of each step's batches
+        self.epoch_indices = torch.tensor(self.train_sampler.indices()) if self.pruning is not None else None
         while self.epoch_step < self.steps_per_epoch and self.step < self.max_steps:
             batches = [next(it) for _ in range(k)]
             if size is not None:
                 batches = [(shrink_batch(images, size, self.cfg.data.shrink), labels) for images, labels in batches]
-            self._train_step(batches, self._pruned_samples(mine) if mine is not None else None)
+            self._train_step(batches)
             self.step += 1
             self.epoch_step += 1
             if self.step % self.read_every == 0:  # read_every divides log_every: step records get a fresh loss
@@ -227,15 +229,15 @@ class Trainer:
         if bar is not None:
             bar.close()
 
-    def _pruned_samples(self, mine: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """Under data pruning, each micro-batch of this step as (image indices, global positions in the epoch's
-        order, loss weights or None): what ``train_step`` weighs the losses by and records them under."""
+    def _pruned_samples(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Under data pruning, each micro-batch of the step at ``epoch_step`` as (image indices, global positions in
+        the epoch's order, loss weights or None): what ``train_step`` weighs the losses by and records them under."""
         b, k, world, rank = self.cfg.data.batch_size, self.cfg.opt.update_freq, self.dist.world_size, self.dist.rank
         out = []
         for i in range(k):
             first = (self.epoch_step * k + i) * b
             positions = torch.arange(first, first + b)
-            indices = mine[positions]
+            indices = self.epoch_indices[positions]
             out.append((indices, positions * world + rank, self.pruning.weights(self.epoch, self.cfg.opt.epochs,
                                                                                 indices)))
         return out
