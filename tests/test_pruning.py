@@ -2,6 +2,7 @@
 the sampler's order, the trainer's bookkeeping (the images each step trains on, the weighted loss), bitwise resume
 on one and on two processes, and the usage errors."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from convnext.cli import main
-from convnext.train import loop, train
+from convnext.train import budget, loop, train
 from convnext.train.distributed import DistInfo, ShardedSampler
 from convnext.train.loop import Trainer
 from convnext.train.pruning import DataPruning
@@ -144,6 +145,23 @@ def test_a_step_descends_the_weighted_mean_of_the_per_image_losses(tmp_path):
     for k, p in tr.model.named_parameters():
         torch.testing.assert_close(p.detach(), expected[k], rtol=1e-5, atol=1e-7)
     assert tr.pruning.latest[:8].tolist() == pytest.approx(each.detach().double().tolist(), rel=1e-6)
+
+
+def test_a_budget_run_prunes_the_epochs_it_fits(tmp_path, monkeypatch):
+    # opt.time_budget changes the run's length inside the first epoch, whose order is already drawn: the epoch goes
+    # on with it, and the pruned epochs are those of the fitted length (1 <= e < 0.5 * epochs)
+    ticks = itertools.count()  # 1 s per clock reading
+    monkeypatch.setattr(budget, "clock", lambda: float(next(ticks)))
+    # 64 steps an epoch: the budget is fitted at step 45 (the window is steps 5-45), mid-epoch
+    summary = train(prune_config(tmp_path, **{"opt.time_budget": 10.0, "opt.epochs": 2, "opt.warmup_epochs": 1.0,
+                                              "data.prune_until": 0.5, "data.synthetic_samples": 128,
+                                              "data.batch_size": 2}))
+    records = [json.loads(line) for line in (run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    fitted = [r["epochs"] for r in records if r["type"] == "budget"]
+    assert [r["step"] for r in records if r["type"] == "budget"] == [45]
+    assert len(fitted) == 1 and fitted[0] >= 4 and summary["epochs"] == fitted[0]
+    pruned = [r["epoch"] for r in records if r["type"] == "epoch" and "prune_easy_share" in r]
+    assert pruned == [e for e in range(1, fitted[0]) if e < 0.5 * fitted[0]]
 
 
 def test_a_resumed_run_trains_the_same_pruned_batches_bitwise(tmp_path):

@@ -41,7 +41,7 @@ class DataPruning:
         # global order (the sampler's round-robin makes rank r's position p the global p * world + r; -1: not seen)
         self.latest = torch.zeros(size, dtype=torch.float64)
         self.stamp = torch.full((size,), -1, dtype=torch.long)
-        self._plan: tuple[tuple[int, int], torch.Tensor, torch.Tensor | None] | None = None
+        self._plan: tuple[int, torch.Tensor, torch.Tensor | None] | None = None  # (epoch, order, easy mask)
 
     # -- the epoch's order -------------------------------------------------------------------------------------
     def prunes(self, epoch: int, epochs: int) -> bool:
@@ -62,17 +62,17 @@ class DataPruning:
         return torch.where(easy[indices], up, torch.ones((), dtype=torch.float32))
 
     def _planned(self, epoch: int, epochs: int, generator: torch.Generator | None):
-        """(order, easy mask or None) of the epoch, drawn once and kept until the scores change."""
-        key = (epoch, epochs)
-        if self._plan is None or self._plan[0] != key:
+        """(order, easy mask or None) of the epoch, drawn when the epoch starts and kept until its end: the run's
+        length may change within an epoch (``opt.time_budget`` fits it in the first), its order may not."""
+        if self._plan is None or self._plan[0] != epoch:
             if generator is None:
                 raise RuntimeError("DataPruning: the epoch's order must be drawn (by the sampler) before its weights")
             if not self.prunes(epoch, epochs):
-                self._plan = (key, torch.randperm(self.size, generator=generator), None)
+                self._plan = (epoch, torch.randperm(self.size, generator=generator), None)
             else:
                 # an image never trained on (NaN: the few an epoch's last partial batch leaves out) is not easy
                 easy = self.scores < torch.nanmean(self.scores)
-                self._plan = (key, self._passes(easy, generator), easy)
+                self._plan = (epoch, self._passes(easy, generator), easy)
         return self._plan[1], self._plan[2]
 
     def _passes(self, easy: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -130,7 +130,7 @@ class DataPruning:
 
     def summary(self, epoch: int, epochs: int) -> dict[str, Any]:
         """What the epoch's order holds, for its log record: the share of easy images and of distinct images."""
-        if self._plan is None or self._plan[0] != (epoch, epochs) or self._plan[2] is None:
+        if self._plan is None or self._plan[0] != epoch or self._plan[2] is None:
             return {}
         order, easy = self._plan[1], self._plan[2]
         return {"prune_easy_share": round(float(easy.double().mean()), 4),
