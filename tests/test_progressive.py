@@ -12,7 +12,7 @@ from convnext.cli import main
 from convnext.data.progressive import ResizeSchedule, crop_batch, resize_batch, shrink_batch
 from convnext.models import ConvNeXt
 from convnext.train import budget, train
-from train_helpers import run_dir, tiny_config, weights
+from train_helpers import assert_resumes_bitwise, run_dir, tiny_config, weights
 
 EVEN = lambda size: size % 2 == 0  # noqa: E731  (a stride-2 patchify stem's rule)
 
@@ -95,12 +95,7 @@ def test_the_model_trains_on_each_epochs_size_and_validates_at_the_full_size(ove
 
 
 def test_a_resumed_run_trains_each_epoch_at_its_size_bitwise(tmp_path):
-    train(prog_config(tmp_path / "whole"))
-    train(prog_config(tmp_path / "parts", **{"runtime.max_steps": 13, "runtime.save_every_steps": 1}))
-    train(prog_config(tmp_path / "parts", **{"runtime.resume": "auto"}))
-    a = weights(run_dir(tmp_path / "whole") / "last.safetensors")
-    b = weights(run_dir(tmp_path / "parts") / "last.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resumes_bitwise(prog_config, tmp_path, 13, train)
 
 
 def test_a_budget_run_fits_fewer_epochs_for_the_larger_ones_and_repeats_exactly(tmp_path, monkeypatch, capsys):

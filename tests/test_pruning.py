@@ -18,7 +18,7 @@ from convnext.train.distributed import DistInfo, ShardedSampler
 from convnext.train.loop import Trainer
 from convnext.train.pruning import DataPruning
 from convnext.train.step import train_step
-from train_helpers import NO_AUG, run_dir, tiny_config, weights
+from train_helpers import NO_AUG, assert_resumes_bitwise, run_dir, tiny_config, weights
 
 ONE = DistInfo()
 
@@ -165,13 +165,8 @@ def test_a_budget_run_prunes_the_epochs_it_fits(tmp_path, monkeypatch):
 
 
 def test_a_resumed_run_trains_the_same_pruned_batches_bitwise(tmp_path):
-    train(prune_config(tmp_path / "whole"))
     # stopped in the third epoch (pruned), with some of its losses recorded only in the checkpoint
-    train(prune_config(tmp_path / "parts", **{"runtime.max_steps": 19, "runtime.save_every_steps": 1}))
-    train(prune_config(tmp_path / "parts", **{"runtime.resume": "auto"}))
-    a = weights(run_dir(tmp_path / "whole") / "last.safetensors")
-    b = weights(run_dir(tmp_path / "parts") / "last.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_resumes_bitwise(prune_config, tmp_path, 19, train)
 
 
 def torchrun(cfg_path) -> None:

@@ -43,6 +43,17 @@ def run_dir(out) -> Path:
     return Path(out) / "run"
 
 
+def assert_resumes_bitwise(make_config, out, stop_at: int, train) -> None:
+    """``make_config(out, **over)`` trained whole, and again stopped after step ``stop_at`` (a checkpoint every
+    step) then resumed with --resume auto: the same last weights, bit for bit."""
+    train(make_config(Path(out) / "whole"))
+    train(make_config(Path(out) / "parts", **{"runtime.max_steps": stop_at, "runtime.save_every_steps": 1}))
+    train(make_config(Path(out) / "parts", **{"runtime.resume": "auto"}))
+    a = weights(run_dir(Path(out) / "whole") / "last.safetensors")
+    b = weights(run_dir(Path(out) / "parts") / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def poison_forward(monkeypatch, bad_calls: set[int], kind: str):
     """Training forwards number ``bad_calls`` (1-based) give a NaN/Inf loss or finite loss + NaN grads."""
     original, calls = ConvNeXt.forward, {"n": 0}
