@@ -52,23 +52,18 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_sum(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a vector of float64 values over ranks (identity for one process)."""
-    t = torch.as_tensor(values, dtype=torch.float64)
-    if info.enabled:
-        # NCCL reduces only CUDA tensors; gloo takes CPU tensors.
-        t = t.to(info.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.cpu()
-
-
 def all_reduce(t: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor:
     """``t`` reduced over ranks with ``op`` ("sum" or "max"), in its dtype, on the CPU (``t`` for one process)."""
     if not info.enabled:
         return t
-    t = t.to(info.device)
+    t = t.to(info.device)  # NCCL reduces only CUDA tensors; gloo takes CPU tensors
     dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
     return t.cpu()
+
+
+def all_reduce_sum(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a vector of float64 values over ranks (identity for one process), on the CPU."""
+    return all_reduce(torch.as_tensor(values, dtype=torch.float64), info, "sum").cpu()
 
 
 def broadcast_object(obj, info: DistInfo):
