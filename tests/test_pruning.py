@@ -166,7 +166,7 @@ def test_a_budget_run_prunes_the_epochs_it_fits(tmp_path, monkeypatch):
 
 def test_a_resumed_run_trains_the_same_pruned_batches_bitwise(tmp_path):
     # stopped in the third epoch (pruned), with some of its losses recorded only in the checkpoint
-    assert_resumes_bitwise(prune_config, tmp_path, 19, train)
+    assert_resumes_bitwise(prune_config, tmp_path, 19)
 
 
 def torchrun(cfg_path) -> None:

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from convnext.models import ConvNeXt
-from convnext.train import preset
+from convnext.train import preset, train
 
 TINY_ARCH = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
 NO_AUG = {"aug.random_resized_crop": False, "aug.hflip": 0.0, "aug.randaugment": False, "aug.random_erasing": 0.0,
@@ -43,7 +43,7 @@ def run_dir(out) -> Path:
     return Path(out) / "run"
 
 
-def assert_resumes_bitwise(make_config, out, stop_at: int, train) -> None:
+def assert_resumes_bitwise(make_config, out, stop_at: int) -> None:
     """``make_config(out, **over)`` trained whole, and again stopped after step ``stop_at`` (a checkpoint every
     step) then resumed with --resume auto: the same last weights, bit for bit."""
     train(make_config(Path(out) / "whole"))
