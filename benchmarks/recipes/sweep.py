@@ -428,6 +428,20 @@ GROUPS: dict[str, dict[str, list[str]]] = {
                     for seed in ("0",)},
     # Result (2026-12-07): seed 0, 22 epochs (1,774 s), best held out 93.30 (model weights, epoch 21 of 22) against
     # 93.43 for cpu30_budget's seed 0: -0.13; test 92.99. For the mean to beat the pair's, seed 1 needs >= 93.27.
+    # 2026-12-07 (session 21): Muon (--opt.optimizer muon, train/muon.py) for the 1x1 and downsampling convs, AdamW for
+    # the rest, at AdamW's lr and weight decay (Moonshot's update scaling). Every 30-minute result so far moved only
+    # with the epochs; Muon is reported to reach an accuracy in fewer steps on small images. It costs 0.88x the img/s
+    # here (benchmarks/results/recipes/cpu30_muon_speed.json), so it must learn > 1.13x as much per epoch to pay. A
+    # probe at cpu30_prune_probe's 10 epochs, side by side with one thread each (`--jobs 2 --extra "--runtime.threads
+    # 1"`), against that group's base (92.36, lr 8e-3, the preset's) on the same machine kind: Muon at the same lr,
+    # and at the 30-minute recipe's 4e-3. The rule, fixed before it runs: the better of them at >= 92.56 held out
+    # (base + 0.2) gets cpu30_muon's seed 0 run this session, at its lr (4e-3 if it is the better; at 8e-3 the
+    # budget run sets --opt.lr 8e-3); below that, no 30-minute run.
+    "cpu30_muon_probe": {name: cpu30("10", "[48,96,192]", *MIX_HALF, "--opt.optimizer", "muon", *extra)
+                         for name, extra in {
+        "muon": [],
+        "muon_lr4e-3": ["--opt.lr", "4e-3"],
+    }.items()},
 }
 # Groups whose runs each take the whole machine as several processes of one thread (torchrun): how many
 PROCESSES: dict[str, int] = {"cpu30_bf16_solo": 2, "cpu30_budget": 2, "cpu_88ep": 2, "cpu30_prog": 2,

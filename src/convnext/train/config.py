@@ -31,7 +31,7 @@ from ..models import get_entry
 from ..preprocess import INTERPOLATIONS
 
 AMP_MODES = ("none", "bf16", "fp16")
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "sgd", "muon")
 GRAYSCALE_MODES = ("repeat", "in_chans")
 ON_DEVICE_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # grid_sample's filters (data.device_feed)
 
@@ -117,7 +117,8 @@ class AugmentConfig:
 
 @dataclass
 class OptimConfig:
-    # adamw (the paper); sgd (with `momentum`: ResNet-50's original recipe, used by the roadmap study)
+    # adamw (the paper); sgd (with `momentum`: ResNet-50's original recipe, used by the roadmap study); muon (Muon
+    # for the weight matrices inside the network, AdamW for the rest, one lr and weight decay: train/muon.py)
     optimizer: str = "adamw"
     lr: float = 4e-3  # peak learning rate (before linear scaling, see lr_base_batch)
     # Linear scaling: effective lr = lr * (batch_size * update_freq * world_size) / lr_base_batch; None = lr as is.
@@ -132,6 +133,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
     eps: float = 1e-8  # AdamW epsilon
     momentum: float = 0.9  # sgd only
+    muon_momentum: float = 0.95  # muon only: Nesterov momentum of its matrices (AdamW's part keeps `betas`)
     update_freq: int = 1  # gradient accumulation: optimizer step every N micro-batches
     clip_grad: float | None = None  # max global grad norm; None = no clipping (paper)
     layer_decay: float = 1.0  # layer-wise lr decay for fine-tuning (< 1); 1 = off
@@ -591,6 +593,7 @@ def _validate(c: TrainConfig) -> None:
     _check(0 < o.layer_decay <= 1, f"opt.layer_decay={o.layer_decay} must be in (0, 1]")
     check_choice("opt.optimizer", o.optimizer, OPTIMIZERS)
     _check(0 <= o.momentum < 1, f"opt.momentum={o.momentum} must be in [0, 1)")
+    _check(0 <= o.muon_momentum < 1, f"opt.muon_momentum={o.muon_momentum} must be in [0, 1)")
     r = c.reg
     _check(r.drop_path is None or 0 <= r.drop_path < 1, f"reg.drop_path={r.drop_path} must be in [0, 1) or null")
     _check(0 < r.ema_decay < 1, f"reg.ema_decay={r.ema_decay} must be in (0, 1)")

@@ -1,4 +1,4 @@
-"""The optimizer (AdamW, or SGD with momentum for ResNet's original recipe) with its parameter groups
+"""The optimizer (AdamW; SGD with momentum for ResNet's original recipe; Muon with AdamW, ``muon.py``) with its parameter groups
 (no decay on norms, biases, layer-scale gammas; layer-wise lr decay) and the per-step schedule:
 linear warmup, then cosine decay to ``min_lr``.
 
@@ -13,6 +13,8 @@ import math
 
 import torch
 from torch import nn
+
+from .muon import DEFAULT_MOMENTUM, MuonWithAdamW, takes_muon
 
 
 def lr_at(step: int, peak: float, floor: float, warmup_steps: int, total_steps: int) -> float:
@@ -44,8 +46,9 @@ def layer_id(name: str, depths: tuple[int, ...]) -> int:
     return sum(depths) + 1
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
-    """Optimizer groups: (decay or not) x (layer scale). Each group carries ``lr_scale``."""
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, muon: bool = False) -> list[dict]:
+    """Optimizer groups: (decay or not) x (layer scale), and with ``muon`` (Muon's or not). Each group carries
+    ``lr_scale`` and ``muon``."""
     depths = tuple(model.cfg.depths)
     num_layers = sum(depths) + 2
     groups: dict[tuple[bool, int], dict] = {}
@@ -54,22 +57,26 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
             continue
         decay = not no_weight_decay(name, p)
         lid = layer_id(name, depths) if layer_decay < 1.0 else num_layers - 1
-        key = (decay, lid)
+        by_muon = muon and takes_muon(name, p)
+        key = (by_muon, decay, lid)
         if key not in groups:
             groups[key] = {"params": [], "param_names": [], "weight_decay": weight_decay if decay else 0.0,
-                           "lr_scale": layer_decay ** (num_layers - 1 - lid)}
+                           "lr_scale": layer_decay ** (num_layers - 1 - lid), "muon": by_muon}
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
     return [groups[k] for k in sorted(groups)]
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                    layer_decay: float = 1.0, name: str = "adamw", momentum: float = 0.9) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay, layer_decay)
+                    layer_decay: float = 1.0, name: str = "adamw", momentum: float = 0.9,
+                    muon_momentum: float = DEFAULT_MOMENTUM) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay, layer_decay, muon=name == "muon")
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "muon":
+        return MuonWithAdamW(groups, lr, weight_decay, betas, eps, muon_momentum)
     # The fused kernel updates all parameters in one pass: ~4x faster than the default per-tensor
     # loop on CPU (25 vs 108 ms per step for ConvNeXt-T), the same algorithm. CPU and CUDA only.
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in groups for p in g["params"])
