@@ -182,3 +182,24 @@ def test_momentum_follows_a_change_of_memory_format():
     _steps(ob, [b], [[grads[1].contiguous(memory_format=torch.channels_last)]])
     assert ob.state[b]["momentum_buffer"].is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(a.detach(), b.detach(), rtol=0, atol=1e-6)
+
+
+def test_step_takes_a_closure_like_torch_optimizers():
+    """step(closure) evaluates the closure with gradients on and returns its loss, for both optimizers."""
+    torch.manual_seed(6)
+    model = create_model("convnext_micro_bn_small_input", num_classes=10, in_chans=1)
+    opt = build_optimizer(model, 4e-3, 0.05, name="muon")
+    x, y = torch.randn(2, 1, 28, 28), torch.randint(0, 10, (2,))
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = opt.step(closure)
+    assert loss.requires_grad and torch.isfinite(loss)
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()) if a.ndim > 1)
+    w = nn.Parameter(torch.randn(4, 3))
+    assert MatrixMuon([w], **HYPER).step(lambda: (w ** 2).sum().backward() or torch.tensor(1.0)) == 1.0

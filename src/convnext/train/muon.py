@@ -79,6 +79,14 @@ def update_scale(shape: torch.Size, adjust_lr_fn: str | None) -> float:
     return math.sqrt(rows / cols)  # "spectral_unclamped"
 
 
+def _closure_loss(closure):
+    """The loss of an optimizer step's optional closure, evaluated with gradients on (torch.optim's convention)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class MatrixMuon(torch.optim.Muon):
     """``torch.optim.Muon`` that also takes convolution kernels, each updated as the matrix ``as_matrix`` gives,
     and iterates in ``ns_dtype`` (None: bf16 on CUDA, fp32 elsewhere). The momentum buffer keeps the parameter's
@@ -93,10 +101,7 @@ class MatrixMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             params, grads, bufs = [], [], []
             self._init_group(group, params, grads, bufs)
@@ -151,10 +156,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for part in self._parts():
             part.step()
         return loss
