@@ -63,7 +63,7 @@ def all_reduce(t: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor
 
 def all_reduce_sum(values: list[float] | torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum a vector of float64 values over ranks (identity for one process), on the CPU."""
-    return all_reduce(torch.as_tensor(values, dtype=torch.float64), info, "sum").cpu()
+    return all_reduce(torch.as_tensor(values, dtype=torch.float64), info, "sum")
 
 
 def broadcast_object(obj, info: DistInfo):

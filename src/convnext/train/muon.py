@@ -27,15 +27,11 @@ import math
 import torch
 from torch import nn
 
-# Nesterov momentum of Muon's reference implementation and torch.optim.Muon's default
-DEFAULT_MOMENTUM = 0.95
-
-
 def takes_muon(name: str, param: nn.Parameter) -> bool:
     """Whether Muon updates ``param``: a weight mapping several input channels to outputs inside the network (the
     1x1 convs, the downsampling convs, the roadmap's dense k x k convs); not the stem or the head."""
-    if param.ndim < 2 or param.shape[1] < 2 or name.endswith(".bias"):
-        return False  # vectors; depthwise kernels (one input channel per output)
+    if param.ndim < 2 or param.shape[1] < 2:
+        return False  # vectors (norms, biases, layer scale); depthwise kernels (one input channel per output)
     return not (name.startswith("stem.") or name.startswith("head."))
 
 
@@ -136,41 +132,32 @@ class MatrixMuon(torch.optim.Muon):
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
-    """One optimizer over two: ``MatrixMuon`` for the groups marked ``muon``, fused AdamW for the rest. The groups
-    are shared dicts, so a scheduler that sets ``param_groups[i]["lr"]`` drives both."""
+    """One optimizer over two built ones (either may be None): ``muon`` for the matrices, ``adamw`` for the rest.
+    Their groups are shared dicts, so a scheduler that sets ``param_groups[i]["lr"]`` drives both."""
 
-    def __init__(self, groups: list[dict], lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                 momentum: float = DEFAULT_MOMENTUM) -> None:
-        muon_groups = [g for g in groups if g.get("muon")]
-        adamw_groups = [g for g in groups if not g.get("muon")]
-        super().__init__(muon_groups + adamw_groups, {"lr": lr})
-        self.muon = (MatrixMuon(muon_groups, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True,
-                                adjust_lr_fn="match_rms_adamw") if muon_groups else None)
-        fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for g in adamw_groups
-                    for p in g["params"])
-        self.adamw = (torch.optim.AdamW(adamw_groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                        fused=fused) if adamw_groups else None)
+    def __init__(self, muon: MatrixMuon | None, adamw: torch.optim.Optimizer | None) -> None:
+        self.muon, self.adamw = muon, adamw
+        super().__init__([g for part in self._parts().values() for g in part.param_groups], {})
 
-    def _parts(self) -> list[torch.optim.Optimizer]:
-        return [o for o in (self.muon, self.adamw) if o is not None]
+    def _parts(self) -> dict[str, torch.optim.Optimizer]:
+        return {key: part for key, part in (("muon", self.muon), ("adamw", self.adamw)) if part is not None}
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = _closure_loss(closure)
-        for part in self._parts():
+        for part in self._parts().values():
             part.step()
         return loss
 
     def state_dict(self) -> dict:
-        return {"muon": self.muon.state_dict() if self.muon else None,
-                "adamw": self.adamw.state_dict() if self.adamw else None}
+        parts = self._parts()
+        return {key: parts[key].state_dict() if key in parts else None for key in ("muon", "adamw")}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if set(state_dict) != {"muon", "adamw"} or [state_dict[k] is None for k in ("muon", "adamw")] != [
-                o is None for o in (self.muon, self.adamw)]:
+        parts = self._parts()
+        if set(state_dict) != {"muon", "adamw"} or {k for k, v in state_dict.items() if v is not None} != set(parts):
             raise ValueError("the optimizer state is not a Muon + AdamW state for this model's parameters")
-        for part, key in ((self.muon, "muon"), (self.adamw, "adamw")):
-            if part is not None:
-                part.load_state_dict(state_dict[key])
+        for key, part in parts.items():
+            part.load_state_dict(state_dict[key])
         # load_state_dict gives each part new group dicts: share them again
-        self.param_groups = [g for part in self._parts() for g in part.param_groups]
+        self.param_groups = [g for part in parts.values() for g in part.param_groups]
