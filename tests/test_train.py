@@ -13,10 +13,12 @@ from convnext.train import TrainConfig, TrainingDiverged, load_config, lr_at, pa
 from convnext.train.config import read_config_file
 from convnext.train.logging import read_metrics
 from convnext.train.ema import make_ema
+from convnext.train.distributed import DistInfo
 from convnext.train.loop import Trainer
 from convnext.train.model import build_model
 from convnext.train.optim import build_optimizer, build_scheduler
 from convnext.train.state import find_resume_state, load_train_state
+from convnext.train.step import train_step
 from train_helpers import NO_AUG, comparable, run_dir, tiny_config, weights
 
 
@@ -69,6 +71,8 @@ def test_config_files_yaml_and_toml_and_overrides(tmp_path):
     ("model.name=convnext_tny", r"did you mean convnext_tiny"),
     ("model.overrides.kernel_size=4", r"kernel_size=4 must be a positive odd number"),
     ("aug.mixup_prob=1.5", r"aug.mixup_prob=1.5 must be a probability"),
+    ("aug.mixup_until=0", r"aug.mixup_until=0.0 must be in \(0, 1\] \(the fraction of the run's epochs"),
+    ("aug.mixup_until=1.5", r"aug.mixup_until=1.5 must be in \(0, 1\]"),
     ("opt.warmup_epochs=500", r"opt.warmup_epochs=500.0 must be in \[0, opt.epochs=300\]"),
     ("data.dataset=imagenet", r"use one of folder, fashion_mnist, synthetic"),
     ("reg.ema=maybe", r"reg.ema='maybe' must be true or false"),
@@ -349,6 +353,31 @@ def test_same_seed_is_bitwise_deterministic_even_with_workers(tmp_path):
     train(tiny_config(tmp_path / "c", **over, **{"runtime.seed": 1}))
     wc = weights(run_dir(tmp_path / "c") / "last.safetensors")
     assert not torch.equal(wa["head.fc.weight"], wc["head.fc.weight"])
+
+
+def test_mixup_until_trains_the_last_epochs_as_a_run_without_mixing(tmp_path):
+    mix = {**NO_AUG, "aug.mixup": 0.8, "aug.cutmix": 1.0, "aug.label_smoothing": 0.1, "data.synthetic_samples": 16,
+           "opt.epochs": 4, "aug.mixup_until": 0.5}
+    plain = {**mix, "aug.mixup": 0.0, "aug.cutmix": 0.0, "aug.mixup_until": 1.0}
+
+    def one_step(over, epoch, name):  # a fresh trainer's first step, taken as in epoch `epoch`
+        tr = Trainer(tiny_config(tmp_path / name, **over), DistInfo())
+        tr.epoch = epoch
+        train_step(tr, [next(iter(tr.train_loader))])
+        return {k: v.clone() for k, v in tr.model.state_dict().items()}, tr.epoch_mixer() is not None
+
+    # the epochs that start before half of the 4 are mixed, the two after are not
+    assert [one_step(mix, e, f"m{e}")[1] for e in range(4)] == [True, True, False, False]
+    # past the fraction a step is the step of a run without Mixup/CutMix (labels smoothed the same), bit for bit
+    late, _ = one_step(mix, 2, "late")
+    without, _ = one_step(plain, 2, "without")
+    early, _ = one_step(mix, 1, "early")
+    assert all(torch.equal(late[k], without[k]) for k in late)
+    assert not torch.equal(early["head.fc.weight"], without["head.fc.weight"])
+    # a whole run logs which epochs were mixed
+    train(tiny_config(tmp_path / "run", **{**mix, "opt.epochs": 2}))
+    records = [r for r in read_metrics(run_dir(tmp_path / "run") / "metrics.jsonl") if r["type"] == "epoch"]
+    assert [r["mixed"] for r in records] == [True, False]
 
 
 def test_nan_step_is_skipped_and_counted(tmp_path, monkeypatch):

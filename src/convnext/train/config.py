@@ -110,6 +110,9 @@ class AugmentConfig:
     cutmix: float = 1.0  # CutMix Beta alpha; 0 = off
     mixup_switch_prob: float = 0.5  # chance of CutMix instead of Mixup when both are on
     mixup_prob: float = 1.0  # chance a batch is mixed at all
+    # Fraction of the run's epochs with Mixup/CutMix; the epochs after it train on plain (smoothed) labels, as timm's
+    # --mixup-off-epoch, as a fraction so it follows a time-budgeted run's refitted length. 1 = mixed to the end.
+    mixup_until: float = 1.0
     label_smoothing: float = 0.1  # label smoothing of the targets
     interpolation: str = "bicubic"  # resampling filter: nearest, bilinear, bicubic, lanczos
     crop_ratio: float = 0.875  # eval: resize to image_size / crop_ratio, center crop image_size
@@ -567,6 +570,8 @@ def _validate(c: TrainConfig) -> None:
     _check(0 <= a.randaugment_m <= 30, f"aug.randaugment_m={a.randaugment_m} must be in [0, 30]")
     _check(a.randaugment_mstd >= 0, f"aug.randaugment_mstd={a.randaugment_mstd} must be >= 0")
     _check(a.mixup >= 0 and a.cutmix >= 0, "aug.mixup and aug.cutmix are Beta alphas and must be >= 0 (0 = off)")
+    _check(0 < a.mixup_until <= 1, f"aug.mixup_until={a.mixup_until} must be in (0, 1] (the fraction of the run's "
+                                   "epochs with Mixup/CutMix; 1 = to the end)")
     _check(0 <= a.label_smoothing < 1, f"aug.label_smoothing={a.label_smoothing} must be in [0, 1)")
     check_choice("aug.interpolation", a.interpolation, INTERPOLATIONS)
     if c.data.on_device:  # what the device's batch augmentation (data.device_feed) does not do

@@ -14,6 +14,7 @@ from torch import nn
 from ..data.assembly import build_data, build_mixer, make_loader, model_channels
 from ..data.device_feed import PrefetchFeed, train_feed
 from ..data.progressive import ResizeSchedule, shrink_batch
+from ..data.transforms import BatchMixer
 from ..errors import UsageError
 from ..weights.io import first_non_finite
 from . import budget, snapshot
@@ -242,6 +243,13 @@ class Trainer:
                                                                                 indices)))
         return out
 
+    def epoch_mixer(self) -> BatchMixer | None:
+        """This epoch's Mixup/CutMix, or None from aug.mixup_until of the run on (and without Mixup/CutMix): the
+        steps then train on the labels, smoothed by aug.label_smoothing, as a run without mixing would."""
+        if self.mixer is None or self.epoch >= self.cfg.aug.mixup_until * self.cfg.opt.epochs:
+            return None
+        return self.mixer
+
     def train_size(self) -> int | None:
         """The size this epoch's batches are resized to under progressive resizing; None: as they come."""
         return self.resize.size(self.epoch, self.cfg.opt.epochs) if self.resize is not None else None
@@ -309,6 +317,8 @@ class Trainer:
         size = self.train_size()
         if size is not None:
             record["train_size"] = size
+        if c.aug.mixup_until < 1 and self.mixer is not None:
+            record["mixed"] = self.epoch_mixer() is not None  # whether this epoch's batches were mixed
         if self.pruning is not None:
             record.update(self.pruning.summary(self.epoch, self.cfg.opt.epochs))
             self.pruning.end_epoch(self.dist)  # the epoch's losses become the next epoch's scores

@@ -85,12 +85,13 @@ def train_step(tr, batches, samples=None) -> tuple[torch.Tensor, torch.Tensor, t
     without ``samples`` nothing is read back to the host. The returned loss is unweighted.
     """
     c, k = tr.cfg, len(batches)
+    mixer = tr.epoch_mixer()
     loss_sum = torch.zeros((), device=tr.device)
     for i, (images, labels) in enumerate(batches):
         images = images.to(tr.device, non_blocking=True)
         labels = labels.to(tr.device, non_blocking=True)
-        if tr.mixer is not None:
-            images, targets = tr.mixer(images, labels)
+        if mixer is not None:
+            images, targets = mixer(images, labels)
         if c.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         # DDP all-reduces the gradients on the last micro-batch only
@@ -100,7 +101,7 @@ def train_step(tr, batches, samples=None) -> tuple[torch.Tensor, torch.Tensor, t
                 logits = tr.train_net(images)
             logits = logits.float()
             # soft targets, mixed and smoothed by the mixer; else the labels, smoothed here
-            target, smoothing = (targets, 0.0) if tr.mixer is not None else (labels, c.aug.label_smoothing)
+            target, smoothing = (targets, 0.0) if mixer is not None else (labels, c.aug.label_smoothing)
             if samples is None:
                 loss = F.cross_entropy(logits, target, label_smoothing=smoothing)
                 scaled = loss / k
