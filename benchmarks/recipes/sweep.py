@@ -467,6 +467,14 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # setup with ReLU) only if it holds out >= 92.77 (level per epoch, so ahead per unit of time); below that, not.
     "cpu30_act_probe": {"muon_relu": cpu30("10", "[48,96,192]", *MIX_HALF, "--opt.optimizer", "muon",
                                            *arch(activation="relu"))},
+    # 2026-12-07 (session 22): Mixup/CutMix off for the last epochs (--aug.mixup_until, timm's --mixup-off-epoch).
+    # Mixing regularises the early epochs; the last ones then fit the plain images, on which BatchNorm's statistics
+    # and the EMA are also taken. A probe at cpu30_muon_probe's 10 epochs, run beside cpu30_act_probe (one thread each:
+    # `--jobs 1 --extra "--runtime.threads 1"`), against that group's muon run (92.77 held out, the same machine kind):
+    # the last 20 % unmixed (epochs 8-9 of 10). The rule, fixed before it runs: it gets a 30-minute run (cpu30_muon's
+    # setup with it) only if it holds out >= 92.97 (base + 0.2, the bar of the earlier probes); below that, not.
+    "cpu30_mixoff_probe": {"muon_mixoff80": cpu30("10", "[48,96,192]", *MIX_HALF, "--opt.optimizer", "muon",
+                                                  "--aug.mixup_until", "0.8")},
 }
 # Groups whose runs each take the whole machine as several processes of one thread (torchrun): how many
 PROCESSES: dict[str, int] = {"cpu30_bf16_solo": 2, "cpu30_budget": 2, "cpu_88ep": 2, "cpu30_prog": 2,
