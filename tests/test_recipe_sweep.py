@@ -336,24 +336,34 @@ def test_ensemble_probe_scores_runs_alone_and_averaged_on_their_held_out_images(
 def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tmp_path):
     """benchmarks/recipes/arch_speed.py builds each variant as `convnext train --preset small --set ...` would (its
     parameter count is create_model's for those settings), times every variant in every round, reports ratios of
-    medians to the first variant, and refuses an unnamed variant, a bad setting or a second batch size before
-    timing anything (exit 2, one line, no JSON)."""
+    medians to the first variant, counts each step's FLOPs (forward and backward: three forwards but the stem's
+    input gradient) and rates them against a timed matrix product, and refuses an unnamed variant, a bad setting, a
+    second batch size or a negative matrix size before timing anything (exit 2, one line, no JSON)."""
     from convnext.models import create_model
+    from convnext.models.flops import count_flops
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = tmp_path / "speed.json"
     cmd = [sys.executable, "benchmarks/recipes/arch_speed.py", "--threads", "1", "--rounds", "2", "--steps", "1",
            "--warmup", "1", "--set", "data.dataset=synthetic", "data.image_size=28", "data.batch_size=16",
            "model.overrides.dims=[16,32,64]"]
-    subprocess.run([*cmd, "--variant", "base", "--variant", "d112 model.overrides.depths=[1,1,2]", "--out", str(out)],
-                   check=True, cwd=ROOT, env=env, capture_output=True)
+    subprocess.run([*cmd, "--variant", "base", "--variant", "d112 model.overrides.depths=[1,1,2]", "--sgemm", "64",
+                    "--out", str(out)], check=True, cwd=ROOT, env=env, capture_output=True)
     result = json.loads(out.read_text())
+    sgemm = result["sgemm"]
+    assert sgemm["n"] == 64 and len(sgemm["seconds"]) == 2  # one product a round
+    assert sgemm["gflop_per_s"] == pytest.approx(2 * 64 ** 3 / (sum(sgemm["seconds"]) / 2) / 1e9, rel=2e-3, abs=0.01)
     assert result["complete"] and result["rounds"] == 2 and result["batch"] == 16
     for name, depths in (("base", (1, 1, 1)), ("d112", (1, 1, 2))):
         v = result["variants"][name]
         model = create_model("convnext_micro_bn_small_input", num_classes=10, dims=(16, 32, 64), depths=depths)
         assert v["params"] == sum(p.numel() for p in model.parameters())
         assert len(v["step_s"]) == 2
+        fwd, per = count_flops(model, (3, 28, 28), per_module=True)  # GMACs of one image's forward pass
+        assert v["train_flops_per_img"] == pytest.approx((3 * fwd - per["ConvNeXt.stem"]) * 2e9, rel=1e-9)
+        rate = v["train_flops_per_img"] * 16 / (sum(v["step_s"]) / 2) / 1e9
+        assert v["gflop_per_s"] == pytest.approx(rate, rel=2e-3, abs=0.01)
+        assert v["of_sgemm"] == pytest.approx(v["gflop_per_s"] / sgemm["gflop_per_s"], rel=1e-2, abs=2e-3)
     base, d112 = result["variants"]["base"], result["variants"]["d112"]
     median = lambda t: sum(t) / 2  # noqa: E731 - the median of two rounds
     assert d112["ratio"] == pytest.approx(median(base["step_s"]) / median(d112["step_s"]), rel=2e-3)
@@ -362,8 +372,10 @@ def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tm
     for variants, message in ((["x=1"], "must start with a name"),
                               (["bad model.overrides.depths=[1,1]"], "variant bad: model.overrides"),
                               (["b64 data.batch_size=8"], "trains batches of 8, the others 16"),
-                              (["same", "same"], "named twice")):
-        bad = subprocess.run([*cmd, "--variant", "base", *[a for v in variants for a in ("--variant", v)],
+                              (["same", "same"], "named twice"),
+                              (["--sgemm=-1"], "--sgemm -1 must be >= 1")):
+        variants = [a for v in variants for a in (("--variant", v) if not v.startswith("--") else (v,))]
+        bad = subprocess.run([*cmd, "--variant", "base", *variants,
                               "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env, capture_output=True, text=True)
         assert bad.returncode == 2 and bad.stderr.startswith("arch_speed.py: error: "), bad.stderr
         assert message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

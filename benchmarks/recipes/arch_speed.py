@@ -8,6 +8,12 @@ preset, then ``--set``) and each variant's own settings on top, in interleaved r
 variant alike. Ratios are of median img/s to the
 first variant's, with the ratios of the fastest round ("best of", which interference can only slow) beside them.
 
+Each variant's step is also counted by ``torch.utils.flop_counter`` (the convolutions and matrix products, forward
+and backward, per training image) and its median rate given in GFLOP/s. ``--sgemm N`` times an N x N x N float32
+matrix product at the same threads in every round, just before the variants, and gives each variant's rate as a
+fraction of it: how far the step is from what the machine's best-running kernel does, which bounds how many more
+epochs a faster step could buy in a fixed time.
+
     python benchmarks/recipes/arch_speed.py --threads 2 \\
         --set model.overrides.dims=[48,96,192] model.name=convnext_micro_bn_small_input \\
         --variant base --variant "d112 model.overrides.depths=[1,1,2]" --out benchmarks/results/recipes/speed.json
@@ -49,6 +55,26 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 BATCHES = 8  # distinct training batches each variant's steps cycle over
 
 
+def step_flops(step) -> int:
+    """FLOPs of one call of ``step`` as torch.utils.flop_counter counts them (convolutions and matrix products,
+    forward and backward; elementwise work is not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def sgemm_seconds(n: int, repeats: int = 3) -> float:
+    """Seconds per float32 n x n x n matrix product, the mean of ``repeats`` after one untimed."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return (time.perf_counter() - t0) / repeats
+
+
 def variant_step(cfg, tmp: str, batches: int = BATCHES):
     """The engine's training step for ``cfg``, cycling over the first ``batches`` batches of its training loader
     (other images each step, as in training, not one cache-warm batch)."""
@@ -80,11 +106,15 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first")
     ap.add_argument("--budget-s", type=float, default=0, help="stop adding rounds when the next one would end "
                     "past this many seconds since the start (0 = no budget; at least one round runs)")
+    ap.add_argument("--sgemm", type=int, default=0, metavar="N",
+                    help="also time an N x N x N float32 matrix product each round (0 = not), as the machine's peak")
     ap.add_argument("--out", "-o", default=None, help="JSON path (default: print only)")
     args = ap.parse_args()
     for n, what in ((args.threads, "--threads"), (args.rounds, "--rounds"), (args.steps, "--steps")):
         if n < 1:
             raise UsageExit(f"{what} must be >= 1")
+    if args.sgemm < 0:
+        raise UsageExit(f"--sgemm {args.sgemm} must be >= 1, or 0 for no matrix product")
     variants = dict(parse_variant(v) for v in args.variant)
     if len(variants) != len(args.variant):
         raise UsageExit("a variant is named twice: name each variant once")
@@ -93,7 +123,7 @@ def main() -> int:
 
     from convnext.train.config import load_config
 
-    steps, params, batch = {}, {}, None
+    steps, params, flops, batch = {}, {}, {}, None
     with tempfile.TemporaryDirectory() as tmp:
         for name, settings in variants.items():
             try:
@@ -109,8 +139,13 @@ def main() -> int:
             batch = b
             for _ in range(args.warmup):
                 steps[name]()
+            flops[name] = step_flops(steps[name])
+
+        sgemm: list[float] = []
 
         def measure(name: str) -> float:
+            if args.sgemm and name == first:  # once a round, beside the variants
+                sgemm.append(sgemm_seconds(args.sgemm))
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 steps[name]()
@@ -118,6 +153,7 @@ def main() -> int:
 
         times: dict[str, list[float]] = {name: [] for name in variants}
         first = next(iter(variants))
+        peak = lambda: 2 * args.sgemm ** 3 / statistics.median(sgemm) / 1e9  # noqa: E731 - GFLOP/s
 
         def write(rounds_done: int, complete: bool) -> dict:
             rate = {n: batch / statistics.median(t) for n, t in times.items() if t}
@@ -129,7 +165,13 @@ def main() -> int:
                 "variants": {n: {"settings": variants[n], "params": params[n], "img_per_s": round(rate[n], 1),
                                  "ratio": round(rate[n] / rate[first], 3),
                                  "ratio_best_of": round(best[n] / best[first], 3),
+                                 "train_flops_per_img": flops[n] // batch,
+                                 "gflop_per_s": round(flops[n] / statistics.median(times[n]) / 1e9, 2),
+                                 **({"of_sgemm": round(flops[n] / statistics.median(times[n]) / 1e9 / peak(), 3)}
+                                    if sgemm else {}),
                                  "step_s": [round(t, 5) for t in times[n]]} for n in rate},
+                **({"sgemm": {"n": args.sgemm, "gflop_per_s": round(peak(), 2),
+                               "seconds": [round(t, 9) for t in sgemm]}} if sgemm else {}),
                 "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
                 "load_avg": [round(x, 2) for x in os.getloadavg()], "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                             time.gmtime()),
@@ -144,7 +186,8 @@ def main() -> int:
         result = write(done, complete=True)
     for name, v in result["variants"].items():
         print(f"{name:<12} {v['params']:>10,} params  {v['img_per_s']:8.1f} img/s  "
-              f"{v['ratio']:.3f}x (best of {v['ratio_best_of']:.3f}x)")
+              f"{v['ratio']:.3f}x (best of {v['ratio_best_of']:.3f}x)  {v['gflop_per_s']:6.2f} GFLOP/s"
+              + (f" ({v['of_sgemm']:.0%} of sgemm's {result['sgemm']['gflop_per_s']:.1f})" if "sgemm" in result else ""))
     return 0
 
 
