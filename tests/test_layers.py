@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 import convnext
-from convnext.train.accelerate import DepthwiseConv2d, PointwiseConv2d, TrainingBlock, accelerate_for_training, \
-    depthwise_weight_grad, to_channels_last
+from convnext.train.accelerate import NHWCGELU, DepthwiseConv2d, PointwiseConv2d, TrainingBlock, \
+    accelerate_for_training, depthwise_weight_grad, to_channels_last
 from convnext.weights.layouts import from_ours
 
 CASES = [  # channels, size, kernel, stride, bias, channels_last
@@ -118,13 +118,14 @@ def test_accelerating_swaps_module_types_and_keeps_the_state_dict():
     m = convnext.create_model("convnext_atto")
     plain = {k: v.clone() for k, v in m.state_dict().items()}
     assert type(m.stages[0].blocks[0].dwconv) is nn.Conv2d  # the model as built is the paper's, stock modules
-    assert accelerate_for_training(m, "cpu") == 4 * sum(m.cfg.depths)  # dwconv, pwconv1, pwconv2, block
+    assert accelerate_for_training(m, "cpu") == 5 * sum(m.cfg.depths)  # dwconv, pwconv1, pwconv2, block, GELU
     block = m.stages[0].blocks[0]
     dw = block.dwconv
     assert isinstance(dw, nn.Conv2d) and isinstance(dw, DepthwiseConv2d)
     assert dw.groups == dw.in_channels == dw.out_channels and dw.kernel_size == (7, 7)
     assert set(dw.state_dict()) == {"weight", "bias"}
     assert isinstance(block.pwconv2, PointwiseConv2d) and isinstance(block, TrainingBlock)
+    assert type(block.act2) is NHWCGELU and type(block.act1) is type(block.act3) is nn.Identity
     assert list(m.state_dict()) == list(plain) and all(torch.equal(m.state_dict()[k], v) for k, v in plain.items())
     assert accelerate_for_training(m, "cpu") == 0  # already done
     # a roadmap step with a full (non-depthwise) spatial conv keeps a plain Conv2d; BatchNorm blocks keep
@@ -137,6 +138,30 @@ def test_accelerating_swaps_module_types_and_keeps_the_state_dict():
         g = convnext.create_model("convnext_atto")
         assert accelerate_for_training(g, device, compiled=compiled) == 0
         assert type(g.stages[0].blocks[0].dwconv) is nn.Conv2d and type(g.stages[0].blocks[0]) is convnext.models.Block
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_nhwc_gelu_is_gelu_on_contiguous_memory_in_either_layout(approximate):
+    """NHWCGELU gives a channels_last input exactly what nn.GELU gives the same values in contiguous (NCHW)
+    memory, forward and backward, keeps the channels_last layout, and is nn.GELU itself on other inputs; the
+    channels_last path of nn.GELU agrees with both to float rounding."""
+    torch.manual_seed(0)
+    ours, ref = NHWCGELU(approximate), nn.GELU(approximate)
+    x = torch.randn(4, 24, 9, 9) * 3
+    g = torch.randn_like(x)
+    cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    plain = x.clone().requires_grad_()
+    y, y_ref = ours(cl), ref(plain)
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    assert torch.equal(y, y_ref)
+    y.backward(g.contiguous(memory_format=torch.channels_last))
+    y_ref.backward(g)
+    assert torch.equal(cl.grad, plain.grad)
+    stock = ref(x.contiguous(memory_format=torch.channels_last))  # PyTorch's own channels_last path
+    torch.testing.assert_close(stock, y_ref, rtol=0, atol=1e-6)
+    for other in (x, torch.randn(5, 7), torch.randn(2, 3, 4)):  # contiguous, 2-D, 3-D: nn.GELU's path
+        assert torch.equal(ours(other), ref(other))
+    assert ours.approximate == approximate and list(ours.state_dict()) == []
 
 
 def test_channels_last_keeps_the_accelerated_weights_strides_as_their_gradients_come():

@@ -75,13 +75,16 @@ def sgemm_seconds(n: int, repeats: int = 3) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def variant_step(cfg, tmp: str, batches: int = BATCHES):
+def variant_step(cfg, tmp: str, batches: int = BATCHES, adjust=None):
     """The engine's training step for ``cfg``, cycling over the first ``batches`` batches of its training loader
-    (other images each step, as in training, not one cache-warm batch)."""
+    (other images each step, as in training, not one cache-warm batch). ``adjust(trainer)``, if given, runs on the
+    built trainer first (a benchmark that undoes one of the engine's swaps)."""
     from convnext.train.distributed import DistInfo
     from convnext.train.loop import Trainer
 
     trainer = Trainer(cfg.replace({"runtime.out": tmp}), DistInfo(device=torch.device("cpu")))
+    if adjust is not None:
+        adjust(trainer)
     trainer.train_net.train()
     loader = iter(trainer.train_loader)
     data = [next(loader) for _ in range(min(batches, trainer.steps_per_epoch))]

@@ -1,0 +1,156 @@
+"""GELU on CPU, forward and backward, on a channels_last activation as the block holds it vs on its NHWC view.
+
+A channels_last (N, C, H, W) tensor is NHWC memory; ``x.permute(0, 2, 3, 1)`` is the same memory as a contiguous
+tensor. For each hidden activation of the 30-minute recipe's network (``convnext_micro_bn_small_input`` at widths
+48-96-192, MLP ratio 2, 28 px, batch 64) and of ConvNeXt-T (224 px, batch 8), times GELU's forward and backward
+(autograd, as training runs it) both ways, in interleaved repetitions, and checks that the NHWC view's output and
+input gradient are GELU's on contiguous (NCHW) memory bit for bit. The medians of --iters repetitions.
+
+Then ``--step-rounds`` rounds of the recipe's real training step (``arch_speed.variant_step``: the engine's step
+with its CPU swaps, Muon, Mixup/CutMix on half the batches, channels_last, one thread, batch 64) as the engine
+runs it (``NHWCGELU``) and with nn.GELU put back, interleaved: the img/s ratio the swap buys in training.
+
+    .venv/bin/python benchmarks/activation_layout.py --iters 15 --step-rounds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import sys
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
+from arch_speed import variant_step  # noqa: E402
+
+# (network, batch, [(hidden channels, feature-map side, blocks)])
+NETWORKS = [("recipe (micro_bn 48-96-192, 28 px)", 64, [(96, 14, 1), (192, 7, 1), (384, 3, 1)]),
+            ("convnext_tiny (224 px)", 8, [(384, 56, 3), (768, 28, 3), (1536, 14, 9), (3072, 7, 3)])]
+
+
+def as_held(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU on the 4-D channels_last tensor: (output, input gradient)."""
+    x = x.detach().requires_grad_()
+    y = F.gelu(x)
+    y.backward(g)
+    return y, x.grad
+
+
+def on_nhwc(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU on the contiguous NHWC view of the same memory, the result viewed back as (N, C, H, W)."""
+    x = x.detach().requires_grad_()
+    y = F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    y.backward(g)
+    return y, x.grad
+
+
+RECIPE = ["model.name=convnext_micro_bn_small_input", "model.overrides.dims=[48,96,192]",
+          "data.batch_size=64", "aug.crop_padding=2", "aug.hflip=0.5", "aug.label_smoothing=0.1", "aug.mixup=0.8",
+          "aug.cutmix=1.0", "aug.mixup_prob=0.5", "reg.ema_decay=0.999", "opt.optimizer=muon", "opt.lr=8e-3",
+          "runtime.channels_last=true", "runtime.tensorboard=false", "runtime.plots=false",
+          "runtime.progress=false", "data.workers=0"]
+
+
+def stock_gelu(trainer) -> None:
+    """Undo the engine's NHWCGELU swap: the model's GELUs as built."""
+    from convnext.train.accelerate import NHWCGELU
+
+    for m in trainer.model.modules():
+        if type(m) is NHWCGELU:
+            m.__class__ = nn.GELU
+
+
+def step_rates(dataset: str, rounds: int, steps: int) -> dict:
+    """img/s of the recipe's engine step with and without the swap, interleaved rounds of ``steps`` steps."""
+    from convnext.train.config import load_config
+
+    cfg = load_config(preset_name="small", overrides=[*RECIPE, f"data.dataset={dataset}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for name, adjust in (("nhwc_gelu", None), ("stock_gelu", stock_gelu)):
+            torch.manual_seed(0)
+            runs[name], batch, _, _ = variant_step(cfg, f"{tmp}/{name}", adjust=adjust)
+            for _ in range(3):
+                runs[name]()
+        times = {name: [] for name in runs}
+        for r in range(rounds):
+            for name, step in runs.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step()
+                times[name].append((time.perf_counter() - t0) / steps)
+                print(f"round {r}: {name:<11} {batch / times[name][-1]:8.1f} img/s", file=sys.stderr)
+    rate = {n: batch / statistics.median(t) for n, t in times.items()}
+    return {"settings": RECIPE, "dataset": dataset, "batch": batch, "rounds": rounds, "steps_per_round": steps,
+            "img_per_s": {n: round(v, 1) for n, v in rate.items()},
+            "ratio": round(rate["nhwc_gelu"] / rate["stock_gelu"], 3),
+            "ratio_best_of": round(min(times["stock_gelu"]) / min(times["nhwc_gelu"]), 3),
+            "step_s": {n: [round(t, 5) for t in v] for n, v in times.items()}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--step-rounds", type=int, default=0, help="rounds of the recipe's step each way (0 = none)")
+    ap.add_argument("--step-steps", type=int, default=10, help="timed steps per round")
+    ap.add_argument("--dataset", default="fashion_mnist", help="the recipe step's data (synthetic: no download)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "activation_layout.json"))
+    args = ap.parse_args()
+    if args.iters < 1 or args.threads < 1 or args.step_rounds < 0 or args.step_steps < 1:
+        print("activation_layout.py: error: --iters, --threads and --step-steps must be >= 1, --step-rounds >= 0",
+              file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows, load_before = [], os.getloadavg()
+    for network, batch, shapes in NETWORKS:
+        for c, side, blocks in shapes:
+            x, g = (torch.randn(batch, c, side, side).contiguous(memory_format=torch.channels_last) for _ in "xg")
+            (y1, d1), (y2, d2) = on_nhwc(x, g), as_held(x.contiguous(), g.contiguous())
+            same = torch.equal(y1, y2) and torch.equal(d1, d2)  # the NHWC view is GELU on contiguous memory
+            times = {"as_held": [], "nhwc": []}
+            for _ in range(2):
+                as_held(x, g), on_nhwc(x, g)
+            for _ in range(args.iters):
+                for name, fn in (("as_held", as_held), ("nhwc", on_nhwc)):
+                    t0 = time.perf_counter()
+                    fn(x, g)
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            rows.append({"network": network, "batch": batch, "channels": c, "side": side, "blocks": blocks,
+                         "as_held_ms": round(med["as_held"], 3), "nhwc_ms": round(med["nhwc"], 3),
+                         "speedup": round(med["as_held"] / med["nhwc"], 2), "equal_to_nchw_gelu": same})
+            r = rows[-1]
+            print(f"{network:<36} {c:5d}ch {side:2d}px  as held {r['as_held_ms']:7.2f} ms  NHWC view "
+                  f"{r['nhwc_ms']:7.2f} ms  {r['speedup']:5.2f}x  equal to NCHW GELU: {same}")
+    per_step = {network: {k: round(sum(r[k] * r["blocks"] for r in rows if r["network"] == network), 2)
+                          for k in ("as_held_ms", "nhwc_ms")} for network, _, _ in NETWORKS}
+    for network, v in per_step.items():
+        print(f"{network}: every block's GELU, forward and backward, {v['as_held_ms']} ms as held vs "
+              f"{v['nhwc_ms']} ms on the NHWC view")
+    step = step_rates(args.dataset, args.step_rounds, args.step_steps) if args.step_rounds else None
+    if step is not None:
+        print(f"recipe step: {step['img_per_s']['nhwc_gelu']} img/s with NHWCGELU, {step['img_per_s']['stock_gelu']} "
+              f"with nn.GELU: {step['ratio']:.3f}x (best of {step['ratio_best_of']:.3f}x)")
+    result = {"benchmark": "activation_layout", "iters": args.iters, "threads": args.threads, "rows": rows,
+              "per_step_ms": per_step, "recipe_step": step, "torch": torch.__version__, "machine": platform.machine(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_before": load_before,
+              "loadavg_after": os.getloadavg(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
