@@ -467,6 +467,10 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # setup with ReLU) only if it holds out >= 92.77 (level per epoch, so ahead per unit of time); below that, not.
     "cpu30_act_probe": {"muon_relu": cpu30("10", "[48,96,192]", *MIX_HALF, "--opt.optimizer", "muon",
                                            *arch(activation="relu"))},
+    # Result (2026-12-07): best held out, model / EMA after the last epoch: muon_relu 92.41 / 92.48 (epoch 9) against
+    # muon's 92.77 / 92.75: -0.29. ReLU trailed from the first epoch (EMA 86.02 against 86.25) to the last, by more than
+    # its ~10 % more epochs could return (~+0.08 by the ninth round's fit); by the rule no 30-minute run. The recipe
+    # keeps GELU.
     # 2026-12-07 (session 22): Mixup/CutMix off for the last epochs (--aug.mixup_until, timm's --mixup-off-epoch).
     # Mixing regularises the early epochs; the last ones then fit the plain images, on which BatchNorm's statistics
     # and the EMA are also taken. A probe at cpu30_muon_probe's 10 epochs, run beside cpu30_act_probe (one thread each:
