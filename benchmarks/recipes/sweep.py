@@ -482,6 +482,15 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # Result (2026-12-07): identical to muon bit for bit through epoch 7 (the same step losses, the same held-out
     # scores), then best held out 92.82 / 92.78 (epoch 9) against muon's 92.77 / 92.75: +0.05 from the two unmixed
     # epochs, under the bar (92.97); by the rule no 30-minute run.
+    # 2026-12-07 (session 22): Muon's learning rate above 8e-3. cpu30_muon_probe tried 4e-3 and 8e-3 only, and 8e-3 was
+    # the better by 0.25, so the optimum may lie higher. A probe at its 10 epochs, the two side by side with one thread
+    # each (`--jobs 2 --extra "--runtime.threads 1"`), on the engine of cpu30_muon_probe's runs (the commit before
+    # NHWCGELU, 7c1b777: PYTHONPATH=<its worktree>/src), against its muon run (92.77 held out).
+    # The rule, fixed before they run: the better of them at >= 92.97 (base + 0.2) gets cpu30_muon's seed 0 run at its
+    # lr; below that, not.
+    "cpu30_muon_lr_probe": {f"muon_lr{lr}": cpu30("10", "[48,96,192]", *MIX_HALF, "--opt.optimizer", "muon",
+                                                  "--opt.lr", lr)
+                            for lr in ("1.2e-2", "1.6e-2")},
 }
 # Groups whose runs each take the whole machine as several processes of one thread (torchrun): how many
 PROCESSES: dict[str, int] = {"cpu30_bf16_solo": 2, "cpu30_budget": 2, "cpu_88ep": 2, "cpu30_prog": 2,
