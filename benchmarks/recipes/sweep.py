@@ -458,7 +458,7 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # Result (2026-12-07): 18 epochs each (AdamW's runs: 22-25), best held out 93.70, 93.34, 93.44 (93.49 +- 0.19)
     # against cpu30_budget's 93.43, 93.13, 93.53 (93.36 +- 0.21): by the rule Muon is taken, by a margin inside the
     # seed spread. Test 93.15, 93.17, 92.88 (93.07 +- 0.16) against 93.17, 93.00, 92.96 (93.04 +- 0.11): level.
-    # 2026-12-07 (session 22): ReLU in place of GELU. GELU is 17 % of the recipe's step on this AVX2 machine (its erf
+    # 2026-12-07 (session 22): ReLU in place of GELU. GELU is ~13 % of the recipe's step on this AVX2 machine (its erf
     # runs at ~0.4 G elements/s; a torch.profiler table of the step), and the paper found the two level on ImageNet
     # (80.6 % both, its "GELU" step). ReLU's step is 1.10x GELU's (arch_speed.py, one thread, batch 64, Muon: 352.9
     # against 321.2 img/s), so at level learning per epoch it buys ~10 % more epochs in 30 minutes. A probe at

@@ -162,7 +162,7 @@ class NHWCGELU(nn.GELU):
 
     PyTorch's CPU GELU takes a slower path for a 4-D channels_last tensor than for a contiguous one: forward and
     backward together 1.3-1.7x slower at ConvNeXt's hidden widths (``benchmarks/activation_layout.py``), where the
-    GELUs are ~17 % of the 30-minute recipe's step. The permuted view is the same memory and the same values; its
+    GELUs are ~13 % of the 30-minute recipe's step. The permuted view is the same memory and the same values; its
     results are those of GELU on a contiguous tensor, which differ from the channels_last path's by float rounding
     (one unit in the last place).
     """
