@@ -9,7 +9,7 @@ the model file stays the paper's, the speed-ups live here.
 - ``DepthwiseConv2d``: the depthwise conv's weight gradient as one grouped conv (2.7-9x faster on CPU).
 - ``PointwiseConv2d``: 1x1 convs as GEMMs on the channels-last view, with layer scale folded into the weights.
 - ``TrainingBlock``: stochastic depth that runs the residual branch only on the samples it keeps.
-- ``NHWCGELU``: GELU on a channels_last activation as the contiguous NHWC tensor it is in memory (1.3-1.7x faster).
+- ``NHWCGELU``: GELU on a channels_last activation as the contiguous NHWC tensor it is in memory (1.3-1.6x faster).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class NHWCGELU(nn.GELU):
     """nn.GELU that runs a channels_last activation as the contiguous NHWC tensor it is in memory.
 
     PyTorch's CPU GELU takes a slower path for a 4-D channels_last tensor than for a contiguous one: forward and
-    backward together 1.3-1.7x slower at ConvNeXt's hidden widths (``benchmarks/activation_layout.py``), where the
+    backward together 1.3-1.6x slower at ConvNeXt's hidden widths (``benchmarks/activation_layout.py``), where the
     GELUs are ~13 % of the 30-minute recipe's step. The permuted view is the same memory and the same values; its
     results are those of GELU on a contiguous tensor, which differ from the channels_last path's by float rounding
     (one unit in the last place).
