@@ -494,10 +494,18 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # Result (2026-12-07, beside a fresh-clone CI): best held out, model / EMA after the last epoch: lr 1.2e-2 92.62 /
     # 92.50, lr 1.6e-2 92.69 / 92.61 (both epoch 9), against 8e-3's 92.77 / 92.75 and 4e-3's 92.52: Muon's held out is
     # flat at 92.5-92.8 over 4e-3 to 1.6e-2, and 8e-3 stays. Under the bar (92.97): no 30-minute run.
+    # 2026-12-07 (session 22): what NHWCGELU (train/accelerate.py; ~3 % of the step by benchmarks/activation_layout.py)
+    # buys in the real 30 minutes: cpu30_muon's seed 0 exactly, on the current engine, alone on the machine. A
+    # measurement of the engine, not a recipe choice: nothing is chosen from it; the epochs fitted and img/s are
+    # compared with cpu30_muon's seed 0 (18 epochs, 572 img/s), and its best checkpoint is read once on the test split
+    # for the record (--test-each).
+    "cpu30_muon_nhwc": {"bn_48_budget1800_mix_lr8e-3_muon_nhwc_seed0_ddp": budget_ddp("0", "--opt.optimizer", "muon",
+                                                                                      "--opt.lr", "8e-3")},
 }
 # Groups whose runs each take the whole machine as several processes of one thread (torchrun): how many
 PROCESSES: dict[str, int] = {"cpu30_bf16_solo": 2, "cpu30_budget": 2, "cpu_88ep": 2, "cpu30_prog": 2,
-                             "cpu30_progcrop": 2, "cpu30_prune": 2, "cpu30_muon": 2}
+                             "cpu30_progcrop": 2, "cpu30_prune": 2, "cpu30_muon": 2,
+                             "cpu30_muon_nhwc": 2}
 
 
 def launcher(group: str) -> list[str]:
