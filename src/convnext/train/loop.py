@@ -4,6 +4,7 @@ validation, logging and crash-safe checkpoints, on one process or under torchrun
 
 from __future__ import annotations
 
+import gc
 import sys
 import time
 from typing import Any
@@ -393,6 +394,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return Trainer(cfg, info).run()
     finally:
         if created:
+            # A Trainer caught in a reference cycle (data pruning's order callback holds it) would otherwise keep
+            # DDP and its process group's gloo threads alive past destroy_process_group, to be freed while the
+            # interpreter shuts down, where gloo's teardown can abort the process (SIGABRT after a finished run).
+            gc.collect()
             dist_mod.cleanup()
 
 
