@@ -20,18 +20,19 @@ import json
 import os
 import platform
 import statistics
-import time
-from pathlib import Path
-
 import sys
 import tempfile
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared timing loop
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
 from arch_speed import variant_step  # noqa: E402
+from rounds import timed_rounds  # noqa: E402
 
 # (network, batch, [(hidden channels, feature-map side, blocks)])
 NETWORKS = [("recipe (micro_bn 48-96-192, 28 px)", 64, [(96, 14, 1), (192, 7, 1), (384, 3, 1)]),
@@ -82,14 +83,15 @@ def step_rates(dataset: str, rounds: int, steps: int) -> dict:
             runs[name], batch, _, _ = variant_step(cfg, f"{tmp}/{name}", adjust=adjust)
             for _ in range(3):
                 runs[name]()
+        def measure(name: str) -> float:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                runs[name]()
+            return (time.perf_counter() - t0) / steps
+
         times = {name: [] for name in runs}
-        for r in range(rounds):
-            for name, step in runs.items():
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    step()
-                times[name].append((time.perf_counter() - t0) / steps)
-                print(f"round {r}: {name:<11} {batch / times[name][-1]:8.1f} img/s", file=sys.stderr)
+        timed_rounds(runs, measure, times, rounds=rounds, batch=batch, write=lambda *_, **__: None, budget_s=0,
+                     start=time.perf_counter(), width=11)
     rate = {n: batch / statistics.median(t) for n, t in times.items()}
     return {"settings": RECIPE, "dataset": dataset, "batch": batch, "rounds": rounds, "steps_per_round": steps,
             "img_per_s": {n: round(v, 1) for n, v in rate.items()},

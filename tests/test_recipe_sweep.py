@@ -416,3 +416,25 @@ def test_epochs_plot_fits_points_per_doubling_by_hand():
     assert plot.epochs_for(fit, 94.0) == pytest.approx(256.0)  # 90 + 0.5 * 8
     assert plot.epochs_for({"intercept": 95.0, "per_doubling": -0.1}, 94.0) is None
     assert plot.log_fit([44, 44], [93.0, 94.0]) is None  # one epoch count: no slope
+
+
+def test_activation_layout_times_gelu_both_ways_and_the_recipe_step(tmp_path):
+    """benchmarks/activation_layout.py: every shape's NHWC-view GELU equals GELU on contiguous memory (the check it
+    records), per-step sums are the rows' times by their block counts, the recipe's step is timed with NHWCGELU and
+    with nn.GELU put back in every round, and a bad count is one line and exit 2 with no JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = tmp_path / "layout.json"
+    cmd = [sys.executable, "benchmarks/activation_layout.py", "--iters", "1", "--dataset", "synthetic"]
+    subprocess.run([*cmd, "--step-rounds", "2", "--step-steps", "1", "--out", str(out)], check=True, cwd=ROOT,
+                   env=env, capture_output=True)
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 7 and all(r["equal_to_nchw_gelu"] for r in result["rows"])
+    for network, sums in result["per_step_ms"].items():
+        rows = [r for r in result["rows"] if r["network"] == network]
+        assert sums["nhwc_ms"] == pytest.approx(sum(r["nhwc_ms"] * r["blocks"] for r in rows), abs=0.01)
+    step = result["recipe_step"]
+    assert step["rounds"] == 2 and {n: len(t) for n, t in step["step_s"].items()} == {"nhwc_gelu": 2, "stock_gelu": 2}
+    bad = subprocess.run([*cmd, "--step-rounds", "-1", "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--step-rounds >= 0" in bad.stderr
+    assert not (tmp_path / "bad.json").exists()

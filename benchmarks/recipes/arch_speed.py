@@ -160,6 +160,7 @@ def main() -> int:
 
         def write(rounds_done: int, complete: bool) -> dict:
             rate = {n: batch / statistics.median(t) for n, t in times.items() if t}
+            gflops = {n: flops[n] / statistics.median(times[n]) / 1e9 for n in rate}
             best = {n: batch / min(t) for n, t in times.items() if t}
             result = {
                 "benchmark": "arch_speed", "preset": "small", "set": args.set, "threads": args.threads,
@@ -169,9 +170,8 @@ def main() -> int:
                                  "ratio": round(rate[n] / rate[first], 3),
                                  "ratio_best_of": round(best[n] / best[first], 3),
                                  "train_flops_per_img": flops[n] // batch,
-                                 "gflop_per_s": round(flops[n] / statistics.median(times[n]) / 1e9, 2),
-                                 **({"of_sgemm": round(flops[n] / statistics.median(times[n]) / 1e9 / peak(), 3)}
-                                    if sgemm else {}),
+                                 "gflop_per_s": round(gflops[n], 2),
+                                 **({"of_sgemm": round(gflops[n] / peak(), 3)} if sgemm else {}),
                                  "step_s": [round(t, 5) for t in times[n]]} for n in rate},
                 **({"sgemm": {"n": args.sgemm, "gflop_per_s": round(peak(), 2),
                                "seconds": [round(t, 9) for t in sgemm]}} if sgemm else {}),
