@@ -238,6 +238,31 @@ def test_damaged_checkpoints_give_one_clear_line(tmp_path, capsys):
         assert snapshot(tmp_path) == before
 
 
+def test_an_exported_model_given_as_a_checkpoint_is_named_and_the_way_out_given(tmp_path, capsys):
+    # A user who passes what `convnext export` wrote to predict/eval/convert hears what the file is and what to pass
+    # instead, not a pickle reader's "truncated or corrupt" (ONNX) or "refused ... discard the file" (TorchScript).
+    model = create_model("convnext_atto", num_classes=3, in_chans=1, drop_path_rate=0.0).eval()
+    example = torch.randn(1, 1, 32, 32)
+    torch.jit.save(torch.jit.trace(model, example), tmp_path / "m.pt")
+    torch.export.save(torch.export.export(model, (example,)), tmp_path / "m.pt2")
+    (tmp_path / "m.onnx").write_bytes(b"\x08\x0a\x12\x07pytorch")  # an ONNX protobuf's first fields
+    image = tmp_path / "x.png"
+    Image.new("L", (32, 32)).save(image)
+    for name, says, runtime in (("m.pt", "a TorchScript archive", "torch.jit.load"),
+                                ("m.pt2", "a torch.export program", "torch.export.load"),
+                                ("m.onnx", "an ONNX model", "onnxruntime")):
+        with pytest.raises(CheckpointError) as e:
+            load_model(tmp_path / name, model_name="convnext_atto")
+        msg = str(e.value)
+        assert msg.startswith(f"{tmp_path / name}: {says}, not a weights checkpoint; pass the checkpoint it was "
+                              "exported from") and msg.endswith(f"run the file with {runtime}"), msg
+        rc, out, err = run_cli(["predict", str(tmp_path / name), str(image)], capsys)
+        assert rc == 2 and out == "" and one_line(err) == f"convnext predict: error: {msg}", err
+    # a torch.save checkpoint is a zip too, and still reads
+    torch.save(model.state_dict(), tmp_path / "ok.pt")
+    assert load_model(tmp_path / "ok.pt", model_name="convnext_atto", num_classes=3, in_chans=1)[0] is not None
+
+
 def test_weights_for_a_different_architecture_name_both(tmp_path, capsys):
     atto = create_model("convnext_atto", num_classes=4, **TINY)
     export_weights(atto, tmp_path / "atto_timm.safetensors", layout="timm")

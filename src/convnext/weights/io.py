@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -68,6 +69,31 @@ def _is_safetensors(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(9)
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+# Exported models (``convnext export`` and the exporters it calls) hold a compiled graph, not a state dict to load
+# into our classes; each kind with the runtime that runs it. Told apart before any reader opens the file, so the user
+# hears what the file is rather than a pickle reader's complaint about it.
+_EXPORTS = {"onnx": ("an ONNX model", "onnxruntime"), "openvino": ("an OpenVINO IR model", "OpenVINO"),
+            "torchscript": ("a TorchScript archive", "torch.jit.load"),
+            "torch-export": ("a torch.export program", "torch.export.load")}
+
+
+def _export_kind(path: Path) -> str | None:
+    """Which exported-model format ``path`` is (a key of ``_EXPORTS``), or None for anything else."""
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.suffix == ".xml":
+        return "openvino"
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as z:
+        # every record of a torch zip sits under one root folder: TorchScript adds its code and constants beside
+        # the tensors, a .pt2 program an archive_format record; a torch.save checkpoint has neither
+        entries = {name.split("/", 1)[1] for name in z.namelist() if "/" in name}
+    if "constants.pkl" in entries and any(e.startswith("code/") for e in entries):
+        return "torchscript"
+    return "torch-export" if "archive_format" in entries else None
 
 
 def resolve_weights_path(path: str | os.PathLike) -> Path:
@@ -145,6 +171,11 @@ def read_weights(src: str | os.PathLike | Mapping[str, torch.Tensor]) -> Weights
             raise CheckpointError(
                 f"{p}: file is empty (0 bytes), probably an interrupted download or copy; re-download or re-export it"
             )
+        kind = _export_kind(p)
+        if kind is not None:
+            what, runtime = _EXPORTS[kind]
+            raise CheckpointError(f"{p}: {what}, not a weights checkpoint; pass the checkpoint it was exported from "
+                                  f"(.safetensors, .pth/.pt/.bin), or run the file with {runtime}")
         raw = _unwrap(_read_safetensors(p) if _is_safetensors(p) else read_pickle(p), source)
     layout = detect_layout(raw)
     if layout is None:
