@@ -203,3 +203,25 @@ def test_step_takes_a_closure_like_torch_optimizers():
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()) if a.ndim > 1)
     w = nn.Parameter(torch.randn(4, 3))
     assert MatrixMuon([w], **HYPER).step(lambda: (w ** 2).sum().backward() or torch.tensor(1.0)) == 1.0
+
+
+def test_an_lr_past_float32_sends_the_weights_to_nan_inf_where_torch_muon_raises():
+    """An lr of 1e300 is inf in float32. torch.optim.Muon raises converting it; MatrixMuon applies it, so the weights
+    go NaN/Inf as AdamW's do and the engine's guard ends the run as TrainingDiverged (test_resume_policy.py). An lr in
+    range takes the ordinary path, bit for bit."""
+    torch.manual_seed(7)
+    grad = torch.randn(8, 4)
+    w = nn.Parameter(torch.randn(8, 4))
+    w.grad = grad.clone()
+    MatrixMuon([w], lr=1e300, weight_decay=0.05, adjust_lr_fn="match_rms_adamw").step()
+    assert not torch.isfinite(w).any()
+    ref = nn.Parameter(torch.randn(8, 4))
+    ref.grad = grad.clone()
+    with pytest.raises(RuntimeError, match="overflow"):
+        torch.optim.Muon([ref], lr=1e300, weight_decay=0.05, adjust_lr_fn="match_rms_adamw").step()
+    a = nn.Parameter(torch.randn(8, 4))
+    b = nn.Parameter(a.detach().clone())
+    a.grad, b.grad = grad.clone(), grad.clone()
+    MatrixMuon([a], lr=1e30, weight_decay=0.0, adjust_lr_fn="match_rms_adamw", ns_dtype=torch.bfloat16).step()
+    torch.optim.Muon([b], lr=1e30, weight_decay=0.0, adjust_lr_fn="match_rms_adamw").step()
+    assert torch.isfinite(a).all() and torch.equal(a, b)

@@ -341,14 +341,16 @@ def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tm
     second batch size or a negative matrix size before timing anything (exit 2, one line, no JSON)."""
     from convnext.models import create_model
     from convnext.models.flops import count_flops
+    from convnext.train.muon import takes_muon
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = tmp_path / "speed.json"
     cmd = [sys.executable, "benchmarks/recipes/arch_speed.py", "--threads", "1", "--rounds", "2", "--steps", "1",
            "--warmup", "1", "--set", "data.dataset=synthetic", "data.image_size=28", "data.batch_size=16",
-           "model.overrides.dims=[16,32,64]"]
-    subprocess.run([*cmd, "--variant", "base", "--variant", "d112 model.overrides.depths=[1,1,2]", "--sgemm", "64",
-                    "--out", str(out)], check=True, cwd=ROOT, env=env, capture_output=True)
+           "model.overrides.dims=[16,32,64]", "opt.optimizer=adamw"]
+    subprocess.run([*cmd, "--variant", "base", "--variant", "d112 model.overrides.depths=[1,1,2]", "--variant",
+                    "muon opt.optimizer=muon", "--sgemm", "64", "--out", str(out)], check=True, cwd=ROOT, env=env,
+                   capture_output=True)
     result = json.loads(out.read_text())
     sgemm = result["sgemm"]
     assert sgemm["n"] == 64 and len(sgemm["seconds"]) == 2  # one product a round
@@ -365,6 +367,14 @@ def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tm
         assert v["gflop_per_s"] == pytest.approx(rate, rel=2e-3, abs=0.01)
         assert v["of_sgemm"] == pytest.approx(v["gflop_per_s"] / sgemm["gflop_per_s"], rel=1e-2, abs=2e-3)
     base, d112 = result["variants"]["base"], result["variants"]["d112"]
+    # Muon's step adds its Newton-Schulz iterations: five a step on each of its matrices, each two products of the
+    # (short side)^2 x long side and one of (short side)^3, on the smaller Gram matrix
+    model = create_model("convnext_micro_bn_small_input", num_classes=10, dims=(16, 32, 64))
+    shapes = [(p.shape[0], p[0].numel()) for n, p in model.named_parameters() if takes_muon(n, p)]
+    ns = sum(5 * (2 * 2 * min(m) ** 2 * max(m) + 2 * min(m) ** 3) for m in shapes)
+    assert len(shapes) == 8
+    assert result["variants"]["muon"]["train_flops_per_img"] == pytest.approx(
+        base["train_flops_per_img"] + ns / 16, rel=1e-9)
     median = lambda t: sum(t) / 2  # noqa: E731 - the median of two rounds
     assert d112["ratio"] == pytest.approx(median(base["step_s"]) / median(d112["step_s"]), rel=2e-3)
     assert d112["ratio_best_of"] == pytest.approx(min(base["step_s"]) / min(d112["step_s"]), rel=2e-3)

@@ -9,7 +9,7 @@ variant alike. Ratios are of median img/s to the
 first variant's, with the ratios of the fastest round ("best of", which interference can only slow) beside them.
 
 Each variant's step is also counted by ``torch.utils.flop_counter`` (the convolutions and matrix products, forward
-and backward, per training image) and its median rate given in GFLOP/s. ``--sgemm N`` times an N x N x N float32
+and backward, and Muon's Newton-Schulz iterations where it is the optimizer, per training image) and its median rate given in GFLOP/s. ``--sgemm N`` times an N x N x N float32
 matrix product at the same threads in every round, just before the variants, and gives each variant's rate as a
 fraction of it: how far the step is from what the machine's best-running kernel does, which bounds how many more
 epochs a faster step could buy in a fixed time.
@@ -57,7 +57,7 @@ BATCHES = 8  # distinct training batches each variant's steps cycle over
 
 def step_flops(step) -> int:
     """FLOPs of one call of ``step`` as torch.utils.flop_counter counts them (convolutions and matrix products,
-    forward and backward; elementwise work is not counted)."""
+    forward, backward and the optimizer's: Muon's Newton-Schulz iterations; elementwise work is not counted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:

@@ -33,8 +33,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared usage module
 from usage import UsageExit, run_main  # noqa: E402
 
-BASE = ["--preset", "small", "--data.dataset", "fashion_mnist", "--data.holdout", "10000", "--data.workers", "0",
-        "--runtime.plots", "false", "--runtime.tensorboard", "false", "--runtime.progress", "false"]
+# The `small` preset as it was before the demo_muon_lr group chose today's (Muon for 3 epochs at lr 1.6e-2): AdamW for 4
+# epochs at lr 8e-3. Every group here ran with it, and pins it, so that its command still means what it ran; a run
+# of today's preset sets the three flags again.
+PRESET_V2 = ["--opt.optimizer", "adamw", "--opt.epochs", "4", "--opt.lr", "8e-3"]
+BASE = ["--preset", "small", *PRESET_V2, "--data.dataset", "fashion_mnist", "--data.holdout", "10000",
+        "--data.workers", "0", "--runtime.plots", "false", "--runtime.tensorboard", "false", "--runtime.progress",
+        "false"]
 # The `small` preset as it was before the demo_4ep group chose today's (convnext_micro_small_input, lr 4e-3, no label
 # smoothing, 3 epochs, NCHW): the groups run with it pin it, so their commands still mean what they ran.
 PRESET_V1 = ["--model.name", "convnext_micro_small_input", "--opt.lr", "4e-3", "--aug.label_smoothing", "0",
@@ -533,6 +538,9 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # run ~0.2 from seed to seed); the test split is not read.
     "demo_muon_lr": {f"muon_3ep_lr1.6e-2_seed{seed}": ["--opt.optimizer", "muon", "--opt.epochs", "3", "--opt.lr",
                                                         "1.6e-2", "--runtime.seed", seed] for seed in ("0", "1")},
+    # Result (demo_muon_lr.json): 91.72 and 91.98, mean 91.85, +0.21 over 8e-3's 91.64: by the rule the demo takes
+    # 1.6e-2. The `small` preset is now Muon for 3 epochs at lr 1.6e-2 (BASE pins the preset before it for the groups
+    # above, so their commands still mean what they ran).
 }
 # Groups whose runs each take the whole machine as several processes of one thread (torchrun): how many
 PROCESSES: dict[str, int] = {"cpu30_bf16_solo": 2, "cpu30_budget": 2, "cpu_88ep": 2, "cpu30_prog": 2,

@@ -75,6 +75,16 @@ def update_scale(shape: torch.Size, adjust_lr_fn: str | None) -> float:
     return math.sqrt(rows / cols)  # "spectral_unclamped"
 
 
+def _fits(x: float, t: torch.Tensor) -> bool:
+    """Whether the scalar ``x`` is finite in ``t``'s dtype."""
+    return abs(x) <= torch.finfo(t.dtype).max
+
+
+def _overflowed(x: float, t: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to ``t``'s dtype as a 0-d tensor: +-inf where it is out of range."""
+    return torch.tensor(x, dtype=torch.float64).to(device=t.device, dtype=t.dtype)
+
+
 def _closure_loss(closure):
     """The loss of an optimizer step's optional closure, evaluated with gradients on (torch.optim's convention)."""
     if closure is None:
@@ -107,8 +117,16 @@ class MatrixMuon(torch.optim.Muon):
                 update = g.lerp(buf, momentum) if group["nesterov"] else buf
                 dtype = self.ns_dtype or (torch.bfloat16 if p.device.type == "cuda" else torch.float32)
                 update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-lr * update_scale(p.shape, group["adjust_lr_fn"]))
+                decay, alpha = 1 - lr * group["weight_decay"], -lr * update_scale(p.shape, group["adjust_lr_fn"])
+                if _fits(decay, p) and _fits(alpha, p):
+                    p.mul_(decay)
+                    p.add_(update, alpha=alpha)
+                else:
+                    # An lr past the weights' range (1e300 is inf in float32): torch refuses to convert such a
+                    # scalar, so apply it as the 0-d tensor it becomes. The weights go NaN/Inf, as AdamW's do, and
+                    # the engine's guard stops the run before any checkpoint holds them.
+                    p.mul_(_overflowed(decay, p))
+                    p.add_(update * _overflowed(alpha, p))
         return loss
 
     def _init_group(self, group, params_with_grad, grads, muon_momentum_bufs) -> bool:
