@@ -5,6 +5,9 @@ References: torch.optim.Muon (the same arithmetic on a 2-D parameter), torch.opt
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,10 +16,10 @@ from torch import nn
 from convnext.errors import UsageError
 from convnext.models import create_model
 from convnext.train import preset
-from convnext.train.muon import MatrixMuon, MuonWithAdamW, orthogonalize, takes_muon
+from convnext.train.muon import MatrixMuon, MuonWithAdamW, orthogonalize, orthogonalize_flops, share_out, takes_muon
 from convnext.train.optim import build_optimizer, build_scheduler
 
-from train_helpers import assert_resumes_bitwise, tiny_config
+from train_helpers import NO_AUG, assert_resumes_bitwise, run_dir, tiny_config, weights
 
 HYPER = {"lr": 0.02, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"}
 
@@ -225,3 +228,77 @@ def test_an_lr_past_float32_sends_the_weights_to_nan_inf_where_torch_muon_raises
     MatrixMuon([a], lr=1e30, weight_decay=0.0, adjust_lr_fn="match_rms_adamw", ns_dtype=torch.bfloat16).step()
     torch.optim.Muon([b], lr=1e30, weight_decay=0.0, adjust_lr_fn="match_rms_adamw").step()
     assert torch.isfinite(a).all() and torch.equal(a, b)
+
+
+def test_share_out_balances_the_iterations_the_same_way_on_every_process():
+    costs = [orthogonalize_flops(*shape, 5) for shape in ((384, 192), (192, 384), (192, 384), (96, 192), (192, 96),
+                                                          (96, 192), (96, 48), (48, 96))]
+    # the three large matrices (~354 MFLOP each) first: two to rank 0 and 1, the third to the lighter one, ...
+    assert share_out(costs, 2) == [0, 1, 0, 1, 1, 1, 1, 1]
+    assert orthogonalize_flops(384, 192, 5) == orthogonalize_flops(192, 384, 5) == 5 * (4 * 192 ** 2 * 384 + 2 * 192 ** 3)
+    loads = [sum(c for c, r in zip(costs, share_out(costs, 2)) if r == rank) for rank in (0, 1)]
+    assert max(loads) == 2 * costs[0]  # no split does better: one of the ranks gets two of the large three
+    assert share_out(costs, 1) == [0] * 8 and share_out([], 3) == []
+    assert sorted(share_out([5, 5, 5], 3)) == [0, 1, 2]
+
+
+RANKS = """
+import sys
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+import convnext.train.muon as muon
+
+dist.init_process_group("gloo")
+calls, real = [], muon.orthogonalize
+muon.orthogonalize = lambda g, *a: calls.append(tuple(g.shape)) or real(g, *a)
+params = [torch.nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i)))
+          for i, s in enumerate(SHAPES)]
+opt = muon.MatrixMuon(params, lr=1e-2, weight_decay=0.05, adjust_lr_fn="match_rms_adamw", distributed=True)
+for step in range(2):
+    for i, p in enumerate(params):  # the same gradients on every process, as data parallelism averages them
+        p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * step + i))
+    opt.step()
+out = {f"p{i}": p.detach().contiguous() for i, p in enumerate(params)}
+save_file({**out, "calls": torch.tensor(len(calls))}, f"{sys.argv[1]}/rank{dist.get_rank()}.safetensors")
+dist.destroy_process_group()
+"""
+SHAPES = [(96, 48), (48, 96), (192, 384), (384, 192), (64, 32, 2, 2), (8, 8)]
+
+
+def test_distributed_muon_shares_the_iterations_and_gives_every_process_the_same_bits(tmp_path):
+    """Two gloo processes under torchrun, each orthogonalising its share_out of six matrices (a conv kernel among
+    them) for two steps: both end with the weights of one process doing all of them, bit for bit, and together they
+    ran each matrix's iterations once a step."""
+    from safetensors.torch import load_file
+
+    script = tmp_path / "ranks.py"
+    script.write_text(f"SHAPES = {SHAPES!r}\n" + RANKS)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script), str(tmp_path)], check=True, capture_output=True, timeout=300,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    params = [nn.Parameter(torch.randn(s, generator=torch.Generator().manual_seed(i))) for i, s in enumerate(SHAPES)]
+    opt = MatrixMuon(params, lr=1e-2, weight_decay=0.05, adjust_lr_fn="match_rms_adamw", distributed=True)
+    for step in range(2):  # no process group here: every matrix on this process
+        for i, p in enumerate(params):
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(100 * step + i))
+        opt.step()
+    ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1)]
+    for r in ranks:
+        for i, p in enumerate(params):
+            assert torch.equal(r[f"p{i}"], p.detach()), i
+    owner = share_out([orthogonalize_flops(s[0], math.prod(s[1:]), 5) for s in SHAPES], 2)
+    assert [int(r["calls"]) for r in ranks] == [2 * owner.count(0), 2 * owner.count(1)]
+    assert 0 < owner.count(0) < len(SHAPES)
+
+
+def test_a_two_process_run_gives_the_same_weights_with_or_without_sharing_the_iterations(tmp_path):
+    from test_distributed import torchrun_train
+
+    common = {**NO_AUG, "data.synthetic_samples": 32, "data.batch_size": 4, "opt.epochs": 1,
+              "opt.warmup_epochs": 0.0, "opt.optimizer": "muon"}
+    for shared in (True, False):
+        tiny_config(tmp_path / str(shared), **common, **{"opt.muon_distributed": shared}).save(tmp_path / f"{shared}.yaml")
+        assert torchrun_train(tmp_path / f"{shared}.yaml")["steps"] == 4
+    a, b = (weights(run_dir(tmp_path / str(shared)) / "last.safetensors") for shared in (True, False))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

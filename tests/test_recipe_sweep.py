@@ -448,3 +448,24 @@ def test_activation_layout_times_gelu_both_ways_and_the_recipe_step(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--step-rounds >= 0" in bad.stderr
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_muon_shared_times_both_ways_of_muon_under_torchrun(tmp_path):
+    """benchmarks/muon_shared.py: two-process runs of the engine with Muon's iterations shared and not, each
+    timed in every round, their ratio of medians; a bad count is one line and exit 2 with no JSON."""
+    fmnist = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "FASHION_MNIST_ROOT": str(fmnist)}
+    out = tmp_path / "shared.json"
+    cmd = [sys.executable, "benchmarks/muon_shared.py", "--batch", "8", "--steps", "4", "--log-every", "1"]
+    subprocess.run([*cmd, "--rounds", "1", "--out", str(out)], check=True, cwd=ROOT, env=env, capture_output=True)
+    result = json.loads(out.read_text())
+    assert result["complete"] and result["rounds"] == 1 and result["global_batch"] == 8
+    assert {n: len(v) for n, v in result["img_per_s"].items()} == {"shared": 1, "every": 1}
+    median = result["median_img_per_s"]
+    assert result["ratio_shared_vs_every"] == pytest.approx(median["shared"] / median["every"], abs=1e-3)
+    assert "--opt.muon_distributed true" in result["commands"]["shared"]
+    assert "--opt.muon_distributed false" in result["commands"]["every"]
+    bad = subprocess.run([*cmd, "--rounds", "0", "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--rounds" in bad.stderr
+    assert not (tmp_path / "bad.json").exists()

@@ -137,6 +137,9 @@ class OptimConfig:
     eps: float = 1e-8  # AdamW epsilon
     momentum: float = 0.9  # sgd only
     muon_momentum: float = 0.95  # muon only: Nesterov momentum of its matrices (AdamW's part keeps `betas`)
+    # muon only, several processes: each orthogonalises a share of the matrices and they exchange the results (the
+    # same numbers as every process doing all of them, for ~1/N of that time); false: every process does all
+    muon_distributed: bool = True
     update_freq: int = 1  # gradient accumulation: optimizer step every N micro-batches
     clip_grad: float | None = None  # max global grad norm; None = no clipping (paper)
     layer_decay: float = 1.0  # layer-wise lr decay for fine-tuning (< 1); 1 = off
@@ -245,9 +248,11 @@ def field_help() -> dict[str, str]:
 # ---- resuming ------------------------------------------------------------------------------------
 
 # What a resumed run may change: how long it runs (the schedule follows the new opt.epochs), the advice
-# after a diverged run (lr, clipping, precision), and how it runs and reports (runtime.*, loader workers).
-# Everything else decides which model is trained on which data in which order: changing it is a new run.
-RESUMABLE_KEYS = {"opt.epochs", "opt.lr", "opt.clip_grad", "data.workers", "data.verify", "model.init"}
+# after a diverged run (lr, clipping, precision), and how it runs and reports (runtime.*, loader workers, where
+# Muon's iterations run). Everything else decides which model is trained on which data in which order: changing
+# it is a new run.
+RESUMABLE_KEYS = {"opt.epochs", "opt.lr", "opt.clip_grad", "data.workers", "data.verify", "model.init",
+                  "opt.muon_distributed"}
 RESUMABLE_SECTIONS = ("runtime.",)
 FIXED_ON_RESUME = {"runtime.seed"}  # it picks the data order and the initial weights
 

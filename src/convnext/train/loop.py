@@ -87,7 +87,8 @@ class Trainer:
         warmup = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.lr = o.lr * (b * k * world) / o.lr_base_batch if o.lr_base_batch else o.lr
         self.optimizer = build_optimizer(self.model, self.lr, o.weight_decay, o.betas, o.eps, o.layer_decay,
-                                         o.optimizer, o.momentum, o.muon_momentum)
+                                         o.optimizer, o.momentum, o.muon_momentum,
+                                         muon_distributed=o.muon_distributed and dist_info.enabled)
         self.scheduler = build_scheduler(self.optimizer, self.lr, o.min_lr, warmup, self.total_steps)
         self.ema = make_ema(self.model, cfg.reg.ema_decay, cfg.reg.ema_warmup) if cfg.reg.ema else None
         self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None

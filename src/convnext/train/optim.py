@@ -69,7 +69,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
                     layer_decay: float = 1.0, name: str = "adamw", momentum: float = 0.9,
-                    muon_momentum: float = 0.95) -> torch.optim.Optimizer:
+                    muon_momentum: float = 0.95, muon_distributed: bool = False) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay, layer_decay, muon=name == "muon")
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
@@ -79,7 +79,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9
         matrices, rest = [g for g in groups if g["muon"]], [g for g in groups if not g["muon"]]
         # Moonshot's update scaling: an update of AdamW's RMS, so both halves share the lr and weight decay
         muon = MatrixMuon(matrices, lr=lr, weight_decay=weight_decay, momentum=muon_momentum, nesterov=True,
-                          adjust_lr_fn="match_rms_adamw") if matrices else None
+                          adjust_lr_fn="match_rms_adamw", distributed=muon_distributed) if matrices else None
         return MuonWithAdamW(muon, _adamw(rest, lr, betas, eps) if rest else None)
     return _adamw(groups, lr, betas, eps)
 
