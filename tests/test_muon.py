@@ -302,3 +302,15 @@ def test_a_two_process_run_gives_the_same_weights_with_or_without_sharing_the_it
         assert torchrun_train(tmp_path / f"{shared}.yaml")["steps"] == 4
     a, b = (weights(run_dir(tmp_path / str(shared)) / "last.safetensors") for shared in (True, False))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sharing_the_iterations_may_change_on_resume_and_muons_momentum_may_not():
+    from convnext.train.config import resume_conflicts
+
+    cfg = preset("small")
+    saved = cfg.to_dict()
+    assert cfg.opt.optimizer == "muon" and cfg.opt.muon_distributed is True
+    assert resume_conflicts(saved, cfg.replace({"opt.muon_distributed": False})) == []  # the same numbers either way
+    assert resume_conflicts(saved, cfg.replace({"opt.muon_momentum": 0.9})) == ["opt.muon_momentum 0.95 -> 0.9"]
+    del saved["opt"]["muon_distributed"]  # a run saved before the field existed
+    assert resume_conflicts(saved, cfg) == []
