@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rounds import timed_rounds  # noqa: E402
+from rounds import rates, save, timed_rounds  # noqa: E402
 
 FASHION = os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 # the 30-minute recipe's network (docs/recipes.md section 5) and the preset's loader settings, with the optimizer
@@ -75,8 +75,7 @@ def main() -> int:
     start = time.perf_counter()
 
     def write(rounds_done: int, complete: bool) -> dict:
-        img_s = {n: [round(args.batch / t, 1) for t in times[n]] for n in names}
-        median = {n: round(statistics.median(v), 1) for n, v in img_s.items() if v}
+        img_s, median = rates(times, args.batch)
         result = {"benchmark": "cpu_processes", "cores": args.cores, "global_batch": args.batch, "steps": args.steps,
                   "model": " ".join(MODEL), "rounds": rounds_done, "complete": complete, "img_per_s": img_s,
                   "median_img_per_s": median,
@@ -86,10 +85,7 @@ def main() -> int:
                   "commands": {n: " ".join(command(n, args.cores, args.batch, args.steps, Path("OUT"),
                                                    args.log_every, args.extra)).replace(sys.executable, "python")
                                for n in names}}
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
-        return result
+        return save(args.out, result)
 
     with tempfile.TemporaryDirectory() as tmp:
         done = timed_rounds(names, lambda n: measure(n, args, Path(tmp)), times, rounds=args.rounds,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_processes import command, measure  # noqa: E402
-from rounds import timed_rounds  # noqa: E402
+from rounds import rates, save, timed_rounds  # noqa: E402
 from usage import UsageExit, run_main  # noqa: E402
 
 MUON = ("--opt.optimizer", "muon", "--opt.lr", "8e-3")
@@ -47,8 +46,7 @@ def main() -> int:
         return measure("processes", args, out / name)
 
     def write(rounds_done: int, complete: bool) -> dict:
-        img_s = {n: [round(args.batch / t, 1) for t in times[n]] for n in WAYS}
-        median = {n: round(statistics.median(v), 1) for n, v in img_s.items() if v}
+        img_s, median = rates(times, args.batch)
         result = {"benchmark": "muon_shared", "processes": 2, "global_batch": args.batch, "steps": args.steps,
                   "rounds": rounds_done, "complete": complete, "img_per_s": img_s, "median_img_per_s": median,
                   "ratio_shared_vs_every": round(median["shared"] / median["every"], 3) if len(median) == 2 else None,
@@ -56,10 +54,7 @@ def main() -> int:
                   "commands": {n: " ".join(command("processes", 2, args.batch, args.steps, Path("OUT"),
                                                    args.log_every, WAYS[n])).replace(sys.executable, "python")
                                for n in WAYS}}
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2) + "\n")
-        return result
+        return save(args.out, result)
 
     with tempfile.TemporaryDirectory() as tmp:
         done = timed_rounds(WAYS, lambda n: run(n, Path(tmp)), times, rounds=args.rounds, batch=args.batch,

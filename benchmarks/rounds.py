@@ -1,4 +1,5 @@
-"""The timing loop the training benchmarks share (train_throughput.py, data_pipeline.py): interleaved rounds.
+"""The timing loop the training benchmarks share (train_throughput.py, data_pipeline.py, cpu_processes.py, ...):
+interleaved rounds.
 
 Each round times every candidate once, in turn, so machine noise hits all of them alike; the JSON is rewritten
 after every round, so a run stopped by its budget or a timeout still reports what it measured.
@@ -6,8 +7,11 @@ after every round, so a run stopped by its budget or a timeout still reports wha
 
 from __future__ import annotations
 
+import json
+import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Iterable
 
 
@@ -32,3 +36,17 @@ def timed_rounds(names: Iterable[str], measure: Callable[[str], float], times: d
             print(f"budget: stopping after {rounds_done} of {rounds} rounds", file=sys.stderr)
             break
     return rounds_done
+
+
+def rates(times: dict[str, list[float]], batch: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each candidate's img/s in every round (from seconds per step at ``batch`` images) and their median, to 0.1."""
+    img_s = {n: [round(batch / t, 1) for t in ts] for n, ts in times.items()}
+    return img_s, {n: round(statistics.median(v), 1) for n, v in img_s.items() if v}
+
+
+def save(out: Path | None, result: dict) -> dict:
+    """``result`` written as JSON at ``out`` (its folder made), if given; returned either way."""
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
