@@ -238,6 +238,7 @@ def test_damaged_checkpoints_give_one_clear_line(tmp_path, capsys):
         assert snapshot(tmp_path) == before
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")  # the TorchScript file is made to be refused
 def test_an_exported_model_given_as_a_checkpoint_is_named_and_the_way_out_given(tmp_path, capsys):
     # A user who passes what `convnext export` wrote to predict/eval/convert hears what the file is and what to pass
     # instead, not a pickle reader's "truncated or corrupt" (ONNX) or "refused ... discard the file" (TorchScript).
