@@ -16,7 +16,6 @@ runs it (``NHWCGELU``) and with nn.GELU put back, interleaved: the img/s ratio t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,7 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared timing loop
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
 from arch_speed import variant_step  # noqa: E402
-from rounds import timed_rounds  # noqa: E402
+from rounds import save, timed_rounds  # noqa: E402
 
 # (network, batch, [(hidden channels, feature-map side, blocks)])
 NETWORKS = [("recipe (micro_bn 48-96-192, 28 px)", 64, [(96, 14, 1), (192, 7, 1), (384, 3, 1)]),
@@ -149,8 +148,7 @@ def main() -> int:
               "per_step_ms": per_step, "recipe_step": step, "torch": torch.__version__, "machine": platform.machine(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_before": load_before,
               "loadavg_after": os.getloadavg(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save(Path(args.out), result)
     return 0
 
 

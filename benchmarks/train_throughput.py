@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))  # also when imported (data_pipeline.py imports this file)
-from rounds import timed_rounds  # noqa: E402
+from rounds import save, timed_rounds  # noqa: E402
 from usage import UsageExit, run_main  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -338,9 +338,7 @@ def main() -> int:
             result["issue_config"] = (args.model == "convnext_tiny" and args.size == 224 and args.batch == 128
                                       and args.amp == "bf16" and args.drop_path == 0.1)
             result["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        return result
+        return save(Path(args.out), result)
 
     with tempfile.TemporaryDirectory() as tmp:
         loops = {}

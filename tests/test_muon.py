@@ -235,7 +235,8 @@ def test_share_out_balances_the_iterations_the_same_way_on_every_process():
                                                           (96, 192), (96, 48), (48, 96))]
     # the three large matrices (~354 MFLOP each) first: two to rank 0 and 1, the third to the lighter one, ...
     assert share_out(costs, 2) == [0, 1, 0, 1, 1, 1, 1, 1]
-    assert orthogonalize_flops(384, 192, 5) == orthogonalize_flops(192, 384, 5) == 5 * (4 * 192 ** 2 * 384 + 2 * 192 ** 3)
+    assert orthogonalize_flops(384, 192, 5) == orthogonalize_flops(192, 384, 5) == (
+        5 * (4 * 192 ** 2 * 384 + 2 * 192 ** 3))
     loads = [sum(c for c, r in zip(costs, share_out(costs, 2)) if r == rank) for rank in (0, 1)]
     assert max(loads) == 2 * costs[0]  # no split does better: one of the ranks gets two of the large three
     assert share_out(costs, 1) == [0] * 8 and share_out([], 3) == []
@@ -298,7 +299,8 @@ def test_a_two_process_run_gives_the_same_weights_with_or_without_sharing_the_it
     common = {**NO_AUG, "data.synthetic_samples": 32, "data.batch_size": 4, "opt.epochs": 1,
               "opt.warmup_epochs": 0.0, "opt.optimizer": "muon"}
     for shared in (True, False):
-        tiny_config(tmp_path / str(shared), **common, **{"opt.muon_distributed": shared}).save(tmp_path / f"{shared}.yaml")
+        cfg = tiny_config(tmp_path / str(shared), **common, **{"opt.muon_distributed": shared})
+        cfg.save(tmp_path / f"{shared}.yaml")
         assert torchrun_train(tmp_path / f"{shared}.yaml")["steps"] == 4
     a, b = (weights(run_dir(tmp_path / str(shared)) / "last.safetensors") for shared in (True, False))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -9,10 +9,10 @@ variant alike. Ratios are of median img/s to the
 first variant's, with the ratios of the fastest round ("best of", which interference can only slow) beside them.
 
 Each variant's step is also counted by ``torch.utils.flop_counter`` (the convolutions and matrix products, forward
-and backward, and Muon's Newton-Schulz iterations where it is the optimizer, per training image) and its median rate given in GFLOP/s. ``--sgemm N`` times an N x N x N float32
-matrix product at the same threads in every round, just before the variants, and gives each variant's rate as a
-fraction of it: how far the step is from what the machine's best-running kernel does, which bounds how many more
-epochs a faster step could buy in a fixed time.
+and backward, and Muon's Newton-Schulz iterations where it is the optimizer, per training image) and its median rate
+given in GFLOP/s. ``--sgemm N`` times an N x N x N float32 matrix product at the same threads in every round, just
+before the variants, and gives each variant's rate as a fraction of it: how far the step is from what the machine's
+best-running kernel does, which bounds how many more epochs a faster step could buy in a fixed time.
 
     python benchmarks/recipes/arch_speed.py --threads 2 \\
         --set model.overrides.dims=[48,96,192] model.name=convnext_micro_bn_small_input \\
