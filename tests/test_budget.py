@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from convnext.cli import main
-from convnext.train import budget, train
+from convnext.train import budget, loop, train
 from train_helpers import run_dir, tiny_config, weights
 
 
@@ -134,3 +134,96 @@ def test_a_window_past_the_warmup_says_the_run_is_not_repeated_exactly(tmp_path,
     summary = train(budget_config(tmp_path, **{"opt.warmup_epochs": 0.5}))
     err = capsys.readouterr().err
     assert summary["epochs"] == 3 and "--opt.epochs 3 trains as long" in err and "repeats" not in err
+
+
+# ---- refits at epoch ends --------------------------------------------------------------------------
+
+def test_a_refit_counts_the_epochs_left_and_the_measured_validation():
+    # 3 epochs done at 30 s of 100; 100 steps of 0.1 s (10 s) an epoch and a measured 2 s validation after each:
+    # 70 s hold 5 more (60 s), so 8 epochs, predicted 30 + 50 + 10 = 90 s (9: 102 s)
+    fit = budget.fit_epochs(100, 30, 0.1, 0, 100, 30, 1, 1, epochs_done=3, val_s=2.0)
+    assert fit.epochs == 8 and fit.predicted_s == pytest.approx(90)
+    # validating every 3rd epoch and the last: epochs 3-7 validate at 5 and 7, so 9 epochs fit (30 + 60 + 6 = 96)
+    assert budget.validations_between(3, 8, 3) == 2
+    assert budget.fit_epochs(100, 30, 0.1, 0, 100, 30, 3, 1, epochs_done=3, val_s=2.0).epochs == 9
+    # a spent budget still trains one more epoch, so the cosine ends where it should
+    assert budget.fit_epochs(100, 120, 0.1, 0, 100, 30, 1, 1, epochs_done=3, val_s=2.0).epochs == 4
+
+
+def test_the_pace_is_the_median_of_its_stretches_and_refits_until_half_the_budget():
+    pace = budget.Pace(1800)
+    assert not pace.refits_at(0)  # nothing timed yet
+    pace.add(1.0, 10)
+    pace.add(5.0, 10)  # a minute of another job beside the run
+    pace.add(2.0, 10, cost=2.0)  # steps of twice the first epoch's pixels (progressive resizing)
+    assert pace.step_s() == pytest.approx(0.1)
+    assert pace.refits_at(899) and not pace.refits_at(900)
+
+
+class SimulatedMachine:
+    """budget.clock driven by the run's work: optimizer step number i (from 0) costs ``step_s(i)`` seconds and a
+    validation ``val_s``, so a test can give a run any pace, transients included."""
+
+    def __init__(self, monkeypatch, step_s, val_s=0.0):
+        self.now, self.steps = 0.0, 0
+        monkeypatch.setattr(budget, "clock", lambda: self.now)
+        step, validate = loop.train_step, loop.validate
+
+        def timed_step(*args, **kwargs):
+            self.now += step_s(self.steps)
+            self.steps += 1
+            return step(*args, **kwargs)
+
+        def timed_validate(*args, **kwargs):
+            self.now += val_s
+            return validate(*args, **kwargs)
+
+        monkeypatch.setattr(loop, "train_step", timed_step)
+        monkeypatch.setattr(loop, "validate", timed_validate)
+
+
+def refit_config(out, **over):
+    # 100 samples / batch 2 = 50 steps an epoch (the window is steps 5-45) and 25 validation samples in 13 batches;
+    # a one-epoch warmup; a 40 s budget
+    return tiny_config(out, **{"data.synthetic_samples": 100, "data.batch_size": 2, "opt.warmup_epochs": 1.0,
+                               "opt.epochs": 2, "opt.time_budget": 40.0, **over})
+
+
+def budget_records(out):
+    lines = (run_dir(out) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"type": "budget"' in line]
+
+
+def test_a_slow_window_is_corrected_by_the_refits(tmp_path, monkeypatch, capsys):
+    # The window (steps 5-45) runs at 0.3 s a step beside another job, the rest at 0.1 s; no validation.
+    # The window's fit: 13.5 s gone, 40 s left for the 45 timed steps' epoch and more at 15 s an epoch -> 2 epochs
+    # (30 s predicted; 3: 45 s). Alone it would stop at 19 s, half the budget unused.
+    machine = SimulatedMachine(monkeypatch, lambda i: 0.3 if i < 45 else 0.1)
+    summary = train(refit_config(tmp_path, **{"runtime.val_every": 0}))
+    first, *refits = budget_records(tmp_path)
+    assert first["epochs"] == 2 and first["step_s"] == pytest.approx(0.3)
+    # after epoch 0 (14 s): median of 0.3 and 0.1 = 0.2 s a step, 10 s an epoch -> 3 epochs (34 s; 4: 44 s).
+    # after epoch 1 (19 s): median of 0.3, 0.1, 0.1 = 0.1 s, 5 s an epoch -> 6 epochs (39 s; 7: 44 s).
+    # after epoch 2 (24 s), past half the budget: no more refits.
+    assert [(r["epoch"], r["epochs"], r["was"]) for r in refits] == [(0, 3, 2), (1, 6, 3)]
+    assert [r["step_s"] for r in refits] == pytest.approx([0.2, 0.1])
+    assert refits[-1]["predicted_s"] == pytest.approx(39)
+    assert summary["epochs"] == 6 and summary["steps"] == 300 and machine.now == pytest.approx(39)
+    assert yaml.safe_load((run_dir(tmp_path) / "config.yaml").read_text())["opt"]["epochs"] == 6
+    err = capsys.readouterr().err
+    # the first refit ends with the warmup (step 50), the second comes after it
+    assert "refitted after epoch 0" in err and "-> 3 epoch(s) (was 2)" in err and "--opt.epochs 3 repeats" in err
+    assert "-> 6 epoch(s) (was 3)" in err and "--opt.epochs 6 trains as long" in err
+
+
+def test_a_refit_takes_the_measured_validation_in_place_of_the_guess(tmp_path, monkeypatch):
+    # 0.1 s a step throughout; a validation takes 1 s, against the window's guess of 13 batches at a third of a
+    # step (0.43 s): the window fits 7 epochs (38.0 s predicted), which would take 42 s.
+    machine = SimulatedMachine(monkeypatch, lambda i: 0.1, val_s=1.0)
+    summary = train(refit_config(tmp_path))
+    first, *refits = budget_records(tmp_path)
+    assert first["epochs"] == 7 and first["predicted_s"] == pytest.approx(4.5 + 30.5 + 7 * 1.3 / 3)
+    # after epoch 0 (6 s): 6 s an epoch with its validation -> 6 epochs (36 s), kept after epochs 1 and 2
+    assert [(r["epoch"], r["epochs"]) for r in refits] == [(0, 6), (1, 6), (2, 6)]
+    assert all(r["val_s"] == pytest.approx(1.0) for r in refits)
+    assert summary["epochs"] == 6 and machine.now == pytest.approx(36)

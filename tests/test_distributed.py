@@ -105,9 +105,11 @@ def test_two_process_run_fits_one_epoch_count_to_its_time_budget(tmp_path):
     summary = torchrun_train(cfg)
     lines = (run_dir(tmp_path / "ddp") / "metrics.jsonl").read_text().splitlines()
     fits = [json.loads(line) for line in lines if '"type": "budget"' in line]
-    assert len(fits) == 1 and fits[0]["step"] == 8  # 8 steps an epoch: the window is steps 2-8
-    assert summary["epochs"] == fits[0]["epochs"] and summary["steps"] == 8 * fits[0]["epochs"]
-    assert sum('"type": "epoch"' in line for line in lines) == fits[0]["epochs"]
+    assert fits[0]["step"] == 8 and "refit" not in fits[0]  # 8 steps an epoch: the window is steps 2-8
+    # the refits at epoch ends (until half the budget has gone by) also agree: the run trains the last count
+    assert all(r["refit"] and r["step"] == 8 * (r["epoch"] + 1) for r in fits[1:])
+    assert summary["epochs"] == fits[-1]["epochs"] and summary["steps"] == 8 * fits[-1]["epochs"]
+    assert sum('"type": "epoch"' in line for line in lines) == fits[-1]["epochs"]
 
 
 def test_more_processes_than_gpus_is_a_usage_error(monkeypatch):

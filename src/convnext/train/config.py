@@ -130,7 +130,8 @@ class OptimConfig:
     warmup_epochs: float = 20.0  # linear warmup length, in epochs (fractions allowed)
     epochs: int = 300  # training epochs
     # Wall-clock budget of the whole run in seconds (0: off). The first epoch's early steps are timed and the run
-    # gets the most epochs that fit, in place of opt.epochs, with its schedule set for them (train/budget.py).
+    # gets the most epochs that fit, in place of opt.epochs, with its schedule set for them; the count is fitted
+    # again at each epoch's end until half the budget has gone by, from the pace measured so far (train/budget.py).
     time_budget: float = 0.0
     weight_decay: float = 0.05  # decoupled weight decay (not on norms, biases, layer scale)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas

@@ -108,6 +108,9 @@ class Trainer:
             if self.step > window.start:  # resumed inside the window: time the same number of steps from here
                 window = budget.Window(self.step, min(self.step + window.end - window.start, self.steps_per_epoch))
             self.budget_window = window
+        # this process's paces, for refits at epoch ends (budget.Pace); a run resumed after its fit keeps its count
+        self.pace = budget.Pace(o.time_budget) if self.budget_window is not None else None
+        self.pace_mark: tuple[float, int] | None = None  # (clock, step) where the steps being timed began
 
         # Step results stay on the device and are read every `read_every` steps: on a GPU a read waits for
         # the queued work (see step.py); on the CPU it costs nothing, so skipped steps are announced at once.
@@ -215,6 +218,8 @@ class Trainer:
         self.window_t, self.window_imgs = time.perf_counter(), 0  # throughput since the last step record
         it = iter(self.train_loader)
         size = self.train_size()
+        if self.pace is not None and self.budget_window is None:  # fitted already: time this epoch for a refit
+            self.pace_mark = (self._clock(), self.step)
         # data pruning: this rank's image indices of the epoch, which name the images of each step's batches
         self.epoch_indices = torch.tensor(self.train_sampler.indices()) if self.pruning is not None else None
         while self.epoch_step < self.steps_per_epoch and self.step < self.max_steps:
@@ -231,6 +236,9 @@ class Trainer:
             self._after_step(bar)
         if bar is not None:
             bar.close()
+        self.epoch_timed = None  # (seconds, steps) of this epoch's steps since the fit, for a refit
+        if self.pace is not None and self.pace_mark is not None:
+            self.epoch_timed = (self._clock() - self.pace_mark[0], self.step - self.pace_mark[1])
 
     def _pruned_samples(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Under data pruning, each micro-batch of the step at ``epoch_step`` as (image indices, global positions in
@@ -274,6 +282,8 @@ class Trainer:
                                 self.steps_per_epoch, len(self.val_loader), c.runtime.val_every,
                                 2 if self.ema is not None else 1, self.resize)
         self.budget_window, self.fitted_epochs = None, fit.epochs
+        self.pace.add(step_s * (window.end - window.start), window.end - window.start)
+        self.pace_mark = (now, self.step)
         self._set_epochs(fit.epochs)
         self.logger.log({"type": "budget", "step": self.step, "time_budget": c.opt.time_budget, "step_s": step_s,
                          "epochs": fit.epochs, "predicted_s": fit.predicted_s, "time": time.time(),
@@ -282,6 +292,41 @@ class Trainer:
             self.rundir.write_config(self.cfg)
             in_warmup = self.step <= self.scheduler.lr_lambdas[0].warmup_steps
             print(fit.message(c.opt.time_budget, in_warmup), file=sys.stderr)
+
+    def _refit_budget(self, val_s: float | None) -> None:
+        """At an epoch's end, until budget.REFIT_UNTIL of the budget has gone by: fit the epoch count again from the
+        time gone, the median pace so far and the last validation's seconds (``val_s``: this epoch's, or None)."""
+        seconds, steps = self.epoch_timed or (0.0, 0)
+        cost = self.resize.cost(self.epoch, self.cfg.opt.epochs) if self.resize is not None else 1.0
+        mine = (seconds / steps / cost if steps else None, val_s, self._clock() - self.started)
+        # every rank must reach the same count: each statistic is the slowest rank's
+        ranks = dist_mod.all_gather_object(mine, self.dist)
+        paces, vals = [r[0] for r in ranks if r[0] is not None], [r[1] for r in ranks if r[1] is not None]
+        elapsed = max(r[2] for r in ranks)
+        if paces:
+            self.pace.samples.append(max(paces))
+        if vals:
+            self.pace.val_s = max(vals)
+        c, was = self.cfg, self.cfg.opt.epochs
+        if not self.pace.refits_at(elapsed) or self.epoch + 1 >= was:
+            self.pace = None  # the count is final: no more timing
+            return
+        fit = budget.fit_epochs(c.opt.time_budget, elapsed, self.pace.step_s(), 0, self.steps_per_epoch,
+                                len(self.val_loader), c.runtime.val_every, 2 if self.ema is not None else 1,
+                                self.resize, epochs_done=self.epoch + 1, val_s=self.pace.val_s)
+        self.logger.log({"type": "budget", "refit": True, "epoch": self.epoch, "step": self.step,
+                         "time_budget": c.opt.time_budget, "step_s": fit.step_s, "val_s": self.pace.val_s,
+                         "elapsed_s": elapsed, "epochs": fit.epochs, "was": was, "predicted_s": fit.predicted_s,
+                         "time": time.time()})
+        if fit.epochs == was:
+            return
+        self.fitted_epochs = fit.epochs
+        self._set_epochs(fit.epochs)
+        if self.dist.is_main:
+            self.rundir.write_config(self.cfg)
+            in_warmup = self.step <= self.scheduler.lr_lambdas[0].warmup_steps
+            print(fit.refit_message(c.opt.time_budget, self.epoch, was, self.pace.val_s or 0.0, in_warmup),
+                  file=sys.stderr)
 
     def _clock(self) -> float:
         """``budget.clock()`` once the device has finished the queued steps (a GPU runs ahead of the host)."""
@@ -309,10 +354,12 @@ class Trainer:
         c = self.cfg
         self._read_tally()
         train_loss = self.epoch_loss_sum / max(self.epoch_loss_count, 1)
-        val = {}
+        val, val_s = {}, None
         if self._validates_now():
+            t0 = self._clock() if self.pace is not None else 0.0
             val = validate(self.model, self.ema.module if self.ema is not None else None, self.val_loader,
                            self.device, c.runtime.amp, self.dist, c.runtime.channels_last)
+            val_s = self._clock() - t0 if self.pace is not None else None
         record = {"type": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss, **val,
                   "lr": self.step_lr, "time": time.time(), "skipped_steps": self.bad_steps_total,
                   "bad_images": self.data.bad_images}
@@ -343,6 +390,8 @@ class Trainer:
             if top > self.best_top1:
                 self.best_top1, self.best_epoch = top, self.epoch
                 best = (module, which, {**metrics, "best_top1": top})
+        if self.pace is not None and self.budget_window is None:
+            self._refit_budget(val_s)
         self.epoch += 1
         self.epoch_step = 0
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
