@@ -50,12 +50,14 @@ demo: install data
 	$(VENV)/bin/convnext train --preset small --data.dataset fashion_mnist --data.root $(FASHION_MNIST) \
 		--data.workers 0 --runtime.out runs --runtime.run_name demo-fashion-mnist --runtime.overwrite true
 
-# The tests that read real data (Fashion-MNIST) run, not skip: install it as `make demo` does.
+# The tests that read real data (Fashion-MNIST) run, not skip: install it as `make demo` does. One pytest-xdist
+# worker per core (tests/conftest.py gives each one thread); `make test PYTEST_ARGS=` runs them in one process.
+PYTEST_ARGS ?= -n auto
 test: install data
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-all: install data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
