@@ -8,8 +8,8 @@ import torch
 import yaml
 
 from convnext.cli import main
-from convnext.train import budget, loop, train
-from train_helpers import run_dir, tiny_config, weights
+from convnext.train import budget, train
+from train_helpers import SimulatedMachine, run_dir, tiny_config, weights
 
 
 # ---- the arithmetic, by hand ----------------------------------------------------------------------
@@ -146,6 +146,11 @@ def test_a_refit_counts_the_epochs_left_and_the_measured_validation():
     # validating every 3rd epoch and the last: epochs 3-7 validate at 5 and 7, so 9 epochs fit (30 + 60 + 6 = 96)
     assert budget.validations_between(3, 8, 3) == 2
     assert budget.fit_epochs(100, 30, 0.1, 0, 100, 30, 3, 1, epochs_done=3, val_s=2.0).epochs == 9
+    # the count in force grows only with 1 % of the budget spare: one epoch done at 10 s of 100, 10 s epochs, no
+    # validation. 10 epochs fit exactly (100 s), so 9 stays 9, 8 grows to 9 (90 s), and 11 (110 s) shrinks to 10
+    fits = {keep: budget.fit_epochs(100, 10, 0.1, 0, 100, 0, 0, 1, epochs_done=1, keep=keep) for keep in (8, 9, 11)}
+    assert {keep: f.epochs for keep, f in fits.items()} == {8: 9, 9: 9, 11: 10}
+    assert budget.fit_epochs(100, 10, 0.1, 0, 100, 0, 0, 1, epochs_done=1).epochs == 10
     # a spent budget still trains one more epoch, so the cosine ends where it should
     assert budget.fit_epochs(100, 120, 0.1, 0, 100, 30, 1, 1, epochs_done=3, val_s=2.0).epochs == 4
 
@@ -153,33 +158,11 @@ def test_a_refit_counts_the_epochs_left_and_the_measured_validation():
 def test_the_pace_is_the_median_of_its_stretches_and_refits_until_half_the_budget():
     pace = budget.Pace(1800)
     assert not pace.refits_at(0)  # nothing timed yet
-    pace.add(1.0, 10)
-    pace.add(5.0, 10)  # a minute of another job beside the run
-    pace.add(2.0, 10, cost=2.0)  # steps of twice the first epoch's pixels (progressive resizing)
+    pace.add(0.1)
+    pace.add(0.5)  # a minute of another job beside the run
+    pace.add(0.1)
     assert pace.step_s() == pytest.approx(0.1)
     assert pace.refits_at(899) and not pace.refits_at(900)
-
-
-class SimulatedMachine:
-    """budget.clock driven by the run's work: optimizer step number i (from 0) costs ``step_s(i)`` seconds and a
-    validation ``val_s``, so a test can give a run any pace, transients included."""
-
-    def __init__(self, monkeypatch, step_s, val_s=0.0):
-        self.now, self.steps = 0.0, 0
-        monkeypatch.setattr(budget, "clock", lambda: self.now)
-        step, validate = loop.train_step, loop.validate
-
-        def timed_step(*args, **kwargs):
-            self.now += step_s(self.steps)
-            self.steps += 1
-            return step(*args, **kwargs)
-
-        def timed_validate(*args, **kwargs):
-            self.now += val_s
-            return validate(*args, **kwargs)
-
-        monkeypatch.setattr(loop, "train_step", timed_step)
-        monkeypatch.setattr(loop, "validate", timed_validate)
 
 
 def refit_config(out, **over):
@@ -198,7 +181,7 @@ def test_a_slow_window_is_corrected_by_the_refits(tmp_path, monkeypatch, capsys)
     # The window (steps 5-45) runs at 0.3 s a step beside another job, the rest at 0.1 s; no validation.
     # The window's fit: 13.5 s gone, 40 s left for the 45 timed steps' epoch and more at 15 s an epoch -> 2 epochs
     # (30 s predicted; 3: 45 s). Alone it would stop at 19 s, half the budget unused.
-    machine = SimulatedMachine(monkeypatch, lambda i: 0.3 if i < 45 else 0.1)
+    machine = SimulatedMachine(monkeypatch, lambda i, size: 0.3 if i < 45 else 0.1)
     summary = train(refit_config(tmp_path, **{"runtime.val_every": 0}))
     first, *refits = budget_records(tmp_path)
     assert first["epochs"] == 2 and first["step_s"] == pytest.approx(0.3)
@@ -219,7 +202,7 @@ def test_a_slow_window_is_corrected_by_the_refits(tmp_path, monkeypatch, capsys)
 def test_a_refit_takes_the_measured_validation_in_place_of_the_guess(tmp_path, monkeypatch):
     # 0.1 s a step throughout; a validation takes 1 s, against the window's guess of 13 batches at a third of a
     # step (0.43 s): the window fits 7 epochs (38.0 s predicted), which would take 42 s.
-    machine = SimulatedMachine(monkeypatch, lambda i: 0.1, val_s=1.0)
+    machine = SimulatedMachine(monkeypatch, lambda i, size: 0.1, val_s=1.0)
     summary = train(refit_config(tmp_path))
     first, *refits = budget_records(tmp_path)
     assert first["epochs"] == 7 and first["predicted_s"] == pytest.approx(4.5 + 30.5 + 7 * 1.3 / 3)

@@ -12,7 +12,7 @@ from convnext.cli import main
 from convnext.data.progressive import ResizeSchedule, crop_batch, resize_batch, shrink_batch
 from convnext.models import ConvNeXt
 from convnext.train import budget, train
-from train_helpers import assert_resumes_bitwise, run_dir, tiny_config, weights
+from train_helpers import SimulatedMachine, assert_resumes_bitwise, run_dir, tiny_config, weights
 
 EVEN = lambda size: size % 2 == 0  # noqa: E731  (a stride-2 patchify stem's rule)
 
@@ -117,6 +117,25 @@ def test_a_budget_run_fits_fewer_epochs_for_the_larger_ones_and_repeats_exactly(
     assert plain["epochs"] == 2
     a, b = weights(run_dir(tmp_path / "a") / "last.safetensors"), weights(run_dir(tmp_path / "b") / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refits_count_each_epochs_pace_at_the_first_epochs_size(tmp_path, monkeypatch):
+    # A step costs 0.1 s at 32 px and 0.4 s at 64 px, as its pixels; no validation. 50 steps an epoch (100 samples,
+    # batch 2), the first half of the epochs at 32 px. The window's fit: N epochs cost 2.5 N epochs of 32 px
+    # steps, 12.5 N s: 6 epochs (75 s; 7: 80 s) in 78 s.
+    machine = SimulatedMachine(monkeypatch, lambda i, size: 0.1 * (size / 32) ** 2)
+    summary = train(prog_config(tmp_path, **{"data.synthetic_samples": 100, "data.batch_size": 2,
+                                             "opt.warmup_epochs": 1.0, "opt.time_budget": 78.0,
+                                             "runtime.val_every": 0}))
+    lines = (run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()
+    first, *refits = [json.loads(line) for line in lines if '"type": "budget"' in line]
+    assert first["epochs"] == 6 and first["predicted_s"] == pytest.approx(75)
+    # refits after epochs 0-3 (35 s gone after epoch 3, at 64 px; epoch 4 ends at 55 s, past half the budget):
+    # every epoch's pace, 64 px ones included, is 0.1 s a 32 px step, so the count stays
+    assert [r["epoch"] for r in refits] == [0, 1, 2, 3]
+    assert [r["epoch_step_s"] for r in refits] == pytest.approx([0.1] * 4)
+    assert all(r["epochs"] == 6 for r in refits)
+    assert summary["epochs"] == 6 and machine.now == pytest.approx(75)
 
 
 # ---- usage errors ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from convnext.models import ConvNeXt
-from convnext.train import preset, train
+from convnext.train import budget, loop, preset, train
 
 TINY_ARCH = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
 NO_AUG = {"aug.random_resized_crop": False, "aug.hflip": 0.0, "aug.randaugment": False, "aug.random_erasing": 0.0,
@@ -70,3 +70,26 @@ def poison_forward(monkeypatch, bad_calls: set[int], kind: str):
         return out
 
     monkeypatch.setattr(ConvNeXt, "forward", forward)
+
+
+class SimulatedMachine:
+    """budget.clock (train/budget.py) driven by the run's work: optimizer step number i (from 0), on images of
+    ``size`` px, costs ``step_s(i, size)`` seconds and a validation ``val_s``, so a test can give a run any pace,
+    transients included."""
+
+    def __init__(self, monkeypatch, step_s, val_s=0.0):
+        self.now, self.steps = 0.0, 0
+        monkeypatch.setattr(budget, "clock", lambda: self.now)
+        step, validate = loop.train_step, loop.validate
+
+        def timed_step(trainer, batches, *args, **kwargs):
+            self.now += step_s(self.steps, batches[0][0].shape[-1])
+            self.steps += 1
+            return step(trainer, batches, *args, **kwargs)
+
+        def timed_validate(*args, **kwargs):
+            self.now += val_s
+            return validate(*args, **kwargs)
+
+        monkeypatch.setattr(loop, "train_step", timed_step)
+        monkeypatch.setattr(loop, "validate", timed_validate)

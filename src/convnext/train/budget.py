@@ -14,7 +14,8 @@ keep it, so a resumed run finishes the same schedule.
 Forty steps are a few seconds, and a machine's pace moves: another job for a minute, a clock that drifts. One slow
 window once cost a 30-minute run 15 % of its budget (docs/recipes.md, ``cpu30_muon_engine``). So the count is fitted
 again at every epoch's end until ``REFIT_UNTIL`` of the budget has gone by (``Pace``): from the time actually gone,
-the median pace of the epochs so far (one odd epoch moves a median little) and the last validation's measured time.
+the median pace of the epochs so far (one odd epoch moves a median little) and the last validation's measured time;
+it grows the count only with ``REFIT_SLACK`` of the budget to spare, so a pace near a boundary does not flip it.
 A refit that changes the count after the warmup changes the cosine's remaining learning rates; the run prints it,
 and ``--opt.epochs N`` then trains as long, not step for step the same. A resumed run keeps the count it had.
 """
@@ -35,6 +36,8 @@ VALIDATION_COST = 1 / 3
 # Epochs that end before this share of the budget has gone by fit the count again; later ones keep it, so the last
 # half of the cosine runs as planned (and a late refit could not move much time anyway).
 REFIT_UNTIL = 0.5
+# A refit grows the count only to one predicted to leave this share of the budget spare (fit_epochs' ``keep``).
+REFIT_SLACK = 0.01
 
 clock = time.perf_counter  # tests replace it with a deterministic clock
 
@@ -75,8 +78,8 @@ class Fit:
 
     def _repeat(self, in_warmup: bool) -> str:
         return (f"--opt.epochs {self.epochs} repeats this run" if in_warmup else
-                f"--opt.epochs {self.epochs} trains as long (the steps timed after the warmup used the lr of "
-                "another epoch count's schedule)")
+                f"--opt.epochs {self.epochs} trains as long (steps after the warmup ran under another count's "
+                "learning rates)")
 
 
 def validations_between(first: int, epochs: int, val_every: int) -> int:
@@ -88,7 +91,7 @@ def validations_between(first: int, epochs: int, val_every: int) -> int:
 
 def fit_epochs(budget: float, elapsed: float, step_s: float, steps_done: int, steps_per_epoch: int,
                val_steps: int, val_every: int, val_passes: int, resize: ResizeSchedule | None = None, *,
-               epochs_done: int = 0, val_s: float | None = None) -> Fit:
+               epochs_done: int = 0, val_s: float | None = None, keep: int | None = None) -> Fit:
     """The most epochs (at least ``epochs_done + 1``) whose remaining time fits ``budget`` seconds of the whole run.
 
     ``elapsed`` seconds have gone by since the run started; ``epochs_done`` whole epochs and ``steps_done`` steps of
@@ -97,6 +100,10 @@ def fit_epochs(budget: float, elapsed: float, step_s: float, steps_done: int, st
     passes over ``val_steps`` batches at ``VALIDATION_COST`` of a step each. Under progressive resizing
     (``resize``) ``step_s`` is the first epoch's size's, and every other epoch's steps (and a guessed validation,
     at the full size) are scaled by their pixels (``ResizeSchedule.cost``).
+
+    ``keep``: the count in force, at a refit. It shrinks only when it no longer fits, and grows only to a count that
+    leaves ``REFIT_SLACK`` of the budget spare, so a pace near the boundary between two counts does not move the
+    count back and forth (each move changes the remaining learning rates).
     """
     guessed = val_s is None
     if guessed:
@@ -124,22 +131,23 @@ def fit_epochs(budget: float, elapsed: float, step_s: float, steps_done: int, st
     epochs = low
     while epochs > epochs_done + 1 and predicted(epochs) > budget:
         epochs -= 1
+    if keep is not None and epochs > keep:
+        while epochs > keep and predicted(epochs) > budget * (1 - REFIT_SLACK):
+            epochs -= 1
     return Fit(epochs, step_s, predicted(epochs))
 
 
 class Pace:
-    """The paces a run has measured, for refits at its epochs' ends (see the module's docstring): seconds per step
-    at the first epoch's size, one sample per stretch of steps, and the last validation's seconds."""
+    """The paces a run has measured, for refits at its epochs' ends (see the module's docstring): one sample of
+    seconds per step (at the first epoch's size) per stretch of steps timed, and the last validation's seconds."""
 
     def __init__(self, budget: float) -> None:
         self.budget = budget
         self.samples: list[float] = []
         self.val_s: float | None = None
 
-    def add(self, seconds: float, steps: int, cost: float = 1.0) -> None:
-        """``steps`` steps that took ``seconds``, each ``cost`` times a first-epoch step (progressive resizing)."""
-        if steps > 0:
-            self.samples.append(seconds / steps / cost)
+    def add(self, step_s: float) -> None:
+        self.samples.append(step_s)
 
     def step_s(self) -> float:
         return statistics.median(self.samples)
@@ -149,4 +157,4 @@ class Pace:
         return bool(self.samples) and elapsed < REFIT_UNTIL * self.budget
 
 
-__all__ = ["Fit", "Pace", "REFIT_UNTIL", "VALIDATION_COST", "Window", "clock", "fit_epochs", "validations_between"]
+__all__ = ["Fit", "Pace", "REFIT_SLACK", "REFIT_UNTIL", "VALIDATION_COST", "Window", "clock", "fit_epochs", "validations_between"]

@@ -111,6 +111,7 @@ class Trainer:
         # this process's paces, for refits at epoch ends (budget.Pace); a run resumed after its fit keeps its count
         self.pace = budget.Pace(o.time_budget) if self.budget_window is not None else None
         self.pace_mark: tuple[float, int] | None = None  # (clock, step) where the steps being timed began
+        self.epoch_timed: tuple[float, int] | None = None  # (seconds, steps) timed of the epoch just trained
 
         # Step results stay on the device and are read every `read_every` steps: on a GPU a read waits for
         # the queued work (see step.py); on the CPU it costs nothing, so skipped steps are announced at once.
@@ -236,7 +237,7 @@ class Trainer:
             self._after_step(bar)
         if bar is not None:
             bar.close()
-        self.epoch_timed = None  # (seconds, steps) of this epoch's steps since the fit, for a refit
+        self.epoch_timed = None
         if self.pace is not None and self.pace_mark is not None:
             self.epoch_timed = (self._clock() - self.pace_mark[0], self.step - self.pace_mark[1])
 
@@ -282,7 +283,7 @@ class Trainer:
                                 self.steps_per_epoch, len(self.val_loader), c.runtime.val_every,
                                 2 if self.ema is not None else 1, self.resize)
         self.budget_window, self.fitted_epochs = None, fit.epochs
-        self.pace.add(step_s * (window.end - window.start), window.end - window.start)
+        self.pace.add(step_s)
         self.pace_mark = (now, self.step)
         self._set_epochs(fit.epochs)
         self.logger.log({"type": "budget", "step": self.step, "time_budget": c.opt.time_budget, "step_s": step_s,
@@ -302,9 +303,9 @@ class Trainer:
         # every rank must reach the same count: each statistic is the slowest rank's
         ranks = dist_mod.all_gather_object(mine, self.dist)
         paces, vals = [r[0] for r in ranks if r[0] is not None], [r[1] for r in ranks if r[1] is not None]
-        elapsed = max(r[2] for r in ranks)
-        if paces:
-            self.pace.samples.append(max(paces))
+        elapsed, epoch_step_s = max(r[2] for r in ranks), max(paces, default=None)
+        if epoch_step_s is not None:
+            self.pace.add(epoch_step_s)
         if vals:
             self.pace.val_s = max(vals)
         c, was = self.cfg, self.cfg.opt.epochs
@@ -313,9 +314,10 @@ class Trainer:
             return
         fit = budget.fit_epochs(c.opt.time_budget, elapsed, self.pace.step_s(), 0, self.steps_per_epoch,
                                 len(self.val_loader), c.runtime.val_every, 2 if self.ema is not None else 1,
-                                self.resize, epochs_done=self.epoch + 1, val_s=self.pace.val_s)
+                                self.resize, epochs_done=self.epoch + 1, val_s=self.pace.val_s, keep=was)
         self.logger.log({"type": "budget", "refit": True, "epoch": self.epoch, "step": self.step,
-                         "time_budget": c.opt.time_budget, "step_s": fit.step_s, "val_s": self.pace.val_s,
+                         "time_budget": c.opt.time_budget, "epoch_step_s": epoch_step_s, "step_s": fit.step_s,
+                         "val_s": self.pace.val_s,
                          "elapsed_s": elapsed, "epochs": fit.epochs, "was": was, "predicted_s": fit.predicted_s,
                          "time": time.time()})
         if fit.epochs == was:
