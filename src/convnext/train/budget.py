@@ -157,4 +157,5 @@ class Pace:
         return bool(self.samples) and elapsed < REFIT_UNTIL * self.budget
 
 
-__all__ = ["Fit", "Pace", "REFIT_SLACK", "REFIT_UNTIL", "VALIDATION_COST", "Window", "clock", "fit_epochs", "validations_between"]
+__all__ = ["Fit", "Pace", "REFIT_SLACK", "REFIT_UNTIL", "VALIDATION_COST", "Window", "clock", "fit_epochs",
+           "validations_between"]

@@ -108,8 +108,9 @@ class Trainer:
             if self.step > window.start:  # resumed inside the window: time the same number of steps from here
                 window = budget.Window(self.step, min(self.step + window.end - window.start, self.steps_per_epoch))
             self.budget_window = window
-        # this process's paces, for refits at epoch ends (budget.Pace); a run resumed after its fit keeps its count
-        self.pace = budget.Pace(o.time_budget) if self.budget_window is not None else None
+        # the paces timed since this process fitted the count, for refits at epoch ends (budget.Pace); None before
+        # the window's fit, once the count is final, and in a run resumed after its fit (which keeps its count)
+        self.pace: budget.Pace | None = None
         self.pace_mark: tuple[float, int] | None = None  # (clock, step) where the steps being timed began
         self.epoch_timed: tuple[float, int] | None = None  # (seconds, steps) timed of the epoch just trained
 
@@ -219,7 +220,7 @@ class Trainer:
         self.window_t, self.window_imgs = time.perf_counter(), 0  # throughput since the last step record
         it = iter(self.train_loader)
         size = self.train_size()
-        if self.pace is not None and self.budget_window is None:  # fitted already: time this epoch for a refit
+        if self.pace is not None:  # fitted already: time this epoch for a refit
             self.pace_mark = (self._clock(), self.step)
         # data pruning: this rank's image indices of the epoch, which name the images of each step's batches
         self.epoch_indices = torch.tensor(self.train_sampler.indices()) if self.pruning is not None else None
@@ -238,7 +239,7 @@ class Trainer:
         if bar is not None:
             bar.close()
         self.epoch_timed = None
-        if self.pace is not None and self.pace_mark is not None:
+        if self.pace is not None:  # pace_mark is set with it
             self.epoch_timed = (self._clock() - self.pace_mark[0], self.step - self.pace_mark[1])
 
     def _pruned_samples(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
@@ -279,10 +280,9 @@ class Trainer:
                                            self.dist)
         step_s, elapsed = max(p[0] for p in paces), max(p[1] for p in paces)
         c = self.cfg
-        fit = budget.fit_epochs(c.opt.time_budget, elapsed, step_s, self.step,
-                                self.steps_per_epoch, len(self.val_loader), c.runtime.val_every,
-                                2 if self.ema is not None else 1, self.resize)
+        fit = self._fit_budget(elapsed, step_s, self.step)
         self.budget_window, self.fitted_epochs = None, fit.epochs
+        self.pace = budget.Pace(c.opt.time_budget)
         self.pace.add(step_s)
         self.pace_mark = (now, self.step)
         self._set_epochs(fit.epochs)
@@ -291,8 +291,7 @@ class Trainer:
                          **({"train_sizes": self.resize.sizes(fit.epochs)} if self.resize is not None else {})})
         if self.dist.is_main:
             self.rundir.write_config(self.cfg)
-            in_warmup = self.step <= self.scheduler.lr_lambdas[0].warmup_steps
-            print(fit.message(c.opt.time_budget, in_warmup), file=sys.stderr)
+            print(fit.message(c.opt.time_budget, self._in_warmup()), file=sys.stderr)
 
     def _refit_budget(self, val_s: float | None) -> None:
         """At an epoch's end, until budget.REFIT_UNTIL of the budget has gone by: fit the epoch count again from the
@@ -312,23 +311,31 @@ class Trainer:
         if not self.pace.refits_at(elapsed) or self.epoch + 1 >= was:
             self.pace = None  # the count is final: no more timing
             return
-        fit = budget.fit_epochs(c.opt.time_budget, elapsed, self.pace.step_s(), 0, self.steps_per_epoch,
-                                len(self.val_loader), c.runtime.val_every, 2 if self.ema is not None else 1,
-                                self.resize, epochs_done=self.epoch + 1, val_s=self.pace.val_s, keep=was)
+        fit = self._fit_budget(elapsed, self.pace.step_s(), 0, epochs_done=self.epoch + 1, val_s=self.pace.val_s,
+                               keep=was)
         self.logger.log({"type": "budget", "refit": True, "epoch": self.epoch, "step": self.step,
                          "time_budget": c.opt.time_budget, "epoch_step_s": epoch_step_s, "step_s": fit.step_s,
-                         "val_s": self.pace.val_s,
-                         "elapsed_s": elapsed, "epochs": fit.epochs, "was": was, "predicted_s": fit.predicted_s,
-                         "time": time.time()})
+                         "val_s": self.pace.val_s, "elapsed_s": elapsed, "epochs": fit.epochs, "was": was,
+                         "predicted_s": fit.predicted_s, "time": time.time()})
         if fit.epochs == was:
             return
         self.fitted_epochs = fit.epochs
         self._set_epochs(fit.epochs)
         if self.dist.is_main:
             self.rundir.write_config(self.cfg)
-            in_warmup = self.step <= self.scheduler.lr_lambdas[0].warmup_steps
-            print(fit.refit_message(c.opt.time_budget, self.epoch, was, self.pace.val_s or 0.0, in_warmup),
+            print(fit.refit_message(c.opt.time_budget, self.epoch, was, self.pace.val_s or 0.0, self._in_warmup()),
                   file=sys.stderr)
+
+    def _fit_budget(self, elapsed: float, step_s: float, steps_done: int, **refit: Any) -> budget.Fit:
+        """``budget.fit_epochs`` for this run: its epochs' steps, its validation (model and EMA) and resizing."""
+        c = self.cfg
+        return budget.fit_epochs(c.opt.time_budget, elapsed, step_s, steps_done, self.steps_per_epoch,
+                                 len(self.val_loader), c.runtime.val_every, 2 if self.ema is not None else 1,
+                                 self.resize, **refit)
+
+    def _in_warmup(self) -> bool:
+        """Whether the steps so far all ran inside the lr warmup (whose lrs do not depend on the epoch count)."""
+        return self.step <= self.scheduler.lr_lambdas[0].warmup_steps
 
     def _clock(self) -> float:
         """``budget.clock()`` once the device has finished the queued steps (a GPU runs ahead of the host)."""
@@ -392,7 +399,7 @@ class Trainer:
             if top > self.best_top1:
                 self.best_top1, self.best_epoch = top, self.epoch
                 best = (module, which, {**metrics, "best_top1": top})
-        if self.pace is not None and self.budget_window is None:
+        if self.pace is not None:
             self._refit_budget(val_s)
         self.epoch += 1
         self.epoch_step = 0
