@@ -30,6 +30,9 @@
 #              beside it the first and last steps at 60 passes (a second study), and plateau_check.py comparing them
 #                                                                                -> roadmap_gpu.json, roadmap_gpu.tar.gz
 #                                                                                   (results, records, logs, figures)
+#   memory     grad_checkpointing.py --device cuda: ConvNeXt-T, 224 px, batch 128, bf16, channels_last, a step's peak
+#              memory and img/s with the blocks checkpointed (--runtime.grad_checkpointing) and without
+#                                                                                -> grad_checkpointing.json
 #   wait       wait for the steps started in the background (NAME& in GPU_CHECK_STEPS)
 #   summary    rc, seconds and the headline ratios of every step                -> summary.json
 #
@@ -54,6 +57,7 @@
 #   failures on a GPU machine (the tests step now names a slow one), the compiled and data steps, the study's
 #   other shapes, and #15's gpu_60ep group. Each fits one call (timeout_s 540), not both:
 #     GPU_CHECK_BUDGET_S=480 GPU_CHECK_FMNIST_GROUP=gpu_60ep RESERVE_AFTER_FMNIST=20 GPU_CHECK_STEPS="fmnist& tests wait"
+#     (or "fmnist& tests memory wait": gradient checkpointing's peak memory on the GPU, ~30 s beside the runs)
 #     GPU_CHECK_BUDGET_S=480 GPU_CHECK_STEPS="tests study data"          (#16's sizing, the tests, the data path)
 #   Issue #16's GPU study itself needs ~10 minutes alone: a session that runs it should run little else:
 #     GPU_CHECK_BUDGET_S=560 GPU_CHECK_STEPS="roadmap"   (timeout_s 590; its cost is an estimate, not yet measured:
@@ -97,6 +101,7 @@ if [ "$DEV" = cpu ]; then  # dry run: every step's code path, at sizes a shared 
                 --data.holdout 512 --runtime.threads 1 --set model.overrides.depths=[1,1,1]
                 --set model.overrides.dims=[16,32,64]"
   CAP_TESTS=120; CAP_EAGER=60; CAP_DATA=60; CAP_STUDY=60
+  GC_ARGS=(--device cpu --model convnext_atto --size 32 --batch 2 --rounds 1 --steps 1 --threads 1)
   ROADMAP_ARGS=(--image-size 32 --width-mult 0.0625 --batch-size 8 --train-images 32 --val-images 16 --threads 1)
   ROADMAP_EPOCHS=2 ROADMAP_STEPS=resnet50,roadmap_patchify,roadmap_separate_downsampling ROADMAP_JOBS=2
   ROADMAP_OUT=${TMPDIR:-/tmp}/gpu_check_sweeps/roadmap-gpu  # never the repo's results/
@@ -111,6 +116,7 @@ else
   STUDY_SHAPES=${GPU_CHECK_STUDY_SHAPES:-128:1 64:1 128:0.5}
   FMNIST_EXTRA=""
   CAP_TESTS=150; CAP_EAGER=75; CAP_DATA=90; CAP_STUDY=80
+  GC_ARGS=(--device cuda --model convnext_tiny --size 224 --batch 128 --amp bf16 --channels-last --rounds 3 --steps 5)
   ROADMAP_ARGS=(--threads 1)  # each run's host side is one Python thread issuing small kernels
   ROADMAP_EPOCHS=$("$PY" -c "from convnext.study import get_budget; print(get_budget('gpu').epochs)")
   ROADMAP_STEPS="" ROADMAP_JOBS=${GPU_CHECK_ROADMAP_JOBS:-8}
@@ -182,6 +188,9 @@ for line in open(steplog):
         elif isinstance(d, dict) and str(d.get("check", "")).startswith("plateau"):  # the roadmap step's
             step["headline"] = {k: d.get(k) for k in ("study_complete", "runs_done", "runs_planned", "wall_time_s",
                                                       "epochs", "steps")}
+        elif isinstance(d, dict) and d.get("benchmark") == "grad_checkpointing":
+            step["headline"] = {k: d.get(k) for k in ("machine", "complete", "ways", "kept_ratio", "peak_ratio",
+                                                      "speed_ratio", "same_first_loss")}
         elif isinstance(d, dict) and d.get("benchmark") == "data_pipeline":
             step["headline"] = {k: d.get(k) for k in ("gpu", "complete", "rounds", "img_per_s", "ratio_vs_synthetic",
                                                       "best_of_ratio_vs_synthetic", "met", "feeds", "notes")}
@@ -237,6 +246,9 @@ run_one() {
       run_step compiled 600 "$OUTDIR/train_throughput_compiled.json" \
         "$PY" benchmarks/train_throughput.py "${TT_COMMON[@]}" "${TT_COMPILED[@]}" --budget-s 0 \
         -o "$OUTDIR/train_throughput_compiled.json" ;;
+    memory)
+      run_step memory 60 "$OUTDIR/grad_checkpointing.json" \
+        "$PY" benchmarks/grad_checkpointing.py "${GC_ARGS[@]}" --out "$OUTDIR/grad_checkpointing.json" ;;
     fmnist)  # three Fashion-MNIST runs sharing the GPU, the best on held-out images then read on the test split
       run_step fmnist $(( $(left) - RESERVE_AFTER_FMNIST )) "$OUTDIR/fmnist_$FMNIST_GROUP.json" \
         "$PY" benchmarks/recipes/sweep.py "$FMNIST_GROUP" --jobs 3 --out "$SWEEP_DIR" --save "$OUTDIR/fmnist_$FMNIST_GROUP.json" \
@@ -278,7 +290,7 @@ json.dump({'shapes': shapes}, open(sys.argv[1], 'w'), indent=2)
         tee -a "$LOG"
       printf '%s\t%s\t%s\t%s\t%s\n' roadmap_plateau 0 0 0 "$OUTDIR/roadmap_gpu.json" >>"$STEPLOG" ;;
     wait) wait ;;  # for the steps started in the background
-    *) say "unknown step $1 (steps: tests eager data compiled fmnist study roadmap wait; NAME& runs in the background)" ;;
+    *) say "unknown step $1 (steps: tests eager data compiled memory fmnist study roadmap wait; NAME& runs in the background)" ;;
   esac
 }
 

@@ -55,3 +55,18 @@ def test_compiled_two_process_run_matches_single_process(tmp_path):
     assert ddp["steps"] == single["steps"] == 3
     assert ddp["final_train_loss"] == pytest.approx(single["final_train_loss"], rel=1e-3)
     assert ddp["final_val_loss"] == pytest.approx(single["final_val_loss"], rel=1e-3)
+
+
+def test_compiled_training_with_checkpointed_blocks_matches_eager(tmp_path):
+    # under torch.compile the blocks' checkpoints go into the graph (inductor recomputes them in backward); the
+    # batch-norm model, so the running statistics must come out as eager's too. eps 1 keeps AdamW's update
+    # near-linear in the gradient, so inductor's rounding does not become lr-sized steps (test_train's channels_last test)
+    over = {"model.name": "convnext_micro_bn_small_input", "model.overrides": {}, "data.image_size": 28,
+            "opt.epochs": 1, "data.synthetic_samples": 32, "opt.eps": 1.0, "opt.lr": 0.05}
+    eager = train(tiny_config(tmp_path / "eager", **over))
+    compiled = train(tiny_config(tmp_path / "compiled", **over, **{"runtime.compile": True,
+                                                                   "runtime.grad_checkpointing": True}))
+    assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=1e-3)
+    a, b = weights(run_dir(tmp_path / "eager") / "last.safetensors"), weights(run_dir(tmp_path / "compiled") / "last.safetensors")
+    assert "stem.norm.running_var" in a
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4) for k in a)

@@ -31,6 +31,7 @@ _EXPORTS = {
     "quantize": "convnext.infer.quantize",
     "save_quantized": "convnext.infer.quantize",
     "load_quantized": "convnext.infer.quantize",
+    "set_grad_checkpointing": "convnext.train.recompute",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -55,4 +56,5 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads t
     from .infer.predict import predict
     from .infer.quantize import load_quantized, quantize, save_quantized
     from .models import ROADMAP, ArchConfig, ConvNeXt, count_flops, count_params, get_config, list_models
+    from .train.recompute import set_grad_checkpointing
     from .weights import load_weights

@@ -164,6 +164,9 @@ class RuntimeConfig:
     amp: str = "none"  # autocast: none | bf16 | fp16 (fp16: CUDA only, with GradScaler)
     compile: bool = False  # torch.compile the training model
     channels_last: bool = False  # NHWC memory format for weights and inputs
+    # Keep only each residual block's input for backward and run the block again there (train/recompute.py):
+    # most of a step's activation memory for about one more forward pass, the same numbers bit for bit.
+    grad_checkpointing: bool = False
     seed: int = 0  # seed of the initial weights, data order and augmentation
     # CPU threads for the training process (torch.set_num_threads); 0 = PyTorch's default. On a
     # crowded machine 1 thread can be several times faster than oversubscribed spinning threads.

@@ -27,6 +27,7 @@ from .evaluate import validate
 from .model import build_model, load_init_weights
 from .optim import build_optimizer, build_scheduler
 from .pruning import DataPruning
+from .recompute import set_grad_checkpointing
 from .run_dir import CheckpointWriteError, RunDir
 from .step import StepTally, train_step
 
@@ -64,6 +65,8 @@ class Trainer:
         accelerate_for_training(self.model, self.device, compiled=t.compile)
         if t.channels_last:
             to_channels_last(self.model)
+        if t.grad_checkpointing:  # after the swaps above: it wraps whatever block class they left
+            set_grad_checkpointing(self.model)
         self.resize = None  # progressive resizing (data.min_image_size): the size each epoch trains at
         if cfg.data.min_image_size:
             arch = self.model.cfg
