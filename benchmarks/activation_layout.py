@@ -20,7 +20,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +29,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared timing loop
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
-from arch_speed import variant_step  # noqa: E402
-from rounds import save, timed_rounds  # noqa: E402
+from arch_speed import undo_step_rates  # noqa: E402
+from rounds import save  # noqa: E402
 
 # (network, batch, [(hidden channels, feature-map side, blocks)])
 NETWORKS = [("recipe (micro_bn 48-96-192, 28 px)", 64, [(96, 14, 1), (192, 7, 1), (384, 3, 1)]),
@@ -75,28 +74,8 @@ def step_rates(dataset: str, rounds: int, steps: int) -> dict:
     from convnext.train.config import load_config
 
     cfg = load_config(preset_name="small", overrides=[*RECIPE, f"data.dataset={dataset}"])
-    with tempfile.TemporaryDirectory() as tmp:
-        runs = {}
-        for name, adjust in (("nhwc_gelu", None), ("stock_gelu", stock_gelu)):
-            torch.manual_seed(0)
-            runs[name], batch, _, _ = variant_step(cfg, f"{tmp}/{name}", adjust=adjust)
-            for _ in range(3):
-                runs[name]()
-        def measure(name: str) -> float:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                runs[name]()
-            return (time.perf_counter() - t0) / steps
-
-        times = {name: [] for name in runs}
-        timed_rounds(runs, measure, times, rounds=rounds, batch=batch, write=lambda *_, **__: None, budget_s=0,
-                     start=time.perf_counter(), width=11)
-    rate = {n: batch / statistics.median(t) for n, t in times.items()}
-    return {"settings": RECIPE, "dataset": dataset, "batch": batch, "rounds": rounds, "steps_per_round": steps,
-            "img_per_s": {n: round(v, 1) for n, v in rate.items()},
-            "ratio": round(rate["nhwc_gelu"] / rate["stock_gelu"], 3),
-            "ratio_best_of": round(min(times["stock_gelu"]) / min(times["nhwc_gelu"]), 3),
-            "step_s": {n: [round(t, 5) for t in v] for n, v in times.items()}}
+    rates = undo_step_rates(cfg, {"nhwc_gelu": None, "stock_gelu": stock_gelu}, rounds, steps)
+    return {"settings": RECIPE, "dataset": dataset, **rates}
 
 
 def main() -> int:

@@ -450,6 +450,28 @@ def test_activation_layout_times_gelu_both_ways_and_the_recipe_step(tmp_path):
     assert not (tmp_path / "bad.json").exists()
 
 
+def test_patchify_gemm_times_both_ways_and_the_recipe_step(tmp_path):
+    """benchmarks/patchify_gemm.py: every patchify conv of both networks agrees with its GEMM form (the check it
+    records), per-step sums are the rows' times, the recipe's step is timed with PatchifyConv2d and with the stock
+    convs put back in every round, and a bad count is one line and exit 2 with no JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = tmp_path / "patchify.json"
+    cmd = [sys.executable, "benchmarks/patchify_gemm.py", "--iters", "1", "--dataset", "synthetic"]
+    subprocess.run([*cmd, "--step-rounds", "2", "--step-steps", "1", "--out", str(out)], check=True, cwd=ROOT,
+                   env=env, capture_output=True)
+    result = json.loads(out.read_text())
+    assert len(result["rows"]) == 7 and all(r["agrees_with_conv"] for r in result["rows"])
+    for network, sums in result["per_step_ms"].items():
+        rows = [r for r in result["rows"] if r["network"] == network]
+        assert sums["gemm_ms"] == pytest.approx(sum(r["gemm_ms"] for r in rows), abs=0.01)
+    step = result["recipe_step"]
+    assert step["rounds"] == 2 and {n: len(t) for n, t in step["step_s"].items()} == {"patchify_gemm": 2, "stock_conv": 2}
+    bad = subprocess.run([*cmd, "--iters", "0", "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--iters" in bad.stderr
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_muon_shared_times_both_ways_of_muon_under_torchrun(tmp_path):
     """benchmarks/muon_shared.py: two-process runs of the engine with Muon's iterations shared and not, each
     timed in every round, their ratio of medians; a bad count is one line and exit 2 with no JSON."""

@@ -97,6 +97,36 @@ def variant_step(cfg, tmp: str, batches: int = BATCHES, adjust=None):
     return step, data[0][0].shape[0], sum(p.numel() for p in trainer.model.parameters()), len(data)
 
 
+def undo_step_rates(cfg, ways: dict, rounds: int, steps: int, warmup: int = 3) -> dict:
+    """img/s of the engine's step for ``cfg`` built each of ``ways`` (name -> ``adjust(trainer)`` or None: the engine
+    as it is, or with one of its swaps undone), in interleaved rounds of ``steps`` steps after ``warmup`` untimed.
+    Ratios are the first way's to the second's: of the medians, and of the fastest rounds ("best of")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {}
+        for name, adjust in ways.items():
+            torch.manual_seed(0)
+            runs[name], batch, _, _ = variant_step(cfg, f"{tmp}/{name}", adjust=adjust)
+            for _ in range(warmup):
+                runs[name]()
+
+        def measure(name: str) -> float:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                runs[name]()
+            return (time.perf_counter() - t0) / steps
+
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        timed_rounds(runs, measure, times, rounds=rounds, batch=batch, write=lambda *_, **__: None, budget_s=0,
+                     start=time.perf_counter(), width=max(map(len, runs)))
+    first, second = list(ways)[:2]
+    rate = {n: batch / statistics.median(t) for n, t in times.items()}
+    return {"batch": batch, "rounds": rounds, "steps_per_round": steps,
+            "img_per_s": {n: round(v, 1) for n, v in rate.items()},
+            "ratio": round(rate[first] / rate[second], 3),
+            "ratio_best_of": round(min(times[second]) / min(times[first]), 3),
+            "step_s": {n: [round(t, 5) for t in v] for n, v in times.items()}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
