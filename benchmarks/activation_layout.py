@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared timing loop
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
 from arch_speed import undo_step_rates  # noqa: E402
-from rounds import save  # noqa: E402
+from rounds import cpu_record, save  # noqa: E402
 
 # (network, batch, [(hidden channels, feature-map side, blocks)])
 NETWORKS = [("recipe (micro_bn 48-96-192, 28 px)", 64, [(96, 14, 1), (192, 7, 1), (384, 3, 1)]),
@@ -124,9 +123,7 @@ def main() -> int:
         print(f"recipe step: {step['img_per_s']['nhwc_gelu']} img/s with NHWCGELU, {step['img_per_s']['stock_gelu']} "
               f"with nn.GELU: {step['ratio']:.3f}x (best of {step['ratio_best_of']:.3f}x)")
     result = {"benchmark": "activation_layout", "iters": args.iters, "threads": args.threads, "rows": rows,
-              "per_step_ms": per_step, "recipe_step": step, "torch": torch.__version__, "machine": platform.machine(),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_before": load_before,
-              "loadavg_after": os.getloadavg(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "per_step_ms": per_step, "recipe_step": step, **cpu_record(load_before)}
     save(Path(args.out), result)
     return 0
 

@@ -44,8 +44,11 @@ WAYS = ("plain", "checkpointed")
 MB = 2 ** 20
 
 
-def kept_bytes(model, x) -> int:
-    """Bytes of the tensors autograd keeps for backward over one forward of ``model``, its own weights aside."""
+def kept_bytes(model, x) -> tuple[torch.Tensor, int]:
+    """One forward of ``model``: its output, and the bytes of the tensors autograd keeps for backward that are not
+    the model's own parameters or buffers (each storage counted once). Inside a checkpointed block
+    ``torch.utils.checkpoint``'s own hooks take over and keep nothing, so this counts what really stays in memory
+    until backward."""
     own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     kept: dict[int, int] = {}
 
@@ -56,8 +59,8 @@ def kept_bytes(model, x) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    return sum(kept.values())
+        out = model(x)
+    return out, sum(kept.values())
 
 
 def build(args, device: torch.device):
@@ -120,7 +123,7 @@ def main() -> int:
     for name in WAYS:  # the first step: the same RNG state for both, so the same stochastic-depth draws
         torch.manual_seed(2)
         with autocast(device, args.amp):
-            kept = kept_bytes(ways[name], x)
+            kept = kept_bytes(ways[name], x)[1]
         if args.device == "cuda":
             torch.cuda.synchronize()
             before = torch.cuda.memory_allocated()

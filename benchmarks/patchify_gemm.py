@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the sha
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
 from activation_layout import RECIPE  # noqa: E402
 from arch_speed import undo_step_rates  # noqa: E402
-from rounds import save  # noqa: E402
+from rounds import cpu_record, save  # noqa: E402
 from usage import UsageExit, run_main  # noqa: E402
 
 from convnext.train.accelerate import PatchifyConv2d  # noqa: E402
@@ -115,9 +114,7 @@ def main() -> int:
               f"{step['img_per_s']['stock_conv']} with nn.Conv2d: {step['ratio']:.3f}x "
               f"(best of {step['ratio_best_of']:.3f}x)")
     result = {"benchmark": "patchify_gemm", "iters": args.iters, "threads": args.threads, "rows": rows,
-              "per_step_ms": per_step, "recipe_step": step, "torch": torch.__version__, "machine": platform.machine(),
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_before": load_before,
-              "loadavg_after": os.getloadavg(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "per_step_ms": per_step, "recipe_step": step, **cpu_record(load_before)}
     save(Path(args.out), result)
     return 0
 

@@ -8,11 +8,15 @@ after every round, so a run stopped by its budget or a timeout still reports wha
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
+
+import torch
 
 
 def timed_rounds(names: Iterable[str], measure: Callable[[str], float], times: dict[str, list[float]], *,
@@ -42,6 +46,14 @@ def rates(times: dict[str, list[float]], batch: int) -> tuple[dict[str, list[flo
     """Each candidate's img/s in every round (from seconds per step at ``batch`` images) and their median, to 0.1."""
     img_s = {n: [round(batch / t, 1) for t in ts] for n, ts in times.items()}
     return img_s, {n: round(statistics.median(v), 1) for n, v in img_s.items() if v}
+
+
+def cpu_record(load_before: tuple[float, float, float]) -> dict:
+    """Where a CPU measurement ran: torch, the machine and its kernels' instruction set, the load averages before
+    (``load_before``, from ``os.getloadavg()`` at the start) and now, and the UTC date."""
+    return {"torch": torch.__version__, "machine": platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def save(out: Path | None, result: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Gradient (activation) checkpointing: blocks that keep only their input for backward and run again in it.
+"""Gradient (activation) checkpointing: blocks that keep only their input for backward and run again there.
 
 A training step keeps every intermediate activation of every block until backward needs it. In a ConvNeXt block
 those are the depthwise conv's and the norm's outputs and the 4x wider hidden activations before and after GELU,
@@ -52,6 +52,8 @@ class CheckpointedBlock(Block):
         if not (self.training and torch.is_grad_enabled()):
             return super().forward(x)
         if torch.compiler.is_compiling():
+            # dynamo takes no context_fn of ours; the compiled backward's recomputation does not repeat the
+            # running-statistics update either (tests/test_compile.py compares them with eager's)
             return checkpoint(super().forward, x, use_reentrant=False)
         contexts = lambda: (contextlib.nullcontext(), _running_stats_kept(self))  # noqa: E731 (forward, recompute)
         return checkpoint(super().forward, x, use_reentrant=False, context_fn=contexts)
