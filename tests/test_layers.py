@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import convnext
-from convnext.train.accelerate import NHWCGELU, DepthwiseConv2d, PatchifyConv2d, PointwiseConv2d, TrainingBlock, \
+from convnext.train.accelerate import NHWCGELU, DepthwiseConv2d, PointwiseConv2d, TrainingBlock, \
     accelerate_for_training, depthwise_weight_grad, to_channels_last
 from convnext.weights.layouts import from_ours
 
@@ -128,10 +128,6 @@ def test_accelerating_swaps_module_types_and_keeps_the_state_dict():
     assert type(block.act2) is NHWCGELU and type(block.act1) is type(block.act3) is nn.Identity
     assert list(m.state_dict()) == list(plain) and all(torch.equal(m.state_dict()[k], v) for k, v in plain.items())
     assert accelerate_for_training(m, "cpu") == 0  # already done
-    # a channels_last model also gets the patchify GEMMs: the stem and the three downsampling convs
-    assert type(m.stem[0]) is nn.Conv2d and accelerate_for_training(m, "cpu", channels_last=True) == 4
-    assert type(m.stem[0]) is PatchifyConv2d and all(type(s.downsample.conv) is PatchifyConv2d for s in m.stages[1:])
-    assert list(m.state_dict()) == list(plain) and all(torch.equal(m.state_dict()[k], v) for k, v in plain.items())
     # a roadmap step with a full (non-depthwise) spatial conv keeps a plain Conv2d; BatchNorm blocks keep
     # full-batch stochastic depth
     r = convnext.create_model("roadmap_stage_ratio")
@@ -142,56 +138,6 @@ def test_accelerating_swaps_module_types_and_keeps_the_state_dict():
         g = convnext.create_model("convnext_atto")
         assert accelerate_for_training(g, device, compiled=compiled) == 0
         assert type(g.stages[0].blocks[0].dwconv) is nn.Conv2d and type(g.stages[0].blocks[0]) is convnext.models.Block
-
-
-PATCHIFY = [  # in, out, kernel = stride, size: the recipe's stem and downsamplings (7 px: a row and a column
-    # past the last whole patch), ConvNeXt-T's stem and a downsampling at 56 px, a non-square input
-    (1, 48, 2, 28), (48, 96, 2, 14), (96, 192, 2, 7), (3, 96, 4, 64), (96, 192, 2, 56), (8, 16, 2, (9, 12)),
-]
-
-
-@pytest.mark.parametrize("cin, cout, k, size", PATCHIFY)
-def test_patchify_conv_is_the_strided_conv_as_a_gemm(cin, cout, k, size):
-    """PatchifyConv2d's GEMM over the patches gives nn.Conv2d's output and gradients (to float rounding), as a
-    channels-last map, with the weight gradient in the weight's own (channels-last) strides, as DDP's buckets
-    need; without gradients or on a non-channels-last input it is the stock conv, bit for bit."""
-    torch.manual_seed(0)
-    h, w = (size, size) if isinstance(size, int) else size
-    ref = nn.Conv2d(cin, cout, k, stride=k)
-    ours = nn.Conv2d(cin, cout, k, stride=k)
-    ours.load_state_dict(ref.state_dict())
-    ours.__class__ = PatchifyConv2d
-    ref.to(memory_format=torch.channels_last), ours.to(memory_format=torch.channels_last)
-    x = torch.randn(3, cin, h, w).contiguous(memory_format=torch.channels_last)
-    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y, y_ref = ours(xa), ref(xb)
-    assert y.shape == y_ref.shape == (3, cout, h // k, w // k)
-    assert y.is_contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    g = torch.randn_like(y_ref)
-    y.backward(g), y_ref.backward(g)
-    for a, b in ((xa.grad, xb.grad), (ours.weight.grad, ref.weight.grad), (ours.bias.grad, ref.bias.grad)):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
-    assert ours.weight.grad.stride() == ours.weight.stride()
-    if h % k:
-        assert xa.grad[:, :, -1].abs().sum() == 0  # the rows past the last whole patch get no gradient
-    with torch.no_grad():
-        assert torch.equal(ours(x), ref(x))
-    if cin > 1:  # an NCHW map: the stock conv
-        assert torch.equal(ours(x.contiguous()), ref(x.contiguous()))
-
-
-def test_patchify_conv_under_bf16_autocast_agrees_with_the_conv():
-    torch.manual_seed(0)
-    ref = nn.Conv2d(48, 96, 2, stride=2).to(memory_format=torch.channels_last)
-    ours = nn.Conv2d(48, 96, 2, stride=2).to(memory_format=torch.channels_last)
-    ours.load_state_dict(ref.state_dict())
-    ours.__class__ = PatchifyConv2d
-    x = torch.randn(4, 48, 14, 14).contiguous(memory_format=torch.channels_last).requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y, y_ref = ours(x), ref(x)
-    assert y.dtype == y_ref.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), y_ref.float(), rtol=2e-2, atol=2e-2 * y_ref.abs().max().item())
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
@@ -239,8 +185,8 @@ def test_channels_last_keeps_the_accelerated_weights_strides_as_their_gradients_
 
 @pytest.mark.parametrize("accelerated", [True, "channels_last", False])
 def test_training_gradients_match_timm_convnext(accelerated):
-    """One training step of ours (accelerated, accelerated in channels_last with the patchify GEMMs, or as built)
-    and timm's convnext_atto with the same weights: every gradient agrees."""
+    """One training step of ours (accelerated, accelerated in channels_last, or as built) and timm's convnext_atto
+    with the same weights: every gradient agrees."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     ref = timm.create_model("convnext_atto", num_classes=7, drop_path_rate=0.0)
@@ -250,13 +196,12 @@ def test_training_gradients_match_timm_convnext(accelerated):
     ours = convnext.create_model("convnext_atto", num_classes=7)
     convnext.load_weights(ours, ref.state_dict())
     if accelerated:
-        assert accelerate_for_training(ours, "cpu", channels_last=accelerated == "channels_last") > 0
+        assert accelerate_for_training(ours, "cpu") > 0
     ours.train(), ref.train()
     x = torch.randn(4, 3, 64, 64)
     if accelerated == "channels_last":
         to_channels_last(ours)
         x = x.contiguous(memory_format=torch.channels_last)
-        assert type(ours.stem[0]) is PatchifyConv2d
     y = torch.randint(0, 7, (4,))
     for model in (ours, ref):
         torch.nn.functional.cross_entropy(model(x), y).backward()

@@ -452,8 +452,8 @@ def test_activation_layout_times_gelu_both_ways_and_the_recipe_step(tmp_path):
 
 def test_patchify_gemm_times_both_ways_and_the_recipe_step(tmp_path):
     """benchmarks/patchify_gemm.py: every patchify conv of both networks agrees with its GEMM form (the check it
-    records), per-step sums are the rows' times, the recipe's step is timed with PatchifyConv2d and with the stock
-    convs put back in every round, and a bad count is one line and exit 2 with no JSON."""
+    records), per-step sums are the rows' times, the recipe's step is timed with the GEMMs swapped in and with the
+    engine's stock convs in every round, and a bad count is one line and exit 2 with no JSON."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = tmp_path / "patchify.json"
     cmd = [sys.executable, "benchmarks/patchify_gemm.py", "--iters", "1", "--dataset", "synthetic"]

@@ -590,6 +590,9 @@ GROUPS: dict[str, dict[str, list[str]]] = {
     # Result: the window measured 147.8 ms a step and fitted 27 epochs; the machine then slowed (epoch medians to
     # ~181 ms), and the refits went 28, 25, 23, then kept 23. 23 epochs in 1,739 s (722 img/s): the rule holds. Best
     # held out 93.86 (model weights, epoch 21), test 93.44 %. Seeds 0-2: test 93.34 +- 0.09, held out 93.74 +- 0.11.
+    # PatchifyConv2d left the engine afterwards: three more step comparisons found it no faster (0.96-1.00x;
+    # docs/recipes.md, fifteenth round). It changed this run's float rounding, not its speed; the extra epoch was the
+    # machine's faster hour.
 }
 # Groups whose runs each take the whole machine as several processes of one thread (torchrun): how many
 PROCESSES: dict[str, int] = {"cpu30_bf16_solo": 2, "cpu30_budget": 2, "cpu_88ep": 2, "cpu30_prog": 2,

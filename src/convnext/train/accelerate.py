@@ -10,7 +10,6 @@ the model file stays the paper's, the speed-ups live here.
 - ``PointwiseConv2d``: 1x1 convs as GEMMs on the channels-last view, with layer scale folded into the weights.
 - ``TrainingBlock``: stochastic depth that runs the residual branch only on the samples it keeps.
 - ``NHWCGELU``: GELU on a channels_last activation as the contiguous NHWC tensor it is in memory (1.3-1.6x faster).
-- ``PatchifyConv2d``: the patchify stem and the downsampling convs (kernel = stride) as a GEMM over the patches.
 """
 
 from __future__ import annotations
@@ -126,33 +125,6 @@ class PointwiseConv2d(nn.Conv2d):
         return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
 
 
-class PatchifyConv2d(nn.Conv2d):
-    """A conv whose kernel equals its stride (the patchify stem, the 2x2 stride-2 downsampling layers), run as one
-    GEMM over the image's patches.
-
-    Same parameters and state dict as the nn.Conv2d. The patches do not overlap, so each output pixel is a
-    (k x k x in) window of the channels-last input times the (out, k x k x in) weight matrix: a reshape and a
-    GEMM, forward and backward, which oneDNN's strided convolution runs slower on CPU (1.1-1.7x fwd + bwd at the
-    30-minute recipe's and ConvNeXt-T's shapes, ``benchmarks/patchify_gemm.py``). Swapped in for channels_last
-    training only: its output is a channels-last map (as the rest of such a model's are), and a 1-channel image,
-    which is both layouts, cannot say which the run uses. Inputs that are not channels-last, GPUs,
-    ``torch.compile`` and forwards without gradients run the stock conv. Rows and columns past the last whole
-    patch are left out, as the conv leaves them.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or not torch.is_grad_enabled() or torch.compiler.is_compiling()
-                or not x.is_contiguous(memory_format=torch.channels_last)):
-            return super().forward(x)
-        n, c, h, w = x.shape
-        k = self.kernel_size[0]
-        rows, cols = h // k, w // k
-        patches = (x[:, :, : rows * k, : cols * k].permute(0, 2, 3, 1)  # NHWC: the memory as it is
-                   .reshape(n, rows, k, cols, k, c).transpose(2, 3).reshape(n * rows * cols, k * k * c))
-        weight = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, k * k * c)  # (out, kh, kw, in)
-        return F.linear(patches, weight, self.bias).view(n, rows, cols, -1).permute(0, 3, 1, 2)
-
-
 class TrainingBlock(Block):
     """A Block whose training forward skips the work stochastic depth throws away, and whose layer scale
     is folded into ``pwconv2``'s weights. Only for blocks without BatchNorm: batch statistics need every
@@ -205,22 +177,14 @@ def _is_depthwise(conv: nn.Conv2d) -> bool:
     return conv.groups == conv.in_channels == conv.out_channels and conv.padding_mode == "zeros"
 
 
-def _is_patchify(conv: nn.Conv2d) -> bool:
-    k = conv.kernel_size
-    return (k[0] == k[1] > 1 and conv.stride == k and conv.groups == 1 and conv.padding == (0, 0)
-            and conv.dilation == (1, 1))
-
-
 def _is_pointwise(conv: nn.Conv2d) -> bool:
     return (conv.kernel_size == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
             and conv.padding == (0, 0) and conv.dilation == (1, 1))
 
 
-def accelerate_for_training(model: nn.Module, device: torch.device | str, compiled: bool = False,
-                            channels_last: bool = False) -> int:
+def accelerate_for_training(model: nn.Module, device: torch.device | str, compiled: bool = False) -> int:
     """Swap the CPU training accelerations into ``model``'s blocks, in place, where they pay: on CPU and
-    without ``torch.compile``; ``PatchifyConv2d`` only for a model trained in ``channels_last`` (its GEMM reads
-    and writes channels-last maps). Returns how many modules were changed (0 elsewhere).
+    without ``torch.compile``. Returns how many modules were changed (0 elsewhere).
 
     Swapping changes each module's class only: parameters (the same tensors), state dict and outputs stay,
     so checkpoints, the optimizer and EMA see the model as built.
@@ -239,9 +203,6 @@ def accelerate_for_training(model: nn.Module, device: torch.device | str, compil
         if type(block) is Block and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules()):
             block.__class__ = TrainingBlock
             changed += 1
-    for conv in [m for m in model.modules() if channels_last and type(m) is nn.Conv2d and _is_patchify(m)]:
-        conv.__class__ = PatchifyConv2d  # the stem and the downsampling layers
-        changed += 1
     for act in [m for m in model.modules() if type(m) is nn.GELU]:
         act.__class__ = NHWCGELU
         changed += 1
@@ -263,5 +224,5 @@ def to_channels_last(model: nn.Module) -> None:
             conv.weight.data = conv.weight.data.clone(memory_format=torch.contiguous_format)
 
 
-__all__ = ["DepthwiseConv2d", "NHWCGELU", "PatchifyConv2d", "PointwiseConv2d", "TrainingBlock",
-           "accelerate_for_training", "depthwise_weight_grad", "to_channels_last"]
+__all__ = ["DepthwiseConv2d", "NHWCGELU", "PointwiseConv2d", "TrainingBlock", "accelerate_for_training",
+           "depthwise_weight_grad", "to_channels_last"]

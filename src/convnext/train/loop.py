@@ -62,7 +62,7 @@ class Trainer:
         if cfg.model.init and state is None:
             load_init_weights(self.model, cfg.model.init)
         self.model.to(self.device)
-        accelerate_for_training(self.model, self.device, compiled=t.compile, channels_last=t.channels_last)
+        accelerate_for_training(self.model, self.device, compiled=t.compile)
         if t.channels_last:
             to_channels_last(self.model)
         if t.grad_checkpointing:  # after the swaps above: it wraps whatever block class they left
