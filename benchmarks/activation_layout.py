@@ -15,11 +15,8 @@ runs it (``NHWCGELU``) and with nn.GELU put back, interleaved: the img/s ratio t
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,8 +25,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared timing loop
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
-from arch_speed import undo_step_rates  # noqa: E402
-from rounds import cpu_record, save  # noqa: E402
+from arch_speed import recipe_step_rates, swap_benchmark_args  # noqa: E402
+from rounds import cpu_record, interleaved_ms, save  # noqa: E402
+from usage import run_main  # noqa: E402
 
 # (network, batch, [(hidden channels, feature-map side, blocks)])
 NETWORKS = [("recipe (micro_bn 48-96-192, 28 px)", 64, [(96, 14, 1), (192, 7, 1), (384, 3, 1)]),
@@ -52,13 +50,6 @@ def on_nhwc(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return y, x.grad
 
 
-RECIPE = ["model.name=convnext_micro_bn_small_input", "model.overrides.dims=[48,96,192]",
-          "data.batch_size=64", "aug.crop_padding=2", "aug.hflip=0.5", "aug.label_smoothing=0.1", "aug.mixup=0.8",
-          "aug.cutmix=1.0", "aug.mixup_prob=0.5", "reg.ema_decay=0.999", "opt.optimizer=muon", "opt.lr=8e-3",
-          "runtime.channels_last=true", "runtime.tensorboard=false", "runtime.plots=false",
-          "runtime.progress=false", "data.workers=0"]
-
-
 def stock_gelu(trainer) -> None:
     """Undo the engine's NHWCGELU swap: the model's GELUs as built."""
     from convnext.train.accelerate import NHWCGELU
@@ -68,28 +59,8 @@ def stock_gelu(trainer) -> None:
             m.__class__ = nn.GELU
 
 
-def step_rates(dataset: str, rounds: int, steps: int) -> dict:
-    """img/s of the recipe's engine step with and without the swap, interleaved rounds of ``steps`` steps."""
-    from convnext.train.config import load_config
-
-    cfg = load_config(preset_name="small", overrides=[*RECIPE, f"data.dataset={dataset}"])
-    rates = undo_step_rates(cfg, {"nhwc_gelu": None, "stock_gelu": stock_gelu}, rounds, steps)
-    return {"settings": RECIPE, "dataset": dataset, **rates}
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--iters", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--step-rounds", type=int, default=0, help="rounds of the recipe's step each way (0 = none)")
-    ap.add_argument("--step-steps", type=int, default=10, help="timed steps per round")
-    ap.add_argument("--dataset", default="fashion_mnist", help="the recipe step's data (synthetic: no download)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "activation_layout.json"))
-    args = ap.parse_args()
-    if args.iters < 1 or args.threads < 1 or args.step_rounds < 0 or args.step_steps < 1:
-        print("activation_layout.py: error: --iters, --threads and --step-steps must be >= 1, --step-rounds >= 0",
-              file=sys.stderr)
-        return 2
+    args = swap_benchmark_args(__doc__, Path(__file__).parent / "results" / "activation_layout.json", raw=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows, load_before = [], os.getloadavg()
@@ -98,15 +69,8 @@ def main() -> int:
             x, g = (torch.randn(batch, c, side, side).contiguous(memory_format=torch.channels_last) for _ in "xg")
             (y1, d1), (y2, d2) = on_nhwc(x, g), as_held(x.contiguous(), g.contiguous())
             same = torch.equal(y1, y2) and torch.equal(d1, d2)  # the NHWC view is GELU on contiguous memory
-            times = {"as_held": [], "nhwc": []}
-            for _ in range(2):
-                as_held(x, g), on_nhwc(x, g)
-            for _ in range(args.iters):
-                for name, fn in (("as_held", as_held), ("nhwc", on_nhwc)):
-                    t0 = time.perf_counter()
-                    fn(x, g)
-                    times[name].append((time.perf_counter() - t0) * 1e3)
-            med = {k: statistics.median(v) for k, v in times.items()}
+            med = interleaved_ms({"as_held": lambda: as_held(x, g), "nhwc": lambda: on_nhwc(x, g)}, args.iters,
+                                 warmup=2)
             rows.append({"network": network, "batch": batch, "channels": c, "side": side, "blocks": blocks,
                          "as_held_ms": round(med["as_held"], 3), "nhwc_ms": round(med["nhwc"], 3),
                          "speedup": round(med["as_held"] / med["nhwc"], 2), "equal_to_nchw_gelu": same})
@@ -118,7 +82,10 @@ def main() -> int:
     for network, v in per_step.items():
         print(f"{network}: every block's GELU, forward and backward, {v['as_held_ms']} ms as held vs "
               f"{v['nhwc_ms']} ms on the NHWC view")
-    step = step_rates(args.dataset, args.step_rounds, args.step_steps) if args.step_rounds else None
+    step = None
+    if args.step_rounds:
+        step = recipe_step_rates(args.dataset, {"nhwc_gelu": None, "stock_gelu": stock_gelu}, args.step_rounds,
+                                 args.step_steps)
     if step is not None:
         print(f"recipe step: {step['img_per_s']['nhwc_gelu']} img/s with NHWCGELU, {step['img_per_s']['stock_gelu']} "
               f"with nn.GELU: {step['ratio']:.3f}x (best of {step['ratio_best_of']:.3f}x)")
@@ -129,4 +96,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

@@ -18,11 +18,8 @@ would buy in training.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,10 +28,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared timing loop
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
-from activation_layout import RECIPE  # noqa: E402
-from arch_speed import undo_step_rates  # noqa: E402
-from rounds import cpu_record, save  # noqa: E402
-from usage import UsageExit, run_main  # noqa: E402
+from arch_speed import recipe_step_rates, swap_benchmark_args  # noqa: E402
+from rounds import cpu_record, interleaved_ms, save  # noqa: E402
+from usage import run_main  # noqa: E402
 
 
 # (network, batch, [(in channels, out channels, kernel = stride, input side)])
@@ -45,7 +41,8 @@ NETWORKS = [("recipe (micro_bn 48-96-192, 28 px)", 64, [(1, 48, 2, 28), (48, 96,
 class PatchGemm(nn.Conv2d):
     """An nn.Conv2d whose kernel equals its stride, run on a channels-last map (with gradients) as one GEMM: the
     patches do not overlap, so each output pixel is a (k x k x in) window of the NHWC input times the
-    (out, k x k x in) weight matrix. Rows and columns past the last whole patch are left out, as the conv leaves them."""
+    (out, k x k x in) weight matrix. Rows and columns past the last whole patch are left out, as the conv leaves
+    them."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() or not x.is_contiguous(memory_format=torch.channels_last):
@@ -96,16 +93,7 @@ def gemm_convs(trainer) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=15)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--step-rounds", type=int, default=0, help="rounds of the recipe's step each way (0 = none)")
-    ap.add_argument("--step-steps", type=int, default=10, help="timed steps per round")
-    ap.add_argument("--dataset", default="fashion_mnist", help="the recipe step's data (synthetic: no download)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "patchify_gemm.json"))
-    args = ap.parse_args()
-    if args.iters < 1 or args.threads < 1 or args.step_rounds < 0 or args.step_steps < 1:
-        raise UsageExit("--iters, --threads and --step-steps must be >= 1, --step-rounds >= 0")
+    args = swap_benchmark_args(__doc__.splitlines()[0], Path(__file__).parent / "results" / "patchify_gemm.json")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows, load_before = [], os.getloadavg()
@@ -115,13 +103,8 @@ def main() -> int:
             x = torch.randn(batch, cin, side, side).contiguous(memory_format=torch.channels_last)
             g = torch.randn(batch, cout, side // k, side // k).contiguous(memory_format=torch.channels_last)
             same = agree(forward_backward(gemm, x, g), forward_backward(conv, x, g))
-            times: dict[str, list[float]] = {"conv": [], "gemm": []}
-            for _ in range(args.iters):
-                for name, module in (("conv", conv), ("gemm", gemm)):
-                    t0 = time.perf_counter()
-                    forward_backward(module, x, g)
-                    times[name].append((time.perf_counter() - t0) * 1e3)
-            med = {n: statistics.median(v) for n, v in times.items()}
+            med = interleaved_ms({"conv": lambda: forward_backward(conv, x, g),
+                                  "gemm": lambda: forward_backward(gemm, x, g)}, args.iters)
             rows.append({"network": network, "batch": batch, "in": cin, "out": cout, "kernel": k, "side": side,
                          "conv_ms": round(med["conv"], 3), "gemm_ms": round(med["gemm"], 3),
                          "speedup": round(med["conv"] / med["gemm"], 2), "agrees_with_conv": same})
@@ -132,12 +115,8 @@ def main() -> int:
                           for k in ("conv_ms", "gemm_ms")} for network, _, _ in NETWORKS}
     step = None
     if args.step_rounds:
-        from convnext.train.config import load_config
-
-        cfg = load_config(preset_name="small", overrides=[*RECIPE, f"data.dataset={args.dataset}"])
-        step = {"settings": RECIPE, "dataset": args.dataset,
-                **undo_step_rates(cfg, {"patchify_gemm": gemm_convs, "stock_conv": None}, args.step_rounds,
-                                  args.step_steps)}
+        step = recipe_step_rates(args.dataset, {"patchify_gemm": gemm_convs, "stock_conv": None}, args.step_rounds,
+                                 args.step_steps)
         print(f"recipe step: {step['img_per_s']['patchify_gemm']} img/s with the GEMMs, "
               f"{step['img_per_s']['stock_conv']} with nn.Conv2d: {step['ratio']:.3f}x "
               f"(best of {step['ratio_best_of']:.3f}x)")

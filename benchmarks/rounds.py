@@ -48,6 +48,21 @@ def rates(times: dict[str, list[float]], batch: int) -> tuple[dict[str, list[flo
     return img_s, {n: round(statistics.median(v), 1) for n, v in img_s.items() if v}
 
 
+def interleaved_ms(ways: dict[str, Callable[[], object]], iters: int, warmup: int = 0) -> dict[str, float]:
+    """Each way's median milliseconds over ``iters`` repetitions, the ways taking turns (after ``warmup`` untimed
+    turns), so machine noise hits them alike."""
+    for _ in range(warmup):
+        for fn in ways.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(iters):
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def cpu_record(load_before: tuple[float, float, float]) -> dict:
     """Where a CPU measurement ran: torch, the machine and its kernels' instruction set, the load averages before
     (``load_before``, from ``os.getloadavg()`` at the start) and now, and the UTC date."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from convnext.train import train
-from train_helpers import NO_AUG, comparable, run_dir, tiny_config, weights
+from train_helpers import comparable, run_dir, tiny_config, weights
 from convnext.train.logging import read_metrics
 from convnext.train.state import load_train_state
 
@@ -44,15 +44,9 @@ def test_compiled_training_matches_eager_and_resumes_bitwise(tmp_path):
 
 
 def test_compiled_two_process_run_matches_single_process(tmp_path):
-    from test_distributed import torchrun_train
+    from test_distributed import two_processes_and_one
 
-    common = {**NO_AUG, "runtime.compile": True, "data.synthetic_samples": 60, "opt.epochs": 1,
-              "opt.warmup_epochs": 0.0}
-    ddp_cfg = tmp_path / "ddp.yaml"
-    tiny_config(tmp_path / "ddp", **common, **{"data.batch_size": 8}).save(ddp_cfg)
-    ddp = torchrun_train(ddp_cfg)
-    single = train(tiny_config(tmp_path / "single", **common, **{"data.batch_size": 16}))
-    assert ddp["steps"] == single["steps"] == 3
+    ddp, single = two_processes_and_one(tmp_path, **{"runtime.compile": True})
     assert ddp["final_train_loss"] == pytest.approx(single["final_train_loss"], rel=1e-3)
     assert ddp["final_val_loss"] == pytest.approx(single["final_val_loss"], rel=1e-3)
 
@@ -60,7 +54,8 @@ def test_compiled_two_process_run_matches_single_process(tmp_path):
 def test_compiled_training_with_checkpointed_blocks_matches_eager(tmp_path):
     # under torch.compile the blocks' checkpoints go into the graph (inductor recomputes them in backward); the
     # batch-norm model, so the running statistics must come out as eager's too. eps 1 keeps AdamW's update
-    # near-linear in the gradient, so inductor's rounding does not become lr-sized steps (test_train's channels_last test)
+    # near-linear in the gradient, so inductor's rounding does not become lr-sized steps (as in test_train's
+    # channels_last test)
     over = {"model.name": "convnext_micro_bn_small_input", "model.overrides": {}, "data.image_size": 28,
             "opt.epochs": 1, "data.synthetic_samples": 32, "opt.eps": 1.0, "opt.lr": 0.05}
     eager = train(tiny_config(tmp_path / "eager", **over))

@@ -48,16 +48,22 @@ def torchrun_train(cfg_path, stderr: list[str] | None = None) -> dict:
     return json.loads(r.stdout[r.stdout.index("{"):])
 
 
-def test_two_process_gloo_run_matches_single_process(tmp_path):
-    # 60 train samples: 2 ranks x 3 steps x 8 = 1 process x 3 steps x 16 (the same samples per step);
-    # 15 val samples: shards of 8 and 7.
-    common = {**NO_AUG, "data.synthetic_samples": 60, "opt.epochs": 1, "opt.warmup_epochs": 0.0}
+def two_processes_and_one(tmp_path, ddp_only: dict | None = None, **settings) -> tuple[dict, dict]:
+    """The summaries of one epoch trained by 2 gloo processes of batch 8 (with ``ddp_only`` settings too) and by one
+    process of batch 16, both with ``settings``. 60 train samples: 2 ranks x 3 steps x 8 = 1 process x 3 steps x 16
+    (the same samples per step); 15 val samples: shards of 8 and 7."""
+    common = {**NO_AUG, "data.synthetic_samples": 60, "opt.epochs": 1, "opt.warmup_epochs": 0.0, **settings}
     ddp_cfg = tmp_path / "ddp.yaml"
-    tiny_config(tmp_path / "ddp", **common, **{"data.batch_size": 8}).save(ddp_cfg)
+    tiny_config(tmp_path / "ddp", **common, **{"data.batch_size": 8, **(ddp_only or {})}).save(ddp_cfg)
     ddp = torchrun_train(ddp_cfg)
     single = train(tiny_config(tmp_path / "single", **common, **{"data.batch_size": 16}))
-    assert ddp["val_count"] == single["val_count"] == 15
     assert ddp["steps"] == single["steps"] == 3
+    return ddp, single
+
+
+def test_two_process_gloo_run_matches_single_process(tmp_path):
+    ddp, single = two_processes_and_one(tmp_path)
+    assert ddp["val_count"] == single["val_count"] == 15
     # same samples, same averaged gradients: equal up to float32 reduction order
     assert ddp["final_train_loss"] == pytest.approx(single["final_train_loss"], rel=1e-4)
     assert ddp["final_val_loss"] == pytest.approx(single["final_val_loss"], rel=1e-3)

@@ -7,7 +7,6 @@ The rule fixed before a sweep runs: among finished runs, the highest held-out to
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,20 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from train_helpers import benchmark_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script(path: str):
-    """A benchmark script (``benchmarks/PATH``) imported as a module, for its functions."""
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / "benchmarks" / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _sweep():
-    return _script("recipes/sweep.py")
+    return benchmark_script("recipes/sweep.py")
 
 
 def _run_dir(root: Path, name: str, epochs: list[tuple[float, float | None]], done: bool = True) -> None:
@@ -162,7 +154,7 @@ def test_test_last_reads_each_final_runs_last_ema_once_and_refuses_a_validated_r
 
 
 def _plateau_check():
-    return _script("study/plateau_check.py")
+    return benchmark_script("study/plateau_check.py")
 
 
 def _study(epochs: int, rows: dict[str, dict[int, float]], lr: float = 0.1) -> dict:
@@ -393,7 +385,7 @@ def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tm
 
 
 def _epochs_plot():
-    return _script("recipes/epochs_plot.py")
+    return benchmark_script("recipes/epochs_plot.py")
 
 
 def _results(root: Path, group: str, runs: dict[str, tuple[list, list]], test: dict | None) -> None:
@@ -428,48 +420,49 @@ def test_epochs_plot_fits_points_per_doubling_by_hand():
     assert plot.log_fit([44, 44], [93.0, 94.0]) is None  # one epoch count: no slope
 
 
+def _swap_benchmark(tmp_path, script: str) -> dict:
+    """A swap benchmark (``benchmarks/SCRIPT``: a module against its stock form, then the recipe's step both ways) at
+    its smallest, on synthetic data: its JSON. And the same script with a bad count (--iters 0, then
+    --step-rounds -1): one line, exit 2, no JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = tmp_path / "swap.json"
+    cmd = [sys.executable, f"benchmarks/{script}", "--dataset", "synthetic"]
+    subprocess.run([*cmd, "--iters", "1", "--step-rounds", "2", "--step-steps", "1", "--out", str(out)], check=True,
+                   cwd=ROOT, env=env, capture_output=True)
+    for bad_count in (["--iters", "0"], ["--step-rounds", "-1"]):
+        bad = subprocess.run([*cmd, *bad_count, "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+        assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert bad_count[0] in bad.stderr and "--step-rounds >= 0" in bad.stderr
+        assert not (tmp_path / "bad.json").exists()
+    return json.loads(out.read_text())
+
+
 def test_activation_layout_times_gelu_both_ways_and_the_recipe_step(tmp_path):
     """benchmarks/activation_layout.py: every shape's NHWC-view GELU equals GELU on contiguous memory (the check it
     records), per-step sums are the rows' times by their block counts, the recipe's step is timed with NHWCGELU and
     with nn.GELU put back in every round, and a bad count is one line and exit 2 with no JSON."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    out = tmp_path / "layout.json"
-    cmd = [sys.executable, "benchmarks/activation_layout.py", "--iters", "1", "--dataset", "synthetic"]
-    subprocess.run([*cmd, "--step-rounds", "2", "--step-steps", "1", "--out", str(out)], check=True, cwd=ROOT,
-                   env=env, capture_output=True)
-    result = json.loads(out.read_text())
+    result = _swap_benchmark(tmp_path, "activation_layout.py")
     assert len(result["rows"]) == 7 and all(r["equal_to_nchw_gelu"] for r in result["rows"])
     for network, sums in result["per_step_ms"].items():
         rows = [r for r in result["rows"] if r["network"] == network]
         assert sums["nhwc_ms"] == pytest.approx(sum(r["nhwc_ms"] * r["blocks"] for r in rows), abs=0.01)
     step = result["recipe_step"]
     assert step["rounds"] == 2 and {n: len(t) for n, t in step["step_s"].items()} == {"nhwc_gelu": 2, "stock_gelu": 2}
-    bad = subprocess.run([*cmd, "--step-rounds", "-1", "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--step-rounds >= 0" in bad.stderr
-    assert not (tmp_path / "bad.json").exists()
 
 
 def test_patchify_gemm_times_both_ways_and_the_recipe_step(tmp_path):
     """benchmarks/patchify_gemm.py: every patchify conv of both networks agrees with its GEMM form (the check it
     records), per-step sums are the rows' times, the recipe's step is timed with the GEMMs swapped in and with the
     engine's stock convs in every round, and a bad count is one line and exit 2 with no JSON."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    out = tmp_path / "patchify.json"
-    cmd = [sys.executable, "benchmarks/patchify_gemm.py", "--iters", "1", "--dataset", "synthetic"]
-    subprocess.run([*cmd, "--step-rounds", "2", "--step-steps", "1", "--out", str(out)], check=True, cwd=ROOT,
-                   env=env, capture_output=True)
-    result = json.loads(out.read_text())
+    result = _swap_benchmark(tmp_path, "patchify_gemm.py")
     assert len(result["rows"]) == 7 and all(r["agrees_with_conv"] for r in result["rows"])
     for network, sums in result["per_step_ms"].items():
         rows = [r for r in result["rows"] if r["network"] == network]
         assert sums["gemm_ms"] == pytest.approx(sum(r["gemm_ms"] for r in rows), abs=0.01)
     step = result["recipe_step"]
-    assert step["rounds"] == 2 and {n: len(t) for n, t in step["step_s"].items()} == {"patchify_gemm": 2, "stock_conv": 2}
-    bad = subprocess.run([*cmd, "--iters", "0", "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--iters" in bad.stderr
-    assert not (tmp_path / "bad.json").exists()
+    assert step["rounds"] == 2
+    assert {n: len(t) for n, t in step["step_s"].items()} == {"patchify_gemm": 2, "stock_conv": 2}
 
 
 def test_muon_shared_times_both_ways_of_muon_under_torchrun(tmp_path):

@@ -3,7 +3,6 @@ of the memory kept for backward, in the model and in the training engine."""
 
 import contextlib
 import copy
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from convnext.train.accelerate import TrainingBlock, accelerate_for_training
 from convnext.train.loop import Trainer
 from convnext.train.distributed import DistInfo
 from convnext.train.recompute import CheckpointedBlock, is_grad_checkpointing, set_grad_checkpointing
-from train_helpers import NO_AUG, comparable, run_dir, tiny_config, weights
+from train_helpers import benchmark_script, comparable, run_dir, tiny_config, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,10 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def saved_activation_bytes(model, x):
     """(output, bytes kept for backward besides the weights): the benchmark's own measure
     (benchmarks/grad_checkpointing.py ``kept_bytes``), so the test and the published numbers count alike."""
-    spec = importlib.util.spec_from_file_location("grad_checkpointing", ROOT / "benchmarks" / "grad_checkpointing.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.kept_bytes(model, x)
+    return benchmark_script("grad_checkpointing.py").kept_bytes(model, x)
 
 
 CASES = {
@@ -147,15 +143,10 @@ def test_the_trainer_checkpoints_the_blocks_it_trains_and_a_resume_may_switch_it
 def test_a_checkpointed_two_process_run_matches_one_process(tmp_path):
     # DistributedDataParallel with checkpointed blocks: each rank's backward runs its blocks again while DDP
     # reduces the gradients; the result is the one-process run on the same samples
-    from test_distributed import torchrun_train
+    from test_distributed import two_processes_and_one
 
-    common = {**NO_AUG, "data.synthetic_samples": 60, "opt.epochs": 1, "opt.warmup_epochs": 0.0,
-              "runtime.channels_last": True}
-    cfg = tmp_path / "ddp.yaml"
-    tiny_config(tmp_path / "ddp", **common, **{"data.batch_size": 8, "runtime.grad_checkpointing": True}).save(cfg)
-    ddp = torchrun_train(cfg)
-    single = train(tiny_config(tmp_path / "single", **common, **{"data.batch_size": 16}))
-    assert ddp["steps"] == single["steps"] == 3
+    ddp, single = two_processes_and_one(tmp_path, {"runtime.grad_checkpointing": True},
+                                        **{"runtime.channels_last": True})
     assert ddp["final_train_loss"] == pytest.approx(single["final_train_loss"], rel=1e-4)
     assert ddp["final_val_loss"] == pytest.approx(single["final_val_loss"], rel=1e-3)
 

@@ -1,5 +1,6 @@
 """Tiny training configs shared by the training tests (CPU, seconds per run)."""
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -93,3 +94,12 @@ class SimulatedMachine:
 
         monkeypatch.setattr(loop, "train_step", timed_step)
         monkeypatch.setattr(loop, "validate", timed_validate)
+
+
+def benchmark_script(path: str):
+    """A benchmark script (``benchmarks/PATH``) imported as a module, for its functions."""
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(Path(path).stem, root / "benchmarks" / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -97,6 +97,40 @@ def variant_step(cfg, tmp: str, batches: int = BATCHES, adjust=None):
     return step, data[0][0].shape[0], sum(p.numel() for p in trainer.model.parameters()), len(data)
 
 
+# The 30-minute recipe's training (Muon, one process of one thread at batch 64, channels_last) on top of the small
+# preset: the step the swap benchmarks (activation_layout.py, patchify_gemm.py) time their swaps in.
+RECIPE = ["model.name=convnext_micro_bn_small_input", "model.overrides.dims=[48,96,192]",
+          "data.batch_size=64", "aug.crop_padding=2", "aug.hflip=0.5", "aug.label_smoothing=0.1", "aug.mixup=0.8",
+          "aug.cutmix=1.0", "aug.mixup_prob=0.5", "reg.ema_decay=0.999", "opt.optimizer=muon", "opt.lr=8e-3",
+          "runtime.channels_last=true", "runtime.tensorboard=false", "runtime.plots=false",
+          "runtime.progress=false", "data.workers=0"]
+
+
+def recipe_step_rates(dataset: str, ways: dict, rounds: int, steps: int) -> dict:
+    """``undo_step_rates`` for RECIPE's step on ``dataset``, with the settings it ran."""
+    from convnext.train.config import load_config
+
+    cfg = load_config(preset_name="small", overrides=[*RECIPE, f"data.dataset={dataset}"])
+    return {"settings": RECIPE, "dataset": dataset, **undo_step_rates(cfg, ways, rounds, steps)}
+
+
+def swap_benchmark_args(description: str, default_out: Path, raw: bool = False) -> argparse.Namespace:
+    """The flags of a swap benchmark (a module against its stock form, then RECIPE's step both ways), checked: bad
+    values end as one line and exit 2 (``UsageExit``) before anything is written."""
+    formatter = argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter
+    ap = argparse.ArgumentParser(description=description, formatter_class=formatter)
+    ap.add_argument("--iters", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--step-rounds", type=int, default=0, help="rounds of the recipe's step each way (0 = none)")
+    ap.add_argument("--step-steps", type=int, default=10, help="timed steps per round")
+    ap.add_argument("--dataset", default="fashion_mnist", help="the recipe step's data (synthetic: no download)")
+    ap.add_argument("--out", default=str(default_out))
+    args = ap.parse_args()
+    if args.iters < 1 or args.threads < 1 or args.step_rounds < 0 or args.step_steps < 1:
+        raise UsageExit("--iters, --threads and --step-steps must be >= 1, --step-rounds >= 0")
+    return args
+
+
 def undo_step_rates(cfg, ways: dict, rounds: int, steps: int, warmup: int = 3) -> dict:
     """img/s of the engine's step for ``cfg`` built each of ``ways`` (name -> ``adjust(trainer)`` or None: the engine
     as it is, or with one of its swaps undone), in interleaved rounds of ``steps`` steps after ``warmup`` untimed.
