@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_helpers import benchmark_script
+from train_helpers import benchmark_script, run_cli, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,16 +243,17 @@ def test_gpu_check_dry_run_trains_chooses_and_reports(tmp_path):
     assert len(list((tmp_path / "out").iterdir())) <= 8  # what a GPU session can bring back
 
 
-def test_study_ablation_trains_the_step_with_its_change_and_compares_with_the_study(tmp_path):
+def test_study_ablation_trains_the_step_with_its_change_and_compares_with_the_study(tmp_path, monkeypatch, capsys):
     """benchmarks/study/ablation.py: the step as the study trains it plus the --arch change, each seed once (a rerun
     trains nothing), and the difference to the study's runs of the unchanged step with its standard error."""
     study = tmp_path / "study"
-    subprocess.run([sys.executable, "-m", "convnext", "study", "roadmap", "--budget", "micro", "--data", "synthetic",
-                    "--steps", "roadmap_gelu", "--seeds", "2", "--out", str(study), "--work-dir",
-                    str(tmp_path / "study-work")], check=True, cwd=ROOT, capture_output=True)
-    cmd = [sys.executable, "benchmarks/study/ablation.py", "roadmap_gelu", "ls1", "--arch", "layer_scale_init=1.0",
-           "--budget", "micro", "--data", "synthetic", "--seeds", "2", "--jobs", "2", "--study", str(study),
-           "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
+    rc, _, err = run_cli(["study", "roadmap", "--budget", "micro", "--data", "synthetic", "--steps", "roadmap_gelu",
+                          "--seeds", "2", "--out", study, "--work-dir", tmp_path / "study-work"], capsys)
+    assert rc == 0, err
+    args = ["roadmap_gelu", "ls1", "--arch", "layer_scale_init=1.0", "--budget", "micro", "--data", "synthetic",
+            "--seeds", "2", "--jobs", "2", "--study", str(study), "--out", str(tmp_path / "out"), "--work-dir",
+            str(tmp_path / "work")]
+    cmd = [sys.executable, "benchmarks/study/ablation.py", *args]  # a process of its own: it forks a pool
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
     out = json.loads((tmp_path / "out" / "ls1.json").read_text())
@@ -269,17 +270,16 @@ def test_study_ablation_trains_the_step_with_its_change_and_compares_with_the_st
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True)
     assert not (tmp_path / "work").exists()
     # a baseline trained under another budget is refused, and so is an unknown field, in one line
-    bad = subprocess.run([*cmd[:2], "roadmap_gelu", "x", "--arch", "bogus=1"], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+    bad = run_script("study/ablation.py", ["roadmap_gelu", "x", "--arch", "bogus=1"], monkeypatch, capsys)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()]  # bad input: one line, 2
     assert bad.stderr.startswith("ablation.py: error: --arch: unknown ArchConfig field")
-    other = subprocess.run([*cmd, "--data", "fashion_mnist", "--work-dir", str(tmp_path / "w2")], cwd=ROOT, env=env,
-                           capture_output=True, text=True)
+    other = run_script("study/ablation.py", [*args, "--data", "fashion_mnist", "--work-dir", tmp_path / "w2"],
+                       monkeypatch, capsys)
     assert other.returncode == 2 and "not the ablation's baseline" in other.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "w2").exists()  # refused before anything trained
 
 
-def test_ensemble_probe_scores_runs_alone_and_averaged_on_their_held_out_images(tmp_path):
+def test_ensemble_probe_scores_runs_alone_and_averaged_on_their_held_out_images(tmp_path, monkeypatch, capsys):
     """benchmarks/recipes/ensemble_probe.py: each run alone scores what `convnext eval --holdout` scores for its last
     EMA weights (the same held-out images), a pair's gain is its score over its better member's (with two runs, "all"
     is the pair), and runs that held out different images, or one run named twice, are refused before anything is
@@ -287,45 +287,42 @@ def test_ensemble_probe_scores_runs_alone_and_averaged_on_their_held_out_images(
     fmnist = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
     if not fmnist.exists():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
     def train(name: str, seed: int, holdout: int) -> Path:
-        subprocess.run([sys.executable, "-m", "convnext", "train", "--preset", "small", "--data.dataset",
-                        "fashion_mnist", "--data.root", str(fmnist), "--data.workers", "0", "--data.holdout",
-                        str(holdout), "--data.limit_train", "512", "--data.limit_val", "64", "--opt.epochs", "1",
-                        "--runtime.seed", str(seed), "--runtime.out", str(tmp_path), "--runtime.run_name", name,
-                        "--runtime.progress", "false", "--runtime.plots", "false", "--runtime.tensorboard", "false"],
-                       check=True, cwd=ROOT, env=env, capture_output=True)
+        rc, _, err = run_cli(["train", "--preset", "small", "--data.dataset", "fashion_mnist", "--data.root", fmnist,
+                              "--data.workers", "0", "--data.holdout", holdout, "--data.limit_train", "512",
+                              "--data.limit_val", "64", "--opt.epochs", "1", "--runtime.seed", seed, "--runtime.out",
+                              tmp_path, "--runtime.run_name", name, "--runtime.progress", "false", "--runtime.plots",
+                              "false", "--runtime.tensorboard", "false"], capsys)
+        assert rc == 0, err
         return tmp_path / name
+
+    def probe(*argv) -> subprocess.CompletedProcess:
+        return run_script("recipes/ensemble_probe.py", argv, monkeypatch, capsys)
 
     a, b = train("a", 0, 300), train("b", 1, 300)
     out = tmp_path / "probe.json"
-    subprocess.run([sys.executable, "benchmarks/recipes/ensemble_probe.py", str(a), str(b), "--out", str(out),
-                    "--data-root", str(fmnist)],
-                   check=True, cwd=ROOT, env=env, capture_output=True)
-    probe = json.loads(out.read_text())
+    assert probe(a, b, "--out", out, "--data-root", fmnist).returncode == 0
+    result = json.loads(out.read_text())
     for run in (a, b):
-        evaluated = subprocess.run([sys.executable, "-m", "convnext", "eval", str(run / "last_ema.safetensors"),
-                                    "--dataset", "fashion_mnist", "--data-root", str(fmnist), "--holdout", "300",
-                                    "--workers", "0", "--json"], check=True, cwd=ROOT, env=env, capture_output=True,
-                                   text=True)
-        assert probe["single_top1"][str(run)] == pytest.approx(json.loads(evaluated.stdout)["top1"], abs=0.006)
-        assert probe["weights"][str(run)] == "last_ema.safetensors"
-    (pair,) = probe["pairs"]
-    assert pair["top1"] == probe["all_top1"]
-    assert pair["gain_over_better"] == pytest.approx(pair["top1"] - max(probe["single_top1"].values()), abs=0.006)
+        rc, stdout, err = run_cli(["eval", run / "last_ema.safetensors", "--dataset", "fashion_mnist", "--data-root",
+                                   fmnist, "--holdout", "300", "--workers", "0", "--json"], capsys)
+        assert rc == 0, err
+        assert result["single_top1"][str(run)] == pytest.approx(json.loads(stdout)["top1"], abs=0.006)
+        assert result["weights"][str(run)] == "last_ema.safetensors"
+    (pair,) = result["pairs"]
+    assert pair["top1"] == result["all_top1"]
+    assert pair["gain_over_better"] == pytest.approx(pair["top1"] - max(result["single_top1"].values()), abs=0.006)
     c = train("c", 0, 200)
-    bad = subprocess.run([sys.executable, "benchmarks/recipes/ensemble_probe.py", str(a), str(c), "--out",
-                          str(tmp_path / "bad.json")], cwd=ROOT, env=env, capture_output=True, text=True)
+    bad = probe(a, c, "--out", tmp_path / "bad.json")
     assert bad.returncode == 2 and bad.stderr.startswith("ensemble_probe.py: error: ")
     assert "must all hold out the same" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "bad.json").exists()
-    twice = subprocess.run([sys.executable, "benchmarks/recipes/ensemble_probe.py", str(a), str(a), "--out",
-                            str(tmp_path / "bad.json")], cwd=ROOT, env=env, capture_output=True, text=True)
+    twice = probe(a, a, "--out", tmp_path / "bad.json")
     assert twice.returncode == 2 and "named twice" in twice.stderr and len(twice.stderr.strip().splitlines()) == 1
 
 
-def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tmp_path):
+def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tmp_path, monkeypatch, capsys):
     """benchmarks/recipes/arch_speed.py builds each variant as `convnext train --preset small --set ...` would (its
     parameter count is create_model's for those settings), times every variant in every round, reports ratios of
     medians to the first variant, counts each step's FLOPs (forward and backward: three forwards but the stem's
@@ -377,8 +374,8 @@ def test_arch_speed_times_each_variant_of_the_recipe_and_refuses_bad_variants(tm
                               (["same", "same"], "named twice"),
                               (["--sgemm=-1"], "--sgemm -1 must be >= 1")):
         variants = [a for v in variants for a in (("--variant", v) if not v.startswith("--") else (v,))]
-        bad = subprocess.run([*cmd, "--variant", "base", *variants,
-                              "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env, capture_output=True, text=True)
+        bad = run_script("recipes/arch_speed.py", [*cmd[2:], "--variant", "base", *variants, "--out",
+                                                   tmp_path / "bad.json"], monkeypatch, capsys)
         assert bad.returncode == 2 and bad.stderr.startswith("arch_speed.py: error: "), bad.stderr
         assert message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "bad.json").exists()
@@ -420,7 +417,7 @@ def test_epochs_plot_fits_points_per_doubling_by_hand():
     assert plot.log_fit([44, 44], [93.0, 94.0]) is None  # one epoch count: no slope
 
 
-def _swap_benchmark(tmp_path, script: str) -> dict:
+def _swap_benchmark(tmp_path, monkeypatch, capsys, script: str) -> dict:
     """A swap benchmark (``benchmarks/SCRIPT``: a module against its stock form, then the recipe's step both ways) at
     its smallest, on synthetic data: its JSON. And the same script with a bad count (--iters 0, then
     --step-rounds -1): one line, exit 2, no JSON."""
@@ -430,19 +427,18 @@ def _swap_benchmark(tmp_path, script: str) -> dict:
     subprocess.run([*cmd, "--iters", "1", "--step-rounds", "2", "--step-steps", "1", "--out", str(out)], check=True,
                    cwd=ROOT, env=env, capture_output=True)
     for bad_count in (["--iters", "0"], ["--step-rounds", "-1"]):
-        bad = subprocess.run([*cmd, *bad_count, "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env,
-                             capture_output=True, text=True)
+        bad = run_script(script, [*cmd[2:], *bad_count, "--out", tmp_path / "bad.json"], monkeypatch, capsys)
         assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert bad_count[0] in bad.stderr and "--step-rounds >= 0" in bad.stderr
         assert not (tmp_path / "bad.json").exists()
     return json.loads(out.read_text())
 
 
-def test_activation_layout_times_gelu_both_ways_and_the_recipe_step(tmp_path):
+def test_activation_layout_times_gelu_both_ways_and_the_recipe_step(tmp_path, monkeypatch, capsys):
     """benchmarks/activation_layout.py: every shape's NHWC-view GELU equals GELU on contiguous memory (the check it
     records), per-step sums are the rows' times by their block counts, the recipe's step is timed with NHWCGELU and
     with nn.GELU put back in every round, and a bad count is one line and exit 2 with no JSON."""
-    result = _swap_benchmark(tmp_path, "activation_layout.py")
+    result = _swap_benchmark(tmp_path, monkeypatch, capsys, "activation_layout.py")
     assert len(result["rows"]) == 7 and all(r["equal_to_nchw_gelu"] for r in result["rows"])
     for network, sums in result["per_step_ms"].items():
         rows = [r for r in result["rows"] if r["network"] == network]
@@ -451,11 +447,11 @@ def test_activation_layout_times_gelu_both_ways_and_the_recipe_step(tmp_path):
     assert step["rounds"] == 2 and {n: len(t) for n, t in step["step_s"].items()} == {"nhwc_gelu": 2, "stock_gelu": 2}
 
 
-def test_patchify_gemm_times_both_ways_and_the_recipe_step(tmp_path):
+def test_patchify_gemm_times_both_ways_and_the_recipe_step(tmp_path, monkeypatch, capsys):
     """benchmarks/patchify_gemm.py: every patchify conv of both networks agrees with its GEMM form (the check it
     records), per-step sums are the rows' times, the recipe's step is timed with the GEMMs swapped in and with the
     engine's stock convs in every round, and a bad count is one line and exit 2 with no JSON."""
-    result = _swap_benchmark(tmp_path, "patchify_gemm.py")
+    result = _swap_benchmark(tmp_path, monkeypatch, capsys, "patchify_gemm.py")
     assert len(result["rows"]) == 7 and all(r["agrees_with_conv"] for r in result["rows"])
     for network, sums in result["per_step_ms"].items():
         rows = [r for r in result["rows"] if r["network"] == network]
@@ -465,7 +461,7 @@ def test_patchify_gemm_times_both_ways_and_the_recipe_step(tmp_path):
     assert {n: len(t) for n, t in step["step_s"].items()} == {"patchify_gemm": 2, "stock_conv": 2}
 
 
-def test_muon_shared_times_both_ways_of_muon_under_torchrun(tmp_path):
+def test_muon_shared_times_both_ways_of_muon_under_torchrun(tmp_path, monkeypatch, capsys):
     """benchmarks/muon_shared.py: two-process runs of the engine with Muon's iterations shared and not, each
     timed in every round, their ratio of medians; a bad count is one line and exit 2 with no JSON."""
     fmnist = Path(os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist"))
@@ -480,7 +476,7 @@ def test_muon_shared_times_both_ways_of_muon_under_torchrun(tmp_path):
     assert result["ratio_shared_vs_every"] == pytest.approx(median["shared"] / median["every"], abs=1e-3)
     assert "--opt.muon_distributed true" in result["commands"]["shared"]
     assert "--opt.muon_distributed false" in result["commands"]["every"]
-    bad = subprocess.run([*cmd, "--rounds", "0", "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+    bad = run_script("muon_shared.py", [*cmd[2:], "--rounds", "0", "--out", tmp_path / "bad.json"], monkeypatch,
+                     capsys)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--rounds" in bad.stderr
     assert not (tmp_path / "bad.json").exists()

@@ -20,7 +20,7 @@ from convnext.train.accelerate import TrainingBlock, accelerate_for_training
 from convnext.train.loop import Trainer
 from convnext.train.distributed import DistInfo
 from convnext.train.recompute import CheckpointedBlock, is_grad_checkpointing, set_grad_checkpointing
-from train_helpers import benchmark_script, comparable, run_dir, tiny_config, weights
+from train_helpers import benchmark_script, comparable, run_dir, run_script, tiny_config, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +151,7 @@ def test_a_checkpointed_two_process_run_matches_one_process(tmp_path):
     assert ddp["final_val_loss"] == pytest.approx(single["final_val_loss"], rel=1e-3)
 
 
-def test_the_benchmark_measures_both_ways_and_refuses_bad_input(tmp_path):
+def test_the_benchmark_measures_both_ways_and_refuses_bad_input(tmp_path, monkeypatch, capsys):
     """benchmarks/grad_checkpointing.py: what each way keeps for backward (the checkpointed way much less), the same
     first loss, both timed in every round; a bad count is one line and exit 2 with no JSON."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -165,8 +165,8 @@ def test_the_benchmark_measures_both_ways_and_refuses_bad_input(tmp_path):
     assert r["same_first_loss"] and r["ways"]["plain"]["first_loss"] == r["ways"]["checkpointed"]["first_loss"]
     assert r["ways"]["checkpointed"]["kept_mb"] < 0.25 * r["ways"]["plain"]["kept_mb"]
     assert r["kept_ratio"] == round(r["ways"]["checkpointed"]["kept_mb"] / r["ways"]["plain"]["kept_mb"], 3)
-    bad = subprocess.run([*cmd, "--rounds", "0", "--out", str(tmp_path / "bad.json")], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+    bad = run_script("grad_checkpointing.py", [*cmd[2:], "--rounds", "0", "--out", tmp_path / "bad.json"],
+                     monkeypatch, capsys)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--rounds must be >= 1" in bad.stderr
     assert not (tmp_path / "bad.json").exists()
 

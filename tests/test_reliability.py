@@ -36,7 +36,7 @@ from convnext.train.logging import read_metrics
 from convnext.train.state import PREV_NAME, STATE_NAME, find_resume_state, load_train_state
 from convnext.checkpoint import export_weights
 from convnext.weights import load_weights
-from train_helpers import poison_forward
+from train_helpers import poison_forward, run_cli
 from reliability_helpers import (STEPS_PER_EPOCH, popen_convnext, run_convnext, snapshot, train_argv,
                                  write_hostile_legacy, write_hostile_zip)
 
@@ -60,16 +60,6 @@ def one_line(err: str) -> str:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, f"expected one error line, got:\n{err}"
     return lines[0]
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse's usage errors and --help, as the real program exits
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def records(run: Path) -> list[dict]:

@@ -1,11 +1,14 @@
 """Tiny training configs shared by the training tests (CPU, seconds per run)."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
+from convnext.cli import main as cli_main
 from convnext.models import ConvNeXt
 from convnext.train import budget, loop, preset, train
 
@@ -103,3 +106,30 @@ def benchmark_script(path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """`convnext ARGV` in this process: exit status, stdout, stderr (a subprocess would import torch again, ~5-8 s
+    on a 2-core CI machine; the suite keeps subprocesses for what needs one: kill -9, torchrun, closed pipes)."""
+    capsys.readouterr()
+    try:
+        rc = cli_main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's usage errors and --help, as the real program exits
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def run_script(path: str, argv, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """`python benchmarks/PATH ARGV` in this process, through the script's own ``run_main`` (what its
+    ``__main__`` block runs): exit status, stdout and stderr, as a subprocess would give them."""
+    module = benchmark_script(path)
+    argv = [str(a) for a in argv]
+    monkeypatch.setattr(sys, "argv", [f"benchmarks/{path}", *argv])
+    capsys.readouterr()
+    try:
+        rc = module.run_main(module.main) or 0
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([path, *argv], rc, out, err)

@@ -136,7 +136,7 @@ def main() -> int:
         records = list(pool.map(run_seed, [args] * args.seeds, range(args.seeds)))
     summary = summarise(args, records, study)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.tag}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(args.out / f"{args.tag}.json", json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: summary.get(k) for k in ("tag", "top1", "top1_mean", "top1_std", "delta_vs_study",
                                                     "delta_se", "beyond_two_se")}))
     return 0
