@@ -25,9 +25,10 @@ def register(sub, formatter) -> None:
     add_model_options(p)
     p.add_argument("--dataset", default=None, choices=tuple(DATASETS),
                    help="default: the dataset the checkpoint was trained on where its name is enough "
-                        "(fashion_mnist), else folder")
+                        "(fashion_mnist, cifar10, cifar100), else folder")
     p.add_argument("--data-root", default=None,
-                   help="folder: ROOT with <split>/CLASS/* (or ROOT/CLASS/*); fashion_mnist: IDX directory")
+                   help="folder: ROOT with <split>/CLASS/* (or ROOT/CLASS/*); fashion_mnist: IDX directory; "
+                        "cifar10/cifar100: the extracted archive")
     p.add_argument("--split", default=None, choices=("train", "val"),
                    help="default: val, or train with --holdout")
     p.add_argument("--holdout", type=int, default=0, metavar="N",

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import UsageError, check_choice
 from ..preprocess import imagenet_stats
+from .cifar import CIFAR
 from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from .fashion_mnist import FashionMNIST
 from .folders import ImageFolder
@@ -45,6 +46,12 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "folder": DatasetSpec("folder", channels=None),
     "fashion_mnist": DatasetSpec("fashion_mnist", channels=1, mean=(0.2860,), std=(0.3530,), standalone=True),
+    # the training split's per-channel statistics over every pixel (not the mean of per-image stds that some
+    # CIFAR code carries: 0.2023, 0.1994, 0.2010)
+    "cifar10": DatasetSpec("cifar10", channels=3, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+                           standalone=True),
+    "cifar100": DatasetSpec("cifar100", channels=3, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+                            standalone=True),
     "synthetic": DatasetSpec("synthetic", channels=None),
 }
 
@@ -61,11 +68,14 @@ def load_dataset(kind: str, split: str, root: str | os.PathLike | None = None, c
 
     ``folder``: ``root/train/<class>/*`` and ``root/val/<class>/*`` (or ``root`` itself is the split).
     ``fashion_mnist``: the IDX files in ``root`` (default: the Debian package path).
+    ``cifar10`` / ``cifar100``: the authors' binary or Python version, extracted, in ``root`` (no default).
     ``synthetic``: reproducible random patterns (train and val differ by seed).
     """
     get_dataset_spec(kind)
     if kind == "fashion_mnist":
         return FashionMNIST(root or FASHION_MNIST_ROOT, split)
+    if kind in ("cifar10", "cifar100"):
+        return CIFAR(kind, root, split)
     if kind == "synthetic":
         n = synthetic_samples if split == "train" else max(synthetic_samples // 4, synthetic_classes)
         return SyntheticImages(n, synthetic_classes, image_size, channels, seed=seed * 2 + (split != "train"),

@@ -50,8 +50,9 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "folder"  # folder | fashion_mnist | synthetic
-    # folder: directory with train/ and val/ class folders; fashion_mnist: directory of the IDX files.
+    dataset: str = "folder"  # folder | fashion_mnist | cifar10 | cifar100 | synthetic
+    # folder: directory with train/ and val/ class folders; fashion_mnist: directory of the IDX files; cifar10,
+    # cifar100: the extracted binary or Python version of the authors' archive.
     root: str | None = None
     image_size: int = 224  # training and eval resolution (px)
     # 1-channel data: "repeat" into 3 channels (ImageNet-style stem) or "in_chans" (model gets in_chans=1).
