@@ -37,6 +37,19 @@ def test_every_subcommand_help_exits_0(command, capsys):
     assert e.value.code == 0
 
 
+def test_debug_before_or_after_the_command_shows_the_traceback(tmp_path, capsys):
+    """An error is one line and exit 2; with --debug, before the command or after it (where a user adds it to the
+    line that failed, as the error's hint says), the exception itself comes through with its traceback."""
+    missing = str(tmp_path / "none.safetensors")
+    assert main(["info", missing]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "none.safetensors" in err
+    for argv in (["--debug", "info", missing], ["info", missing, "--debug"]):
+        with pytest.raises(FileNotFoundError, match="none.safetensors"):
+            main(argv)
+    assert main(["list", "convnext_t*", "--debug"]) == 0  # harmless where nothing fails
+
+
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "convnext", "list", "convnext_t*"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("convnext_tiny")

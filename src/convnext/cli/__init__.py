@@ -114,6 +114,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             importlib.import_module(f"{__name__}.{name}").register(sub, _Formatter)
         else:  # listed with its help only: importing a command's module imports torch (seconds)
             sub.add_parser(name, help=text)
+    for command_parser in sub.choices.values():  # also after the command, where a user adds it to a failed line
+        command_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                    help="show full tracebacks on errors")
     return parser
 
 
