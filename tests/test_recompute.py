@@ -3,6 +3,7 @@ of the memory kept for backward, in the model and in the training engine."""
 
 import contextlib
 import copy
+import io
 import json
 import os
 import subprocess
@@ -110,6 +111,34 @@ def test_switching_it_off_gives_each_block_its_own_class_back(monkeypatch):
     assert set_grad_checkpointing(model, enabled=False) == 4
     assert {type(m) for m in model.modules() if isinstance(m, Block)} == {TrainingBlock}
     assert not is_grad_checkpointing(model)
+
+
+def test_a_checkpointed_model_pickles_whole_and_comes_back_checkpointed(monkeypatch):
+    # torch.save(model) and spawned workers pickle the model itself; its block classes are made at run time, so a
+    # block names its own class and the checkpointed one is made again where it is unpickled (here: with no
+    # class made yet, as in a fresh process)
+    from convnext.train import recompute
+
+    model = convnext.create_model("convnext_atto", depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), drop_path_rate=0.1)
+    accelerate_for_training(model, "cpu")
+    set_grad_checkpointing(model)
+    assert type(copy.deepcopy(model).stages[0].blocks[0]) is type(model.stages[0].blocks[0])  # the EMA's copy
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    monkeypatch.setattr(recompute, "_CHECKPOINTED", {})
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)  # our own object, made just above
+    assert [type(m).__name__ for m in loaded.modules() if isinstance(m, Block)] == ["CheckpointedTrainingBlock"] * 4
+    assert all(isinstance(m, (CheckpointedBlock, TrainingBlock)) for m in loaded.modules() if isinstance(m, Block))
+    x = torch.randn(2, 3, 32, 32)
+    outs = []
+    for net in (model, loaded):
+        torch.manual_seed(0)
+        outs.append(net.train()(x))
+        outs[-1].sum().backward()
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(model.parameters(), loaded.parameters()))
+    assert set_grad_checkpointing(loaded, enabled=False) == 4  # and it comes off again
 
 
 def test_a_checkpointed_training_run_is_the_plain_run_bit_for_bit(tmp_path):

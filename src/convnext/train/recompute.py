@@ -58,6 +58,11 @@ class CheckpointedBlock(Block):
         contexts = lambda: (contextlib.nullcontext(), _running_stats_kept(self))  # noqa: E731 (forward, recompute)
         return checkpoint(super().forward, x, use_reentrant=False, context_fn=contexts)
 
+    def __reduce_ex__(self, protocol):
+        # The class is made at run time, so pickle (torch.save(model), a spawned worker) could not find it by name:
+        # name the block's own class instead, and make the checkpointed one again where it is unpickled.
+        return _checkpointed_instance, (_plain(type(self)),), self.__getstate__()
+
 
 _CHECKPOINTED: dict[type, type] = {}  # a Block class -> its checkpointed subclass (one per class, reused)
 
@@ -67,6 +72,11 @@ def _checkpointed(cls: type) -> type:
         _CHECKPOINTED[cls] = type(f"Checkpointed{cls.__name__}", (CheckpointedBlock, cls),
                                   {"__module__": __name__, "__qualname__": f"Checkpointed{cls.__name__}"})
     return _CHECKPOINTED[cls]
+
+
+def _checkpointed_instance(cls: type) -> nn.Module:
+    """An empty checkpointed ``cls`` block for pickle to fill (``CheckpointedBlock.__reduce_ex__``)."""
+    return object.__new__(_checkpointed(cls))
 
 
 def _plain(cls: type) -> type:
