@@ -74,7 +74,7 @@ def test_config_files_yaml_and_toml_and_overrides(tmp_path):
     ("aug.mixup_until=0", r"aug.mixup_until=0.0 must be in \(0, 1\] \(the fraction of the run's epochs"),
     ("aug.mixup_until=1.5", r"aug.mixup_until=1.5 must be in \(0, 1\]"),
     ("opt.warmup_epochs=500", r"opt.warmup_epochs=500.0 must be in \[0, opt.epochs=300\]"),
-    ("data.dataset=imagenet", r"use one of folder, fashion_mnist, synthetic"),
+    ("data.dataset=imagenet", r"use one of folder, fashion_mnist, cifar10, cifar100, synthetic"),
     ("reg.ema=maybe", r"reg.ema='maybe' must be true or false"),
     ("opt.optimizer=lion", r"opt.optimizer='lion' is not valid; use one of adamw, sgd"),
     ("opt.momentum=1.5", r"opt.momentum=1.5 must be in \[0, 1\)"),
