@@ -102,17 +102,18 @@ def test_int8_agrees_with_fp32_on_test_images(float_model, int8, test_images):
 def test_compiled_kernels_match_the_reference_ops(int8, test_images):
     """inductor's oneDNN INT8 kernels against the converted graph's reference quantize/dequantize ops."""
     x = test_images[0][:200]
-    compiled = int8(x)
+    compiled = int8(x)  # compiles on the first call, where a compiler is available
+    if not int8.compiled:  # none here: both sides would run the same eager graph, which proves nothing
+        pytest.skip("inductor did not compile the INT8 graph on this machine")
     reference = q.QuantizedModel(int8.graph, int8._state, int8.cfg, int8.input_size, int8.keep_float, compile=False)(x)
-    if int8.compiled:
-        assert (compiled.argmax(1) == reference.argmax(1)).float().mean().item() >= 0.99
+    assert (compiled.argmax(1) == reference.argmax(1)).float().mean().item() >= 0.99
     torch.testing.assert_close(compiled, reference, atol=0.15, rtol=0.05)
 
 
 def test_batches_of_any_size_give_the_same_answers(int8, test_images):
     x = test_images[0][:200]
-    whole = int8(x)  # 200 and 1000 are compiled by the tests above; each new size compiles once
-    assert {200, 1000} <= int8._sizes
+    whole = int8(x)  # each new size compiles once (which sizes other tests compiled depends on the xdist worker)
+    assert 200 in int8._sizes
     # past MAX_BATCH_SIZES compiled sizes, a batch is padded up to a compiled size or chunked: no new compile
     capped = q.QuantizedModel(int8.graph, int8._state, int8.cfg, int8.input_size, int8.keep_float)
     capped.MAX_BATCH_SIZES = 1

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -364,6 +365,7 @@ def test_kill_9_from_outside_at_a_random_moment(reference, tmp_path, capsys):
     proc.kill()
     proc.communicate()
     print(f"killed after step {step} + {delay:.3f} s")  # shown if the test fails
+    assert marker.exists() and proc.returncode == -signal.SIGKILL  # it was mid-run, and the kill is what ended it
     run = tmp_path / "run"
     _check_every_named_checkpoint_is_readable(run)
     _resume_and_check(tmp_path, reference, capsys)

@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -498,9 +499,10 @@ def test_init_from_rgb_checkpoint_fine_tunes_grayscale_model_with_new_head(tmp_p
 
 @pytest.mark.parametrize("name, channels_last", [("convnext_micro_bn_small_input", True), ("convnext_atto", False),
                                                  ("resnet50", True)])
-def test_validation_runs_the_fused_copy_with_the_models_numbers(name, channels_last):
+def test_validation_runs_the_fused_copy_with_the_models_numbers(name, channels_last, monkeypatch):
     """Epoch-end validation on the CPU evaluates the fused inference copy (BatchNorm, LayerNorm and layer scale
     folded): the same loss and top-1 as the model itself, to float rounding, and the model untouched."""
+    from convnext.infer.fuse import InferenceModel
     from convnext.train import distributed as dist_mod
     from convnext.train.accelerate import accelerate_for_training
     from convnext.train.evaluate import evaluate, inference_copy, validate
@@ -521,10 +523,13 @@ def test_validation_runs_the_fused_copy_with_the_models_numbers(name, channels_l
     before = {k: v.clone() for k, v in model.state_dict().items()}
     batches = [(torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))) for _ in range(3)]
     cpu = torch.device("cpu")
-    copy = inference_copy(model, cpu, "none")
-    assert copy is not model
+    assert type(inference_copy(model, cpu, "none")) is InferenceModel
     reference = evaluate(model, batches, cpu, channels_last=channels_last)
+    evaluated = []  # what validate hands to evaluate: the fused copy, for the model and for its EMA
+    monkeypatch.setattr(sys.modules["convnext.train.evaluate"], "evaluate",  # the module: the package's name is
+                        lambda net, *a, **k: evaluated.append(type(net)) or evaluate(net, *a, **k))  # the function
     val = validate(model, model, batches, cpu, "none", dist_mod.DistInfo(device=cpu), channels_last)
+    assert evaluated == [InferenceModel, InferenceModel]
     assert val["val_loss"] == pytest.approx(reference["loss"], rel=1e-5)
     assert val["val_top1"] == reference["top1"] and val["ema_top1"] == reference["top1"]
     assert model.training  # its mode, and every weight and statistic, as before

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from convnext.cli import main as cli_main
 from convnext.models import ConvNeXt
 from convnext.train import budget, loop, preset, train
+from convnext.train.logging import read_metrics
 
 TINY_ARCH = {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}
 NO_AUG = {"aug.random_resized_crop": False, "aug.hflip": 0.0, "aug.randaugment": False, "aug.random_erasing": 0.0,
@@ -50,9 +51,14 @@ def run_dir(out) -> Path:
 def assert_resumes_bitwise(make_config, out, stop_at: int) -> None:
     """``make_config(out, **over)`` trained whole, and again stopped after step ``stop_at`` (a checkpoint every
     step) then resumed with --resume auto: the same last weights, bit for bit."""
-    train(make_config(Path(out) / "whole"))
-    train(make_config(Path(out) / "parts", **{"runtime.max_steps": stop_at, "runtime.save_every_steps": 1}))
-    train(make_config(Path(out) / "parts", **{"runtime.resume": "auto"}))
+    whole = train(make_config(Path(out) / "whole"))
+    stopped = train(make_config(Path(out) / "parts", **{"runtime.max_steps": stop_at, "runtime.save_every_steps": 1}))
+    assert stopped["steps"] == stop_at < whole["steps"]
+    resumed = train(make_config(Path(out) / "parts", **{"runtime.resume": "auto"}))
+    # it went on from the stopped run's state (a run that started over would match the whole run's weights too)
+    assert resumed["resumed_from"] is not None and resumed["steps"] == whole["steps"]
+    logged = [r["step"] for r in read_metrics(run_dir(Path(out) / "parts") / "metrics.jsonl") if r["type"] == "step"]
+    assert len(logged) == len(set(logged))  # no step trained twice
     a = weights(run_dir(Path(out) / "whole") / "last.safetensors")
     b = weights(run_dir(Path(out) / "parts") / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
