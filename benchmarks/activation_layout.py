@@ -86,7 +86,6 @@ def main() -> int:
     if args.step_rounds:
         step = recipe_step_rates(args.dataset, {"nhwc_gelu": None, "stock_gelu": stock_gelu}, args.step_rounds,
                                  args.step_steps)
-    if step is not None:
         print(f"recipe step: {step['img_per_s']['nhwc_gelu']} img/s with NHWCGELU, {step['img_per_s']['stock_gelu']} "
               f"with nn.GELU: {step['ratio']:.3f}x (best of {step['ratio_best_of']:.3f}x)")
     result = {"benchmark": "activation_layout", "iters": args.iters, "threads": args.threads, "rows": rows,

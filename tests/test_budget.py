@@ -7,9 +7,8 @@ import pytest
 import torch
 import yaml
 
-from convnext.cli import main
 from convnext.train import budget, train
-from train_helpers import SimulatedMachine, run_dir, tiny_config, weights
+from train_helpers import SimulatedMachine, run_cli, run_dir, tiny_config, weights
 
 
 # ---- the arithmetic, by hand ----------------------------------------------------------------------
@@ -115,12 +114,8 @@ def test_changing_the_budget_on_resume_is_refused(tmp_path, ticking_clock, capsy
 
 @pytest.mark.parametrize("value", ["-5", "nan", "inf"])
 def test_a_bad_budget_is_a_usage_error(value, tmp_path, capsys):
-    try:
-        rc = main(["train", "--preset", "small", "--data.dataset", "synthetic", "--opt.time_budget", value,
-                   "--runtime.out", str(tmp_path)])
-    except SystemExit as e:
-        rc = e.code
-    err = capsys.readouterr().err
+    rc, _, err = run_cli(["train", "--preset", "small", "--data.dataset", "synthetic", "--opt.time_budget", value,
+                          "--runtime.out", tmp_path], capsys)
     assert rc == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "opt.time_budget" in lines[0], err

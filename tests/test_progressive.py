@@ -8,11 +8,10 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from convnext.cli import main
 from convnext.data.progressive import ResizeSchedule, crop_batch, resize_batch, shrink_batch
 from convnext.models import ConvNeXt
 from convnext.train import budget, train
-from train_helpers import SimulatedMachine, assert_resumes_bitwise, run_dir, tiny_config, weights
+from train_helpers import SimulatedMachine, assert_resumes_bitwise, run_cli, run_dir, tiny_config, weights
 
 EVEN = lambda size: size % 2 == 0  # noqa: E731  (a stride-2 patchify stem's rule)
 
@@ -148,11 +147,8 @@ def test_refits_count_each_epochs_pace_at_the_first_epochs_size(tmp_path, monkey
     (["--data.min_image_size", "20", "--data.shrink", "pool"], ["data.shrink='pool'", "resize, crop"]),
 ])
 def test_a_bad_progressive_setting_is_one_line_exit_2(flags, words, tmp_path, capsys):
-    try:
-        rc = main(["train", "--preset", "small", "--data.dataset", "synthetic", *flags, "--runtime.out", str(tmp_path)])
-    except SystemExit as e:
-        rc = e.code
-    err = capsys.readouterr().err
+    rc, _, err = run_cli(["train", "--preset", "small", "--data.dataset", "synthetic", *flags, "--runtime.out",
+                          tmp_path], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1, err
     assert all(w in lines[0] for w in words), lines[0]

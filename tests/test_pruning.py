@@ -13,13 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convnext.cli import main
 from convnext.train import budget, loop, train
 from convnext.train.distributed import DistInfo, ShardedSampler
 from convnext.train.loop import Trainer
 from convnext.train.pruning import DataPruning
 from convnext.train.step import train_step
-from train_helpers import NO_AUG, assert_resumes_bitwise, run_dir, tiny_config, weights
+from train_helpers import NO_AUG, assert_resumes_bitwise, run_cli, run_dir, tiny_config, weights
 
 ONE = DistInfo()
 
@@ -198,12 +197,10 @@ def test_two_processes_merge_their_losses_and_resume_bitwise(tmp_path):
                                              ("data.prune_easy", "-0.1", "must be in [0, 1)"),
                                              ("data.prune_until", "0", "must be in (0, 1]")])
 def test_bad_pruning_values_are_one_line_usage_errors(flag, value, says, tmp_path, capsys):
-    try:
-        rc = main(["train", "--data.dataset", "synthetic", "--runtime.out", str(tmp_path), f"--{flag}", value])
-    except SystemExit as e:
-        rc = e.code
+    rc, _, err = run_cli(["train", "--data.dataset", "synthetic", "--runtime.out", tmp_path, f"--{flag}", value],
+                         capsys)
     assert rc == 2
-    err = capsys.readouterr().err.strip()
+    err = err.strip()
     assert len(err.splitlines()) == 1 and says in err and flag in err
     assert not any(tmp_path.iterdir())
 

@@ -21,24 +21,18 @@ if not __import__("convnext.infer.quantize", fromlist=["x"]).torch_supports_int8
     pytest.skip("INT8 quantization needs torch >= 2.12 (see convnext.infer.quantize.MIN_TORCH)", allow_module_level=True)
 
 from convnext.checkpoint import load_model, read_quantization  # noqa: E402
-from convnext.cli import main  # noqa: E402
 from convnext.errors import CheckpointError, UsageError  # noqa: E402
 from convnext.infer import quantize as q  # noqa: E402
 
 from infer_fixtures import checkpoint, fashion, to_input  # noqa: E402,F401
 from reliability_helpers import train_argv  # noqa: E402
+from train_helpers import run_cli  # noqa: E402
 
 @pytest.fixture
 def cli(capsys):
     """Run `convnext ARGS` in this process (a subprocess would import torch and torchao again: ~5 s each)."""
     def run(*args) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, out.out, out.err)
+        return subprocess.CompletedProcess(args, *run_cli(args, capsys))
     return run
 
 

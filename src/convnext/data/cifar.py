@@ -159,7 +159,7 @@ class CIFAR(Dataset):
         if labels.min() < 0 or labels.max() >= len(self.classes):
             raise UsageError(f"{folder}: labels run {labels.min()}..{labels.max()} but {version.names} names "
                              f"{len(self.classes)} classes; re-extract the archive")
-        self.images = torch.from_numpy(np.ascontiguousarray(images))  # (N, 3, 32, 32) uint8
+        self.images = torch.from_numpy(images)  # (N, 3, 32, 32) uint8, contiguous: concatenate copied it
         self.targets = torch.from_numpy(labels)
 
     def __len__(self) -> int:

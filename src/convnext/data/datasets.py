@@ -15,6 +15,7 @@ import torch
 from ..errors import UsageError, check_choice
 from ..preprocess import imagenet_stats
 from .cifar import CIFAR
+from .cifar import VERSIONS as CIFAR_VERSIONS
 from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from .fashion_mnist import FashionMNIST
 from .folders import ImageFolder
@@ -74,7 +75,7 @@ def load_dataset(kind: str, split: str, root: str | os.PathLike | None = None, c
     get_dataset_spec(kind)
     if kind == "fashion_mnist":
         return FashionMNIST(root or FASHION_MNIST_ROOT, split)
-    if kind in ("cifar10", "cifar100"):
+    if kind in CIFAR_VERSIONS:
         return CIFAR(kind, root, split)
     if kind == "synthetic":
         n = synthetic_samples if split == "train" else max(synthetic_samples // 4, synthetic_classes)
