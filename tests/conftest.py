@@ -14,8 +14,28 @@ cores on the machine, and most of the suite's time is one process's Python and i
 import os
 import sys
 
+import pytest
+
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if "torch" in sys.modules:  # imported before this file (by a plugin): the variable came too late for it
         sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def subprocess_tmpdir(tmp_path_factory):
+    """Point the temporary folder of every process a test starts into pytest's basetemp.
+
+    torchrun leaves an empty ``torchelastic_*`` folder in the temporary folder on every launch, and the suite
+    launches dozens; pytest keeps only its last three basetemps, so these go with them. This process's own
+    ``tempfile`` has read TMPDIR already (pytest's basetemp came from it), so only the processes it starts move.
+    """
+    folder = tmp_path_factory.mktemp("subprocess-tmp")
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved

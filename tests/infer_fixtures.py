@@ -6,9 +6,7 @@ Fashion-MNIST subset) and cached, whichever test module asks first.
 
 from __future__ import annotations
 
-import functools
 import gzip
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +47,7 @@ def to_input(x: np.ndarray) -> torch.Tensor:
     return (t - MEAN) / STD
 
 
-@functools.lru_cache(maxsize=1)
-def trained_checkpoint() -> Path:
+def trained_checkpoint(folder: Path) -> Path:
     x, y = fashion("train", 4096)
     torch.manual_seed(0)
     model = convnext.create_model("convnext_atto", **TINY)
@@ -70,13 +67,13 @@ def trained_checkpoint() -> Path:
                               channels=1),
         train={"steps": STEPS, "data": "fashion-mnist[:4096]", "final_loss": round(loss.item(), 4)},
     )
-    path = Path(tempfile.mkdtemp(prefix="convnext-test-ckpt-")) / "model.safetensors"
+    path = folder / "model.safetensors"
     return save_model(model, path, info)
 
 
 @pytest.fixture(scope="session")
-def checkpoint() -> Path:
-    return trained_checkpoint()
+def checkpoint(tmp_path_factory) -> Path:
+    return trained_checkpoint(tmp_path_factory.mktemp("trained-checkpoint"))
 
 
 def write_awkward_images(root: Path) -> dict[str, Path]:
