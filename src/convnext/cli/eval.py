@@ -18,7 +18,7 @@ def register(sub, formatter) -> None:
         "eval", help=COMMANDS["eval"],
         formatter_class=formatter,
         description="Evaluate any checkpoint convnext can load (ours, or official/timm/torchvision/HF weights "
-                    "with --model) on an image folder, Fashion-MNIST or synthetic data, with the "
+                    "with --model) on an image folder, Fashion-MNIST, CIFAR-10/100 or synthetic data, with the "
                     "checkpoint's own preprocessing (resize to size/crop_ratio, center crop, normalize).",
     )
     p.add_argument("checkpoint", help="a .safetensors checkpoint, a run directory, or foreign weights")

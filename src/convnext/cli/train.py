@@ -36,8 +36,8 @@ def _config_flags(p: argparse.ArgumentParser) -> None:
 def register(sub, formatter) -> None:
     p = sub.add_parser(
         "train", help=COMMANDS["train"], formatter_class=formatter,
-        description="Train any registered model (roadmap steps included) on an image folder, Fashion-MNIST "
-                    "or synthetic data. Writes <out>/<run_name>/ with config.yaml, metrics.jsonl, tb/, "
+        description="Train any registered model (roadmap steps included) on an image folder, Fashion-MNIST, "
+                    "CIFAR-10/100 or synthetic data. Writes <out>/<run_name>/ with config.yaml, metrics.jsonl, tb/, "
                     "last/best.safetensors and train_state.pt.",
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
