@@ -170,10 +170,12 @@ def test_train_then_eval_by_the_datasets_name(tmp_path, capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1 and "needs a data root" in err
     assert not (tmp_path / "runs").exists()
     rc, out, err = run_cli(["train", "--preset", "small", "--data.dataset", "cifar10", "--data.root", tmp_path / "data",
-                            "--data.image_size", "32", "--opt.epochs", "1", *common], capsys)
+                            "--opt.epochs", "1", *common], capsys)
     assert rc == 0, err
     run = tmp_path / "runs" / "c10"
-    assert read_info(run / "best.safetensors").class_names == NAMES10
+    info = read_info(run / "best.safetensors")
+    assert info.class_names == NAMES10
+    assert info.preprocess.input_size == 32  # the small preset trains at CIFAR's own size, unless told otherwise
     rc, out, err = run_cli(["eval", run, "--data-root", tmp_path / "data", "--workers", "0", "--json"], capsys)
     assert rc == 0, err  # the checkpoint names cifar10, so its name alone picks the loader and the test split
     assert json.loads(out)["count"] == 40

@@ -147,7 +147,8 @@ def test_refits_count_each_epochs_pace_at_the_first_epochs_size(tmp_path, monkey
     (["--data.min_image_size", "20", "--data.shrink", "pool"], ["data.shrink='pool'", "resize, crop"]),
 ])
 def test_a_bad_progressive_setting_is_one_line_exit_2(flags, words, tmp_path, capsys):
-    rc, _, err = run_cli(["train", "--preset", "small", "--data.dataset", "synthetic", *flags, "--runtime.out",
+    # Fashion-MNIST: the small preset's unset size is its 28 px (refused before any data is read)
+    rc, _, err = run_cli(["train", "--preset", "small", "--data.dataset", "fashion_mnist", *flags, "--runtime.out",
                           tmp_path], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1, err

@@ -20,7 +20,7 @@ from convnext.train.model import build_model
 from convnext.train.optim import build_optimizer, build_scheduler
 from convnext.train.state import find_resume_state, load_train_state
 from convnext.train.step import train_step
-from train_helpers import NO_AUG, comparable, run_dir, tiny_config, weights
+from train_helpers import NO_AUG, comparable, run_cli, run_dir, tiny_config, weights
 
 
 # ---- config ------------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "opt.lr=-1.0 must be > 0" in err
     assert main(["train", "--preset", "small", "--data.dataset", "folder", "--data.root", str(tmp_path / "nope"),
-                 "--runtime.out", str(tmp_path / "o")]) == 2
+                 "--data.image_size", "32", "--runtime.out", str(tmp_path / "o")]) == 2
     assert "train/CLASS" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     assert main(["train", "--preset", "small", "--print-config", "--opt.epochs", "7"]) == 0
@@ -172,6 +172,32 @@ def test_small_preset_names_a_registered_small_input_model_as_is():
     # 28 px (Fashion-MNIST's own size) fits its stride-2 stem; 27 does not, and the error names 26 and 28
     with pytest.raises(UsageError, match=r"data.image_size=27 is not a multiple of the stem's patch size 2; use 26 or 28"):
         cfg.replace({"data.image_size": 27})
+
+
+def test_an_unset_image_size_is_the_datasets_own_and_a_dataset_without_one_must_name_it(tmp_path, capsys):
+    # the small preset leaves data.image_size unset: Fashion-MNIST trains at its 28 px, CIFAR at its 32 (not
+    # resampled to 28), and a size given on the command line wins
+    sizes = {dataset: load_config(preset_name="small", overrides={"data.dataset": dataset}).data.image_size
+             for dataset in ("fashion_mnist", "cifar10", "cifar100")}
+    assert sizes == {"fashion_mnist": 28, "cifar10": 32, "cifar100": 32}
+    assert load_config(preset_name="small", overrides={"data.dataset": "cifar10", "data.image_size": 64}) \
+        .data.image_size == 64
+    # the Python API resolves it when the run starts; the paper preset's 224 stays 224
+    assert preset("small").replace({"data.dataset": "cifar10"}).resolved().data.image_size == 32
+    assert preset("paper").replace({"data.dataset": "cifar10"}).resolved().data.image_size == 224
+    # unset on a dataset with a size the model cannot take: refused when the config is built, naming that size
+    with pytest.raises(UsageError, match=r"data.image_size=28 is smaller than the network's total stride 32"):
+        preset("paper").replace({"data.dataset": "fashion_mnist", "data.image_size": None})
+    # folders and synthetic data have no single size: one line naming the flag, exit 2, nothing written
+    for dataset in ("folder", "synthetic"):
+        rc, _, err = run_cli(["train", "--preset", "small", "--data.dataset", dataset, "--data.root", tmp_path,
+                              "--runtime.out", tmp_path / "runs"], capsys)
+        assert rc == 2 and len(err.strip().splitlines()) == 1
+        assert f"data.image_size is unset and data.dataset={dataset} has no single image size" in err
+        assert "--data.image_size" in err and not (tmp_path / "runs").exists()
+    with pytest.raises(UsageError, match="data.dataset=synthetic has no single image size"):
+        train(preset("small").replace({"data.dataset": "synthetic", "runtime.out": str(tmp_path / "api")}))
+    assert not (tmp_path / "api").exists()
 
 
 def test_holdout_validates_on_held_out_training_images(tmp_path):

@@ -99,7 +99,7 @@ def variant_step(cfg, tmp: str, batches: int = BATCHES, adjust=None):
 
 # The 30-minute recipe's training (Muon, one process of one thread at batch 64, channels_last) on top of the small
 # preset: the step the swap benchmarks (activation_layout.py, patchify_gemm.py) time their swaps in.
-RECIPE = ["model.name=convnext_micro_bn_small_input", "model.overrides.dims=[48,96,192]",
+RECIPE = ["model.name=convnext_micro_bn_small_input", "model.overrides.dims=[48,96,192]", "data.image_size=28",
           "data.batch_size=64", "aug.crop_padding=2", "aug.hflip=0.5", "aug.label_smoothing=0.1", "aug.mixup=0.8",
           "aug.cutmix=1.0", "aug.mixup_prob=0.5", "reg.ema_decay=0.999", "opt.optimizer=muon", "opt.lr=8e-3",
           "runtime.channels_last=true", "runtime.tensorboard=false", "runtime.plots=false",

@@ -33,6 +33,9 @@ class DatasetSpec:
     # Its name alone (and an optional root) gives the same splits every time, so `convnext eval` can take it
     # from a checkpoint's metadata; folders need a root, synthetic data its generation settings.
     standalone: bool = False
+    # The size every image of the dataset has (px); None: images of any size (folders), or made at the size asked
+    # for (synthetic). A config whose data.image_size is unset trains at this size.
+    native_size: int | None = None
 
     def stats(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Normalisation mean/std for a model taking ``channels`` channels of this data."""
@@ -46,13 +49,14 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "folder": DatasetSpec("folder", channels=None),
-    "fashion_mnist": DatasetSpec("fashion_mnist", channels=1, mean=(0.2860,), std=(0.3530,), standalone=True),
+    "fashion_mnist": DatasetSpec("fashion_mnist", channels=1, mean=(0.2860,), std=(0.3530,), standalone=True,
+                                 native_size=28),
     # the training split's per-channel statistics over every pixel (not the mean of per-image stds that some
     # CIFAR code carries: 0.2023, 0.1994, 0.2010)
     "cifar10": DatasetSpec("cifar10", channels=3, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-                           standalone=True),
+                           standalone=True, native_size=32),
     "cifar100": DatasetSpec("cifar100", channels=3, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-                            standalone=True),
+                            standalone=True, native_size=32),
     "synthetic": DatasetSpec("synthetic", channels=None),
 }
 

@@ -54,7 +54,9 @@ class DataConfig:
     # folder: directory with train/ and val/ class folders; fashion_mnist: directory of the IDX files; cifar10,
     # cifar100: the extracted binary or Python version of the authors' archive.
     root: str | None = None
-    image_size: int = 224  # training and eval resolution (px)
+    # Training and eval resolution (px); unset (null): the dataset's own size where all its images have one
+    # (Fashion-MNIST 28, CIFAR 32), as the `small` preset leaves it. Folders and synthetic data need a number.
+    image_size: int | None = 224
     # 1-channel data: "repeat" into 3 channels (ImageNet-style stem) or "in_chans" (model gets in_chans=1).
     grayscale: str = "repeat"
     batch_size: int = 128  # per process, per micro-step
@@ -203,6 +205,19 @@ class TrainConfig:
         _validate(self)
         return self
 
+    def resolved(self, strict: bool = True) -> "TrainConfig":
+        """This config with ``data.image_size`` set: the dataset's own size where it was left unset (None). With
+        ``strict``, a dataset without one is a usage error naming the flag; else the config comes back as it is."""
+        if self.data.image_size is not None:
+            return self
+        size = DATASETS[self.data.dataset].native_size
+        if size is None:
+            if not strict:
+                return self
+            raise UsageError(f"data.image_size is unset and data.dataset={self.data.dataset} has no single image "
+                             "size; give one, e.g. --data.image_size 32")
+        return self.replace({"data.image_size": size})
+
     def replace(self, overrides: dict[str, Any] | list[str] | None = None) -> "TrainConfig":
         """A copy with dotted overrides applied: ``{"opt.lr": 1e-3}`` or ``["opt.lr=1e-3"]``."""
         d = self.to_dict()
@@ -300,10 +315,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # batch-norm form, channels_last (~1.3x faster on CPU), no augmentation (flips: -0.3 points at 4 epochs), and
     # an EMA with warmup so even a short run has a useful average. Muon (train/muon.py) learns more per step than
     # AdamW early in a run: its 3 epochs at lr 1.6e-2 beat AdamW's 4 at 8e-3 held out (91.85 against 91.45, two
-    # seeds each) at 0.90x the img/s, so in ~0.83x the time (docs/recipes.md, 4c).
+    # seeds each) at 0.90x the img/s, so in ~0.83x the time (docs/recipes.md, 4c). It trains at the dataset's own
+    # size (Fashion-MNIST 28, CIFAR 32: resampling 32 px images to another size would blur them); image folders
+    # and synthetic data name theirs.
     "small": {
         "model": {"name": "convnext_micro_bn_small_input"},
-        "data": {"image_size": 28, "batch_size": 128, "workers": 2, "grayscale": "in_chans"},
+        "data": {"image_size": None, "batch_size": 128, "workers": 2, "grayscale": "in_chans"},
         "aug": {"random_resized_crop": False, "crop_padding": 0, "hflip": 0.0, "randaugment": False,
                 "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.1,
                 "interpolation": "bilinear", "crop_ratio": 1.0},
@@ -336,7 +353,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
         d = _deep_merge(d, PRESETS[preset_name])
     d = _deep_merge(d, file_d)
     cfg = TrainConfig.from_dict(d)
-    return cfg.replace(overrides) if overrides else cfg
+    return (cfg.replace(overrides) if overrides else cfg).resolved(strict=False)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -549,13 +566,16 @@ def _validate(c: TrainConfig) -> None:
     _check(c.data.holdout >= 0, f"data.holdout={c.data.holdout} must be >= 0 (0 = validate on the val split)")
     _check(c.data.synthetic_samples >= 1 and c.data.synthetic_classes >= 2,
            "data.synthetic_samples must be >= 1 and data.synthetic_classes >= 2")
-    problem = arch.input_size_problem(c.data.image_size)
-    _check(problem is None, f"data.image_size={problem}")
+    # an unset size is the dataset's own (checked here when the dataset has one, else when the run resolves it)
+    size = c.data.image_size if c.data.image_size is not None else DATASETS[c.data.dataset].native_size
+    if size is not None:
+        problem = arch.input_size_problem(size)
+        _check(problem is None, f"data.image_size={problem}")
     if c.data.min_image_size:
         problem = arch.input_size_problem(c.data.min_image_size)
         _check(problem is None, f"data.min_image_size={problem}")
-        _check(c.data.min_image_size < c.data.image_size,
-               f"data.min_image_size={c.data.min_image_size} must be below data.image_size={c.data.image_size} "
+        _check(size is None or c.data.min_image_size < size,
+               f"data.min_image_size={c.data.min_image_size} must be below data.image_size={size} "
                "(0 = every epoch at image_size)")
     check_choice("data.shrink", c.data.shrink, SHRINK_MODES)
     ramp = c.data.resize_ramp

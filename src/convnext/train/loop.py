@@ -40,6 +40,7 @@ class Trainer:
     """One run of ``cfg`` on this process: ``Trainer(cfg, dist_info).run()`` -> summary."""
 
     def __init__(self, cfg: TrainConfig, dist_info: dist_mod.DistInfo) -> None:
+        cfg = cfg.resolved()  # an unset image size is the dataset's own from here on (config.yaml, checkpoints)
         self.cfg, self.dist = cfg, dist_info
         t, o, b, k, world = cfg.runtime, cfg.opt, cfg.data.batch_size, cfg.opt.update_freq, dist_info.world_size
         self.device = dist_info.device
@@ -449,7 +450,7 @@ class Trainer:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run a training job to completion (resuming if ``cfg.runtime.resume`` says so); returns a summary
     with best/final val top-1, epochs, steps, wall time and the run directory."""
-    cfg.validate()
+    cfg = cfg.resolved().validate()
     created = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     info = dist_mod.setup(cfg.runtime.device)
     try:
