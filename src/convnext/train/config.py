@@ -95,6 +95,10 @@ class DataConfig:
     # Data pruning stops at this fraction of the run: the last epochs train on plain passes (InfoBatch's annealing)
     prune_until: float = 0.875
 
+    def size(self) -> int | None:
+        """``image_size``, or where it is unset the dataset's own size; None where neither is known."""
+        return self.image_size if self.image_size is not None else DATASETS[self.dataset].native_size
+
 
 @dataclass
 class AugmentConfig:
@@ -210,7 +214,7 @@ class TrainConfig:
         ``strict``, a dataset without one is a usage error naming the flag; else the config comes back as it is."""
         if self.data.image_size is not None:
             return self
-        size = DATASETS[self.data.dataset].native_size
+        size = self.data.size()
         if size is None:
             if not strict:
                 return self
@@ -567,7 +571,7 @@ def _validate(c: TrainConfig) -> None:
     _check(c.data.synthetic_samples >= 1 and c.data.synthetic_classes >= 2,
            "data.synthetic_samples must be >= 1 and data.synthetic_classes >= 2")
     # an unset size is the dataset's own (checked here when the dataset has one, else when the run resolves it)
-    size = c.data.image_size if c.data.image_size is not None else DATASETS[c.data.dataset].native_size
+    size = c.data.size()
     if size is not None:
         problem = arch.input_size_problem(size)
         _check(problem is None, f"data.image_size={problem}")
