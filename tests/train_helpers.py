@@ -114,16 +114,22 @@ def benchmark_script(path: str):
     return module
 
 
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    """`convnext ARGV` in this process: exit status, stdout, stderr (a subprocess would import torch again, ~5-8 s
-    on a 2-core CI machine; the suite keeps subprocesses for what needs one: kill -9, torchrun, closed pipes)."""
+def _run_captured(entry, capsys) -> tuple[int, str, str]:
+    """``entry()`` as a program's main: its exit status (returned, or raised as SystemExit, as argparse's usage
+    errors and --help do), and what it printed to stdout and stderr."""
     capsys.readouterr()
     try:
-        rc = cli_main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's usage errors and --help, as the real program exits
+        rc = entry() or 0
+    except SystemExit as e:
         rc = e.code
     out, err = capsys.readouterr()
     return rc, out, err
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """`convnext ARGV` in this process: exit status, stdout, stderr (a subprocess would import torch again, ~5-8 s
+    on a 2-core CI machine; the suite keeps subprocesses for what needs one: kill -9, torchrun, closed pipes)."""
+    return _run_captured(lambda: cli_main([str(a) for a in argv]), capsys)
 
 
 def run_script(path: str, argv, monkeypatch, capsys) -> subprocess.CompletedProcess:
@@ -132,10 +138,4 @@ def run_script(path: str, argv, monkeypatch, capsys) -> subprocess.CompletedProc
     module = benchmark_script(path)
     argv = [str(a) for a in argv]
     monkeypatch.setattr(sys, "argv", [f"benchmarks/{path}", *argv])
-    capsys.readouterr()
-    try:
-        rc = module.run_main(module.main) or 0
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess([path, *argv], rc, out, err)
+    return subprocess.CompletedProcess([path, *argv], *_run_captured(lambda: module.run_main(module.main), capsys))
